@@ -1,0 +1,3 @@
+from gpufeed.cli import main
+
+main()

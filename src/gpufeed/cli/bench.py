@@ -1,0 +1,49 @@
+"""``gpufeed bench …``: each benchmark measures gpufeed and its baseline in one
+run and prints one JSON object (``--json``) or a readable table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Annotated
+
+import typer
+
+bench_app = typer.Typer(help="Measure gpufeed against its baselines.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")]
+
+
+def emit(result: Mapping[str, float | int | str], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    width = max(map(len, result))
+    for key, value in result.items():
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+@bench_app.command("ring")
+def bench_ring(
+    slot_bytes: Annotated[int, typer.Option(help="Slot size in bytes (power of two >= 64).")] = 64,
+    batch: Annotated[int, typer.Option(help="Slots per reserve/commit and peek/release.")] = 256,
+    slots: Annotated[
+        int, typer.Option(help="Slots moved per run (and messages through the queue).")
+    ] = 2_000_000,
+    capacity: Annotated[int, typer.Option(help="Ring capacity in slots.")] = 4096,
+    repeats: Annotated[int, typer.Option(help="Ring runs; the median is reported.")] = 5,
+    wake_samples: Annotated[int, typer.Option(help="Wake-up latency samples.")] = 2000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ring throughput and wake-up latency between two processes vs multiprocessing.Queue."""
+    from gpufeed.bench.ring import RingBenchConfig, run
+
+    cfg = RingBenchConfig(
+        slot_bytes=slot_bytes,
+        batch=batch,
+        slots=slots,
+        capacity=capacity,
+        repeats=repeats,
+        wake_samples=wake_samples,
+    )
+    emit(run(cfg), as_json)

@@ -1,0 +1,76 @@
+"""The exception root of gpufeed and its classified subclasses.
+
+Every error gpufeed raises derives from :class:`GpufeedError`. The subclasses
+say what went wrong and, through ``retryable``, whether trying again can help.
+"""
+
+from __future__ import annotations
+
+
+class GpufeedError(Exception):
+    """Root of every error gpufeed raises."""
+
+    #: Whether repeating the failed operation may succeed.
+    retryable: bool = False
+
+
+class ConfigError(GpufeedError):
+    """A setting is invalid; the message names the setting and the allowed values."""
+
+
+# --- rings ---------------------------------------------------------------------------
+
+
+class RingError(GpufeedError):
+    """Something is wrong with a shared-memory ring."""
+
+
+class RingCorrupt(RingError):
+    """A ring's header or cursors fail validation; the ring must not be used.
+
+    ``field`` names the first header field found to be bad.
+    """
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field = field
+        self.detail = detail
+        super().__init__(f"ring corrupt: bad {field}: {detail}")
+
+
+class RingClosed(RingError):
+    """The ring was closed by one of its two sides; no more data will move."""
+
+
+class PeerGone(RingError):
+    """The process on the other side of a ring died or stopped beating."""
+
+    retryable = True
+
+
+class RingBusy(RingError):
+    """The ring already has a live producer (or consumer) attached."""
+
+
+# --- messages and ops ----------------------------------------------------------------
+
+
+class InvalidPayload(GpufeedError):
+    """A message payload does not fit its op's layout."""
+
+
+class PayloadTooLarge(InvalidPayload):
+    """A message payload is larger than the slot's payload area."""
+
+
+class UnknownOp(GpufeedError):
+    """No op is registered under the requested name."""
+
+
+class OpLoadError(GpufeedError):
+    """A user op could not be loaded from an import path or entry point."""
+
+
+class BackendError(GpufeedError):
+    """A compute backend failed on a batch."""
+
+    retryable = True

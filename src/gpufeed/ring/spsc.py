@@ -1,0 +1,544 @@
+"""Single-producer single-consumer ring of fixed-size slots in shared memory.
+
+Memory ordering
+---------------
+The producer fills slots, then stores ``head``; the consumer loads ``head``,
+then reads the slots below it. The consumer must never see the new ``head``
+before the slot bytes it covers. On x86-64 this holds without any fence:
+
+* the slot bytes are written by NumPy's copy loop and ``head`` by a separate,
+  later C call (``memoryview.__setitem__``, one aligned 8-byte ``mov``, so it
+  cannot tear). The C compiler cannot move stores across those opaque calls,
+  and x86-64's TSO model never makes a store visible before an earlier store:
+  whoever sees the new ``head`` sees the slot bytes too;
+* the consumer loads ``head`` before it loads slot bytes, and TSO never
+  reorders a load with an earlier load;
+* the same argument runs backwards for ``tail``: the consumer's reads of a
+  slot come before its ``tail`` store (TSO does not move stores above earlier
+  loads), and the producer loads ``tail`` before it overwrites the slot.
+
+A weakly ordered CPU (AArch64, POWER) gives none of this: there the ``head``
+and ``tail`` stores need release semantics (``stlr``; ``lwsync`` before the
+store) and their loads acquire semantics (``ldar``; ``lwsync`` after), i.e.
+``__atomic_store_n(..., __ATOMIC_RELEASE)`` / ``__atomic_load_n(...,
+__ATOMIC_ACQUIRE)`` from a small C helper. Until gpufeed ships one, creating
+a ring on such a CPU warns.
+
+Sleeping
+--------
+A side that finds nothing to do spins for a bounded number of checks, then
+sleeps on a futex. The "wake only a sleeper" handshake is Dekker's: the
+sleeper stores ``waiting = 1`` then re-checks the cursor; the other side stores
+the cursor then checks ``waiting``. Each side needs a StoreLoad fence between
+its store and its load, which x86-64 does *not* give for free (its store
+buffer can delay a store past a later load), so both call ``full_fence()``.
+With the fences at least one side sees the other's store: either the sleeper
+sees the new cursor and does not sleep, or the waker sees ``waiting`` and
+bumps the event word before ``FUTEX_WAKE``. The futex's own compare of the
+event word closes the last gap (a bump between our read and our sleep). Busy
+sides never make a system call; a sleeper also wakes every ``wait_slice_s``
+to check that its peer is still alive.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+import warnings
+import weakref
+from multiprocessing.shared_memory import SharedMemory
+from typing import ClassVar, Self, TypedDict, Unpack
+
+import numpy as np
+import numpy.typing as npt
+
+from gpufeed.errors import PeerGone, RingBusy, RingClosed, RingCorrupt, RingError
+from gpufeed.ring import _layout as L
+from gpufeed.ring import _shm
+from gpufeed.ring._wait import (
+    full_fence,
+    futex_wait,
+    futex_wake,
+    pid_namespace,
+    process_alive,
+)
+
+SlotArray = npt.NDArray[np.uint8]
+
+DEFAULT_SPIN = 200
+DEFAULT_WAIT_SLICE_S = 0.05
+DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
+HEARTBEAT_INTERVAL_S = 0.25
+_WAKE_ALL = 0x7FFFFFFF
+
+_TSO_MACHINES = {"x86_64", "amd64", "i386", "i686"}
+
+
+class EndpointOptions(TypedDict, total=False):
+    """Tuning shared by producers and consumers.
+
+    ``spin``: checks before sleeping; ``wait_slice_s``: longest single sleep,
+    which bounds how late a dead peer is noticed; ``heartbeat_timeout_s``: how
+    long a peer may go without a heartbeat before it counts as gone (the pid
+    check catches a dead peer in the same pid namespace much sooner).
+    """
+
+    spin: int
+    wait_slice_s: float
+    heartbeat_timeout_s: float
+
+
+class RingNotFound(RingError, FileNotFoundError):
+    """No ring segment exists under the given name."""
+
+
+def _mapped(shm: SharedMemory) -> memoryview:
+    buf = shm.buf
+    if buf is None:  # typeshed: None once closed
+        raise RingError(f"segment {shm.name} is not mapped")
+    return buf
+
+
+class RingSegment:
+    """One mapped ring: validated header, control words and the slot array.
+
+    The creator owns the name and unlinks it on :meth:`close`; attachers only
+    unmap. Producers and consumers are built on a segment.
+    """
+
+    def __init__(self, shm: SharedMemory, owner: bool) -> None:
+        self._shm: SharedMemory | None = shm
+        self._name: str = shm.name
+        self.owner = owner
+        buf = _mapped(shm)
+        try:
+            self.geometry = L.decode_fixed(buf, shm.size)
+            self._header: memoryview = buf[: L.HEADER_LEN]
+            self.words: memoryview[int] = self._header.cast("Q")
+            L.check_cursors(self.words[L.W_HEAD], self.words[L.W_TAIL], self.geometry.capacity)
+        except BaseException:
+            self._release_views()
+            _shm.release_segment(shm, unlink=False)
+            raise
+        self.capacity = self.geometry.capacity
+        self.slot_bytes = self.geometry.slot_bytes
+        self.slots: SlotArray = np.ndarray(
+            (self.capacity, self.slot_bytes), dtype=np.uint8, buffer=buf, offset=L.HEADER_LEN
+        )
+        self.slots_readonly: SlotArray = self.slots.view()
+        self.slots_readonly.flags.writeable = False
+        self.base_address = int(self.slots.ctypes.data) - L.HEADER_LEN
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @classmethod
+    def create(cls, *, capacity: int, slot_bytes: int, name: str | None = None) -> RingSegment:
+        """Create a new ring segment (mode 0600) and initialise its header."""
+        L.check_geometry(capacity, slot_bytes)
+        if platform.machine().lower() not in _TSO_MACHINES:
+            warnings.warn(
+                "gpufeed rings rely on x86-64 store ordering; on "
+                f"{platform.machine()} slot data may be seen before its cursor",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        geometry = L.RingGeometry(
+            capacity=capacity,
+            slot_bytes=slot_bytes,
+            creator_pid=os.getpid(),
+            created_ns=time.time_ns(),
+        )
+        shm = _shm.create_segment(name or _shm.new_segment_name(), geometry.total_len)
+        buf = _mapped(shm)
+        buf[: L.HEADER_LEN] = bytes(L.HEADER_LEN)
+        buf[: L.FIXED_LEN + 8] = L.encode_fixed(geometry)
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> RingSegment:
+        """Map an existing ring, validating its header; ``RingCorrupt`` names a bad field."""
+        try:
+            shm = _shm.attach_segment(name)
+        except FileNotFoundError as exc:
+            raise RingNotFound(f"no ring segment named {name!r}") from exc
+        except ValueError as exc:  # mmap refuses an empty segment
+            raise RingCorrupt("total_len", f"segment {name!r} is empty ({exc})") from exc
+        return cls(shm, owner=False)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.words[L.W_CLOSED])
+
+    def head_tail(self) -> tuple[int, int]:
+        """Current (head, tail), validated."""
+        head, tail = self.words[L.W_HEAD], self.words[L.W_TAIL]
+        L.check_cursors(head, tail, self.capacity)
+        return head, tail
+
+    def _release_views(self) -> None:
+        for attr in ("slots_readonly", "slots"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        for attr in ("words", "_header"):
+            view = self.__dict__.pop(attr, None)
+            if view is not None:
+                view.release()
+
+    def close(self) -> None:
+        """Unmap the segment; its creator also removes the name."""
+        if self._shm is None:
+            return
+        self._release_views()
+        _shm.release_segment(self._shm, unlink=self.owner)
+        self._shm = None
+
+
+class _Heartbeat:
+    """One daemon thread per process that stamps every live endpoint's heartbeat.
+
+    A thread, rather than stamping on each ring call, because a side may
+    legitimately be busy for seconds (a slow op, a long GPU batch) without
+    touching its ring and must not be mistaken for dead.
+    """
+
+    def __init__(self) -> None:
+        self._endpoints: weakref.WeakSet[_Endpoint] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._pid = 0
+
+    def add(self, endpoint: _Endpoint) -> None:
+        with self._lock:
+            self._endpoints.add(endpoint)
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(
+                    target=self._run, name="gpufeed-ring-heartbeat", daemon=True
+                ).start()
+
+    def discard(self, endpoint: _Endpoint) -> None:
+        with self._lock:
+            self._endpoints.discard(endpoint)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_INTERVAL_S)
+            with self._lock:
+                endpoints = list(self._endpoints)
+            for endpoint in endpoints:
+                endpoint._beat()
+
+
+_heartbeat = _Heartbeat()
+
+
+class _Endpoint:
+    """What producer and consumer share: registration, liveness, sleeping, close."""
+
+    _PID_WORD: ClassVar[int]
+    _PEER_PID_WORD: ClassVar[int]
+    _MY_WAITING: ClassVar[int]
+    _MY_EVENT: ClassVar[int]
+    _PEER_WAITING: ClassVar[int]
+    _PEER_EVENT: ClassVar[int]
+    _ROLE: ClassVar[str]
+
+    def __init__(
+        self,
+        segment: RingSegment,
+        *,
+        own_segment: bool = False,
+        spin: int = DEFAULT_SPIN,
+        wait_slice_s: float = DEFAULT_WAIT_SLICE_S,
+        heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT_S,
+    ) -> None:
+        self.segment = segment
+        self._own_segment = own_segment
+        self._spin = spin
+        self._wait_slice_s = wait_slice_s
+        self._heartbeat_timeout_ns = int(heartbeat_timeout_s * 1e9)
+        self._words: memoryview[int] = segment.words
+        self._cap = segment.capacity
+        self._mask = segment.capacity - 1
+        self._lock = threading.Lock()
+        self._closed = False
+        self._my_event_addr = segment.base_address + self._MY_EVENT * 8
+        self._peer_event_addr = segment.base_address + self._PEER_EVENT * 8
+        try:
+            self._register()
+        except BaseException:
+            if own_segment:
+                segment.close()
+            raise
+        self._setup()
+        _heartbeat.add(self)
+
+    def _setup(self) -> None:
+        """Role-specific state, read from the segment once registered."""
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        capacity: int,
+        slot_bytes: int,
+        name: str | None = None,
+        **options: Unpack[EndpointOptions],
+    ) -> Self:
+        """Create a ring and become one side of it; closing this side removes the name."""
+        segment = RingSegment.create(capacity=capacity, slot_bytes=slot_bytes, name=name)
+        return cls(segment, own_segment=True, **options)
+
+    @classmethod
+    def attach(cls, name: str, **options: Unpack[EndpointOptions]) -> Self:
+        """Attach to an existing ring by name as this side."""
+        return cls(RingSegment.attach(name), own_segment=True, **options)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _register(self) -> None:
+        words, w = self._words, self._PID_WORD
+        pid, ns = words[w], words[w + 1]
+        if pid and pid != os.getpid() and self._alive(pid, ns, words[w + 2]):
+            raise RingBusy(f"ring {self.segment.name} already has a {self._ROLE} (pid {pid})")
+        words[w + 2] = time.monotonic_ns()
+        words[w + 1] = pid_namespace()
+        words[w] = os.getpid()
+
+    def _alive(self, pid: int, ns: int, beat_ns: int) -> bool:
+        if ns == pid_namespace() and not process_alive(pid):
+            return False
+        return time.monotonic_ns() - beat_ns <= self._heartbeat_timeout_ns
+
+    def _beat(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._words[self._PID_WORD + 2] = time.monotonic_ns()
+
+    def check_peer(self) -> None:
+        """Raise ``PeerGone`` if the other side attached and has since died or gone silent."""
+        words, w = self._words, self._PEER_PID_WORD
+        pid = words[w]
+        if pid and not self._alive(pid, words[w + 1], words[w + 2]):
+            raise PeerGone(
+                f"the other side of ring {self.segment.name} (pid {pid}) died or stopped "
+                f"beating for over {self._heartbeat_timeout_ns / 1e9:g} s"
+            )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.segment.closed
+
+    def peer_sleeping(self) -> bool:
+        """Whether the other side is asleep (or about to be) waiting for us."""
+        return bool(self._words[self._PEER_WAITING])
+
+    def close(self) -> None:
+        """Close the ring for both sides and wake the other one; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _heartbeat.discard(self)
+        words = self._words
+        words[L.W_CLOSED] = 1
+        words[self._PEER_EVENT] = (words[self._PEER_EVENT] + 1) & 0xFFFFFFFF
+        full_fence()
+        futex_wake(self._peer_event_addr, _WAKE_ALL)
+        if words[self._PID_WORD] == os.getpid():
+            words[self._PID_WORD] = 0
+        del self._words
+        if self._own_segment:
+            self.segment.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- waiting -----------------------------------------------------------------------
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Wait until ``_ready()``; False on timeout. Raises ``PeerGone``."""
+        ready = self._ready
+        for _ in range(self._spin):
+            if ready():
+                return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        words, waiting = self._words, self._MY_WAITING
+        while True:
+            remaining = self._wait_slice_s
+            if deadline is not None:
+                remaining = min(remaining, deadline - time.monotonic())
+                if remaining <= 0:
+                    return ready()
+            event = words[self._MY_EVENT]
+            words[waiting] = 1
+            full_fence()
+            if ready():
+                words[waiting] = 0
+                return True
+            futex_wait(self._my_event_addr, event, remaining)
+            words[waiting] = 0
+            if ready():
+                return True
+            self.check_peer()
+
+    def _wake_peer(self) -> None:
+        """Called right after publishing our cursor: wake the peer only if it sleeps."""
+        full_fence()
+        words = self._words
+        if words[self._PEER_WAITING]:
+            words[self._PEER_EVENT] = (words[self._PEER_EVENT] + 1) & 0xFFFFFFFF
+            futex_wake(self._peer_event_addr)
+
+
+class RingProducer(_Endpoint):
+    """The writing side: ``reserve(n)`` slots, fill them, ``commit(n)``."""
+
+    _PID_WORD = L.W_PRODUCER_PID
+    _PEER_PID_WORD = L.W_CONSUMER_PID
+    _MY_WAITING = L.W_PRODUCER_WAITING
+    _MY_EVENT = L.W_SPACE_EVENT
+    _PEER_WAITING = L.W_CONSUMER_WAITING
+    _PEER_EVENT = L.W_DATA_EVENT
+    _ROLE = "producer"
+
+    def _setup(self) -> None:
+        self._slots = self.segment.slots
+        self._empty = self._slots[:0]
+        self._head = self._words[L.W_HEAD]
+        self._tail_seen = self._words[L.W_TAIL]
+        self._reserved = 0
+
+    def free(self) -> int:
+        """Slots the producer could reserve right now."""
+        head, tail = self.segment.head_tail()
+        return self._cap - (head - tail)
+
+    def _refresh(self) -> int:
+        tail = self._words[L.W_TAIL]
+        L.check_cursors(self._head, tail, self._cap)
+        self._tail_seen = tail
+        return self._cap - (self._head - tail)
+
+    def _ready(self) -> bool:
+        return self._refresh() > 0 or bool(self._words[L.W_CLOSED])
+
+    def reserve(self, n: int, timeout: float | None = 0.0) -> tuple[SlotArray, SlotArray]:
+        """Writable views of up to ``n`` free slots, as (first, second).
+
+        ``second`` is non-empty only when the run wraps past the ring's end: slot
+        order is ``first`` then ``second``. Both are empty when the ring stayed
+        full for ``timeout`` seconds (0: do not wait; None: wait for ever).
+        Raises ``RingClosed`` once either side closed the ring.
+        """
+        if self._words[L.W_CLOSED]:
+            raise RingClosed(f"ring {self.segment.name} is closed")
+        free = self._cap - (self._head - self._tail_seen)
+        if free < n:
+            free = self._refresh()
+            if free == 0:
+                if timeout == 0.0 or not self._wait(timeout):
+                    self._reserved = 0
+                    return self._empty, self._empty
+                if self._words[L.W_CLOSED]:
+                    raise RingClosed(f"ring {self.segment.name} is closed")
+                free = self._refresh()
+        k = n if n < free else free
+        start = self._head & self._mask
+        end = start + k
+        self._reserved = k
+        if end <= self._cap:
+            return self._slots[start:end], self._empty
+        return self._slots[start:], self._slots[: end - self._cap]
+
+    def commit(self, n: int) -> None:
+        """Publish the first ``n`` reserved slots to the consumer."""
+        if n > self._reserved or n < 0:
+            raise ValueError(f"commit({n}) but only {self._reserved} slots are reserved")
+        self._reserved = 0
+        if n == 0:
+            return
+        self._head += n
+        self._words[L.W_HEAD] = self._head
+        self._wake_peer()
+
+
+class RingConsumer(_Endpoint):
+    """The reading side: ``peek(max_n)`` ready slots, use them, ``release(n)``."""
+
+    _PID_WORD = L.W_CONSUMER_PID
+    _PEER_PID_WORD = L.W_PRODUCER_PID
+    _MY_WAITING = L.W_CONSUMER_WAITING
+    _MY_EVENT = L.W_DATA_EVENT
+    _PEER_WAITING = L.W_PRODUCER_WAITING
+    _PEER_EVENT = L.W_SPACE_EVENT
+    _ROLE = "consumer"
+
+    def _setup(self) -> None:
+        self._slots = self.segment.slots_readonly
+        self._empty = self._slots[:0]
+        self._tail = self._words[L.W_TAIL]
+        self._head_seen = self._words[L.W_HEAD]
+        self._peeked = 0
+
+    def ready(self) -> int:
+        """Slots committed by the producer and not yet released."""
+        head, tail = self.segment.head_tail()
+        return head - tail
+
+    def _refresh(self) -> int:
+        head = self._words[L.W_HEAD]
+        L.check_cursors(head, self._tail, self._cap)
+        self._head_seen = head
+        return head - self._tail
+
+    def _ready(self) -> bool:
+        return self._refresh() > 0 or bool(self._words[L.W_CLOSED])
+
+    def peek(self, max_n: int, timeout: float | None = 0.0) -> tuple[SlotArray, SlotArray]:
+        """Read-only views of up to ``max_n`` ready slots, as (first, second).
+
+        Waits up to ``timeout`` seconds for at least one slot (0: do not wait;
+        None: wait for ever). Slots the producer committed before closing are
+        still delivered; ``RingClosed`` comes once the ring is closed and empty.
+        """
+        avail = self._head_seen - self._tail
+        if avail < max_n:
+            avail = self._refresh()
+            if avail == 0:
+                if self._words[L.W_CLOSED]:
+                    if self._refresh() == 0:
+                        raise RingClosed(f"ring {self.segment.name} is closed")
+                elif timeout == 0.0 or not self._wait(timeout):
+                    self._peeked = 0
+                    return self._empty, self._empty
+                avail = self._refresh()
+                if avail == 0:
+                    raise RingClosed(f"ring {self.segment.name} is closed")
+        k = max_n if max_n < avail else avail
+        start = self._tail & self._mask
+        end = start + k
+        self._peeked = k
+        if end <= self._cap:
+            return self._slots[start:end], self._empty
+        return self._slots[start:], self._slots[: end - self._cap]
+
+    def release(self, n: int) -> None:
+        """Hand the first ``n`` peeked slots back to the producer."""
+        if n > self._peeked or n < 0:
+            raise ValueError(f"release({n}) but only {self._peeked} slots were peeked")
+        self._peeked = 0
+        if n == 0:
+            return
+        self._tail += n
+        self._words[L.W_TAIL] = self._tail
+        self._wake_peer()

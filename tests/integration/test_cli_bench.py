@@ -1,0 +1,36 @@
+"""``gpufeed bench …`` runs end to end and prints the documented JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, timeout: float = 120) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufeed", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.timeout(180)
+def test_bench_ring_prints_one_json_object_with_the_documented_keys() -> None:
+    out = run_cli(
+        "bench", "ring", "--json", "--slots", "50000", "--repeats", "1", "--wake-samples", "20"
+    )
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in ("slots_per_s", "gb_per_s", "mp_queue_msgs_per_s", "ratio_vs_mp_queue"):
+        assert result[key] > 0, key
+    assert result["slot_bytes"] == 64 and result["batch"] == 256
+    assert 0 < result["wake_p50_us"] <= result["wake_p99_us"]
+    assert result["gb_per_s"] == pytest.approx(result["slots_per_s"] * 64 / 1e9, rel=1e-2)

@@ -1,0 +1,153 @@
+"""Property tests: any interleaving of reserve/commit/peek/release behaves like a
+FIFO of slots, across wrap-around, in one process."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from gpufeed.ring import RingClosed, RingConsumer, RingProducer
+
+CAPACITY = 8
+SLOT_BYTES = 64
+
+
+class RingModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.producer = RingProducer.create(capacity=CAPACITY, slot_bytes=SLOT_BYTES)
+        self.consumer = RingConsumer.attach(self.producer.segment.name)
+        self.fifo: deque[bytes] = deque()
+        self.reserved: list[np.ndarray] = []
+        self.peeked: list[bytes] = []
+        self.next_value = 0
+
+    def teardown(self) -> None:
+        self.consumer.close()
+        self.producer.close()
+
+    @rule(n=st.integers(1, CAPACITY + 3))
+    def reserve(self, n: int) -> None:
+        first, second = self.producer.reserve(n)
+        free = CAPACITY - len(self.fifo)
+        assert len(first) + len(second) == min(n, free)
+        assert len(second) == 0 or len(first) > 0
+        self.reserved = [*first, *second]
+        for slot in self.reserved:
+            slot[:] = np.frombuffer(
+                self.next_value.to_bytes(8, "little") * (SLOT_BYTES // 8), dtype=np.uint8
+            )
+            self.next_value += 1
+
+    @rule(data=st.data())
+    def commit(self, data: st.DataObject) -> None:
+        m = data.draw(st.integers(0, len(self.reserved)))
+        self.producer.commit(m)
+        self.fifo.extend(bytes(slot) for slot in self.reserved[:m])
+        self.reserved = []
+
+    @rule(max_n=st.integers(1, CAPACITY + 3))
+    def peek(self, max_n: int) -> None:
+        first, second = self.consumer.peek(max_n)
+        got = [bytes(slot) for slot in (*first, *second)]
+        assert got == list(self.fifo)[: min(max_n, len(self.fifo))]
+        assert not first.flags.writeable and not second.flags.writeable
+        self.peeked = got
+
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        m = data.draw(st.integers(0, len(self.peeked)))
+        self.consumer.release(m)
+        for _ in range(m):
+            self.fifo.popleft()
+        self.peeked = []
+
+    @precondition(lambda self: self.reserved)
+    @rule()
+    def over_commit_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="reserved"):
+            self.producer.commit(len(self.reserved) + 1)
+
+    @invariant()
+    def counts_agree(self) -> None:
+        assert self.consumer.ready() == len(self.fifo)
+        assert self.producer.free() == CAPACITY - len(self.fifo)
+
+
+RingModel.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+TestRingModel = RingModel.TestCase
+
+
+@given(st.lists(st.integers(1, 2 * CAPACITY), min_size=1, max_size=40))
+@settings(deadline=None, max_examples=60)
+def test_slots_arrive_in_order_whatever_the_batch_sizes(batches: list[int]) -> None:
+    with RingProducer.create(capacity=CAPACITY, slot_bytes=SLOT_BYTES) as producer:
+        consumer = RingConsumer.attach(producer.segment.name)
+        sent = received = 0
+        for n in batches:
+            first, second = producer.reserve(n)
+            for slot in (*first, *second):
+                slot[:8] = np.frombuffer(sent.to_bytes(8, "little"), dtype=np.uint8)
+                sent += 1
+            producer.commit(len(first) + len(second))
+            first, second = consumer.peek(n // 2 + 1)
+            for slot in (*first, *second):
+                assert int.from_bytes(bytes(slot[:8]), "little") == received
+                received += 1
+            consumer.release(len(first) + len(second))
+        consumer.close()
+
+
+def test_closed_ring_still_delivers_committed_slots_then_raises() -> None:
+    producer = RingProducer.create(capacity=4, slot_bytes=64)
+    consumer = RingConsumer.attach(producer.segment.name)
+    first, _ = producer.reserve(3)
+    first[:, 0] = [1, 2, 3]
+    producer.commit(3)
+    producer.close()
+    first, _ = consumer.peek(8)
+    assert list(first[:, 0]) == [1, 2, 3]
+    consumer.release(3)
+    with pytest.raises(RingClosed):
+        consumer.peek(1, timeout=1.0)
+    consumer.close()
+
+
+def test_reserve_on_a_ring_the_consumer_closed_raises() -> None:
+    producer = RingProducer.create(capacity=4, slot_bytes=64)
+    consumer = RingConsumer.attach(producer.segment.name)
+    consumer.close()
+    with pytest.raises(RingClosed):
+        producer.reserve(1)
+    producer.close()
+
+
+def test_geometry_is_checked_on_create() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        RingProducer.create(capacity=6, slot_bytes=64)
+    with pytest.raises(ValueError, match="slot_bytes"):
+        RingProducer.create(capacity=8, slot_bytes=32)
+    with pytest.raises(ValueError, match="slot_bytes"):
+        RingProducer.create(capacity=8, slot_bytes=96)
+
+
+def test_full_ring_times_out_with_an_empty_reservation() -> None:
+    with RingProducer.create(capacity=2, slot_bytes=64) as producer:
+        first, _ = producer.reserve(2)
+        producer.commit(2)
+        first, second = producer.reserve(1, timeout=0.05)
+        assert len(first) == 0 and len(second) == 0
+
+
+def test_empty_ring_peek_times_out_with_nothing() -> None:
+    producer = RingProducer.create(capacity=2, slot_bytes=64)
+    consumer = RingConsumer.attach(producer.segment.name)
+    first, second = consumer.peek(1, timeout=0.05)
+    assert len(first) == 0 and len(second) == 0
+    consumer.close()
+    producer.close()

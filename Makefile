@@ -28,6 +28,7 @@ bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(BIN)/gpufeed bench ring --json | tee benchmarks/results/ring-64.json
 	$(BIN)/gpufeed bench ring --json --slot-bytes 4096 --slots 500000 | tee benchmarks/results/ring-4096.json
+	$(BIN)/gpufeed bench pack --json | tee benchmarks/results/pack.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -70,6 +70,15 @@ class OpLoadError(GpufeedError):
     """A user op could not be loaded from an import path or entry point."""
 
 
+class ResultOutOfOrder(GpufeedError):
+    """A result slot's sequence number is not the one its request ring expects next.
+
+    The compute process answers every request ring in FIFO order; a mismatch
+    means the two sides disagree about what is in flight, and the rings must
+    be rebuilt (the messages stay pending in Redis and are reclaimed).
+    """
+
+
 class BackendError(GpufeedError):
     """A compute backend failed on a batch."""
 

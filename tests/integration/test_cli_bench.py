@@ -34,3 +34,21 @@ def test_bench_ring_prints_one_json_object_with_the_documented_keys() -> None:
     assert result["slot_bytes"] == 64 and result["batch"] == 256
     assert 0 < result["wake_p50_us"] <= result["wake_p99_us"]
     assert result["gb_per_s"] == pytest.approx(result["slots_per_s"] * 64 / 1e9, rel=1e-2)
+
+
+@pytest.mark.timeout(120)
+def test_bench_pack_prints_entries_per_second() -> None:
+    out = run_cli("bench", "pack", "--json", "--batches", "20", "--repeats", "1")
+    result = json.loads(out)
+    assert result["slot_bytes"] == 128 and result["payload_bytes"] == 64
+    assert result["entries_per_s"] > 0 and result["naive_entries_per_s"] > 0
+
+
+def test_bench_pack_refuses_payloads_larger_than_the_slot() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufeed", "bench", "pack", "--slot-bytes", "64",
+         "--payload-bytes", "64"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "payload_bytes must be at most slot_bytes - 16 = 48" in done.stderr

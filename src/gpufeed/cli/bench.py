@@ -47,3 +47,29 @@ def bench_ring(
         wake_samples=wake_samples,
     )
     emit(run(cfg), as_json)
+
+
+@bench_app.command("pack")
+def bench_pack(
+    slot_bytes: Annotated[int, typer.Option(help="Slot size in bytes.")] = 128,
+    payload_bytes: Annotated[int, typer.Option(help="Payload bytes per message.")] = 64,
+    batch: Annotated[int, typer.Option(help="Entries per XREADGROUP reply.")] = 256,
+    batches: Annotated[int, typer.Option(help="Replies packed per run.")] = 400,
+    repeats: Annotated[int, typer.Option(help="Runs; the median is reported.")] = 5,
+    as_json: JsonFlag = False,
+) -> None:
+    """Packing XREADGROUP replies into slots vs a per-message loop."""
+    from gpufeed.bench.pack import PackBenchConfig, run
+
+    if payload_bytes > slot_bytes - 16:
+        raise typer.BadParameter(
+            f"payload_bytes must be at most slot_bytes - 16 = {slot_bytes - 16}"
+        )
+    cfg = PackBenchConfig(
+        slot_bytes=slot_bytes,
+        payload_bytes=payload_bytes,
+        batch=batch,
+        batches=batches,
+        repeats=repeats,
+    )
+    emit(run(cfg), as_json)

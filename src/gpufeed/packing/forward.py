@@ -1,0 +1,264 @@
+"""Forward packing: one XREADGROUP reply → request slots plus the side table.
+
+Per message, Python does only what the reply format forces: a few dict
+lookups. Lengths, validation, headers and the payload copy are vectorised over
+the batch: the payloads are joined into one bytes object and scattered into
+the slots with a single boolean-mask assignment (rows of the mask are filled
+in order, which is exactly the order of the joined bytes), or a plain 2-D copy
+when every payload has the same length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.packing.layout import HEADER_BYTES, HEADER_DTYPE, SEQ_MOD, SlotArray
+
+Fields = Mapping[bytes, bytes]
+Entry = tuple[bytes, Fields | None]
+
+STATUS_ERROR_NAME = "error"
+STATUS_EXPIRED_NAME = "expired"
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A message that gets an ``error`` or ``expired`` result without any compute."""
+
+    entry_id: bytes
+    status: str
+    reason: str
+    fields: Fields
+    cid: bytes | None = None
+    reply_to: bytes | None = None
+
+    @property
+    def dead_letter(self) -> bool:
+        """Bad input goes to the dead-letter stream; an expired message does not."""
+        return self.status == STATUS_ERROR_NAME
+
+
+@dataclass
+class PackedBatch:
+    """The side table the ingest process keeps for one packed batch.
+
+    Packed message ``i`` sits in request slot ``i`` with sequence number
+    ``(first_seq + i) % 2**32``; its result comes back in that order.
+    """
+
+    first_seq: int
+    ids: list[bytes] = field(default_factory=list)
+    cids: list[bytes | None] = field(default_factory=list)
+    reply_to: list[bytes | None] = field(default_factory=list)
+    ops: npt.NDArray[np.uint16] = field(default_factory=lambda: np.empty(0, np.uint16))
+    rejects: list[Reject] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+
+def reply_entries(reply: Any) -> list[Entry]:
+    """The entries of an XREADGROUP reply as redis-py returns it, in order.
+
+    RESP2 gives ``[[stream, [(id, fields), ...]], ...]``, RESP3 a dict
+    ``{stream: [[id, fields], ...]}``; an empty read gives ``[]``/``None``/``{}``.
+    Entries deleted while pending come back with ``None`` (or empty) fields.
+    """
+    if not reply:
+        return []
+    streams: Iterable[Any] = reply.values() if isinstance(reply, dict) else (s[1] for s in reply)
+    entries: list[Entry] = []
+    for stream_entries in streams:
+        entries.extend((e[0], e[1]) for e in stream_entries)
+    return entries
+
+
+def _parse_deadline(raw: bytes) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def pack(
+    entries: Sequence[Entry],
+    out: SlotArray | Sequence[SlotArray],
+    *,
+    table: OpTable,
+    first_seq: int,
+    now_ms: int,
+) -> PackedBatch:
+    """Write the valid messages of ``entries`` into request slots, in order.
+
+    ``out`` is a slot array or a ring reservation ``(first, second)``; it must
+    have a slot for every entry (reserve before reading). Invalid or expired
+    messages become ``rejects`` and take no slot.
+    """
+    parts = [out] if isinstance(out, np.ndarray) else [p for p in out if len(p)]
+    capacity = table.payload_capacity
+    batch = PackedBatch(first_seq=first_seq % SEQ_MOD)
+    rejects = batch.rejects
+    ids_by_name = table.ids_by_bytes
+
+    ids: list[bytes] = []
+    datas: list[bytes] = []
+    kept_fields: list[Fields] = []
+    ops: list[int] = []
+    deadlines: list[int] = []
+
+    for entry_id, fields in entries:
+        data = fields.get(b"data") if fields else None
+        if data is None:
+            reason = "missing data field" if fields else "entry has no fields (deleted?)"
+            rejects.append(Reject(entry_id, STATUS_ERROR_NAME, reason, fields or {}))
+            continue
+        assert fields is not None
+        op_id = 0
+        deadline = -1
+        if len(fields) > 1:  # anything beyond data: look at the optional fields
+            op_name = fields.get(b"op")
+            if op_name is not None:
+                found = ids_by_name.get(op_name)
+                if found is None:
+                    name = op_name.decode(errors="replace")
+                    reason = table.unusable.get(name) or f"unknown op {name!r}"
+                    rejects.append(_reject(entry_id, reason, fields))
+                    continue
+                op_id = found
+            raw_deadline = fields.get(b"deadline_ms")
+            if raw_deadline is not None:
+                try:
+                    deadline = _parse_deadline(raw_deadline)
+                except ValueError:
+                    reason = (
+                        f"malformed deadline_ms {raw_deadline[:40]!r}: "
+                        "expected Unix time in milliseconds"
+                    )
+                    rejects.append(_reject(entry_id, reason, fields))
+                    continue
+        ids.append(entry_id)
+        datas.append(data)
+        kept_fields.append(fields)
+        ops.append(op_id)
+        deadlines.append(deadline)
+
+    n = len(ids)
+    lens = np.fromiter(map(len, datas), dtype=np.int64, count=n)
+    op_ids = np.array(ops, dtype=np.uint16)
+    bad = _invalid(lens, op_ids, table, capacity, np.array(deadlines, np.int64), now_ms)
+    if bad is not None:
+        for i in np.flatnonzero(bad).tolist():
+            code = int(bad[i])
+            reason = _reason(code, int(lens[i]), table.ops[int(op_ids[i])], capacity)
+            status = STATUS_EXPIRED_NAME if code == _EXPIRED else STATUS_ERROR_NAME
+            rejects.append(_reject(ids[i], reason, kept_fields[i], status))
+        keep = np.flatnonzero(bad == 0)
+        kept = keep.tolist()
+        ids = [ids[i] for i in kept]
+        datas = [datas[i] for i in kept]
+        kept_fields = [kept_fields[i] for i in kept]
+        lens = lens[keep]
+        op_ids = op_ids[keep]
+        n = len(ids)
+
+    room = sum(len(p) for p in parts)
+    if n > room:
+        raise ValueError(f"{n} messages to pack but only {room} slots given")
+    _write(parts, datas, lens, op_ids, batch.first_seq)
+    batch.ids = ids
+    batch.cids = [f.get(b"cid") if len(f) > 1 else None for f in kept_fields]
+    batch.reply_to = [f.get(b"reply_to") if len(f) > 1 else None for f in kept_fields]
+    batch.ops = op_ids
+    return batch
+
+
+def _reject(
+    entry_id: bytes, reason: str, fields: Fields, status: str = STATUS_ERROR_NAME
+) -> Reject:
+    return Reject(entry_id, status, reason, fields, fields.get(b"cid"), fields.get(b"reply_to"))
+
+
+_TOO_LARGE, _WRONG_LENGTH, _EXPIRED = 1, 2, 3
+
+
+def _invalid(
+    lens: npt.NDArray[np.int64],
+    op_ids: npt.NDArray[np.uint16],
+    table: OpTable,
+    capacity: int,
+    deadlines: npt.NDArray[np.int64],
+    now_ms: int,
+) -> npt.NDArray[np.uint8] | None:
+    """Per message: 0 fine, else why not; None when every message is fine."""
+    bad = np.zeros(len(lens), dtype=np.uint8)
+    if len(table.ops) == 1 or not op_ids.any():
+        bad[~table.ops[0].valid_lengths(lens)] = _WRONG_LENGTH
+    else:
+        for op_id in np.unique(op_ids).tolist():
+            sel = op_ids == op_id
+            bad[sel & ~_valid_for(table, op_id, lens, sel)] = _WRONG_LENGTH
+    expired = (deadlines >= 0) & (deadlines < now_ms)
+    bad[expired & (bad == 0)] = _EXPIRED
+    bad[lens > capacity] = _TOO_LARGE
+    return bad if bad.any() else None
+
+
+def _valid_for(
+    table: OpTable, op_id: int, lens: npt.NDArray[np.int64], sel: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    valid = np.ones(len(lens), dtype=bool)
+    valid[sel] = table.ops[op_id].valid_lengths(lens[sel])
+    return valid
+
+
+def _reason(code: int, length: int, op: Any, capacity: int) -> str:
+    if code == _TOO_LARGE:
+        return f"payload of {length} bytes is larger than the {capacity}-byte slot payload area"
+    if code == _WRONG_LENGTH:
+        return f"wrong payload length {length} for op {op.name!r}: {op.length_rule}"
+    return "deadline_ms passed before the message was processed"
+
+
+def _write(
+    parts: list[SlotArray],
+    datas: list[bytes],
+    lens: npt.NDArray[np.int64],
+    op_ids: npt.NDArray[np.uint16],
+    first_seq: int,
+) -> None:
+    n = len(datas)
+    if n == 0:
+        return
+    header = np.zeros(n, dtype=HEADER_DTYPE)
+    header["len"] = lens
+    header["op"] = op_ids
+    header["seq"] = (np.arange(first_seq, first_seq + n, dtype=np.uint64) % SEQ_MOD).astype(
+        np.uint32
+    )
+    header_bytes = header.view(np.uint8).reshape(n, HEADER_BYTES)
+    blob = np.frombuffer(b"".join(datas), dtype=np.uint8)
+    uniform = int(lens[0]) if bool((lens == lens[0]).all()) else -1
+    row = offset = 0
+    for part in parts:
+        count = min(len(part), n - row)
+        if count == 0:
+            break
+        part[:count, :HEADER_BYTES] = header_bytes[row : row + count]
+        area = part[:count, HEADER_BYTES:]
+        if uniform >= 0:
+            size = count * uniform
+            area[:, :uniform] = blob[offset : offset + size].reshape(count, uniform)
+        else:
+            part_lens = lens[row : row + count]
+            size = int(part_lens.sum())
+            mask = np.arange(area.shape[1])[None, :] < part_lens[:, None]
+            area[mask] = blob[offset : offset + size]
+        row += count
+        offset += size

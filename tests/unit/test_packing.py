@@ -1,0 +1,217 @@
+"""Packing: XREADGROUP replies → slots → results → result entries."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpufeed.errors import ResultOutOfOrder
+from gpufeed.gpu import cpu
+from gpufeed.gpu.ops import Dense, OpTable, default_dense_model
+from gpufeed.packing import (
+    ResultEntry,
+    headers,
+    pack,
+    payload_capacity,
+    reply_entries,
+    unpack_results,
+    write_error_results,
+)
+
+SLOT_SIZES = [64, 128, 256, 1024]
+
+
+def table_for(slot_bytes: int, default: str = "echo") -> OpTable:
+    return OpTable.for_worker(default, payload_capacity(slot_bytes))
+
+
+def f32(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def expected_result(op: str, data: bytes) -> bytes:
+    """Each op computed independently of gpufeed's code."""
+    if op == "echo":
+        return data
+    if op == "sha256":
+        return hashlib.sha256(data).digest()
+    if op == "vector_add":
+        v = np.frombuffer(data, dtype="<f4")
+        return f32(v[: len(v) // 2] + v[len(v) // 2 :])
+    raise AssertionError(op)
+
+
+def payload_for(op: str, size: int, rng: np.random.Generator) -> bytes:
+    if op == "vector_add":
+        return f32(rng.standard_normal(size // 8 * 2))
+    if op == "dense":
+        return f32(rng.standard_normal(8))
+    return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def round_trip(entries, slot_bytes, table, *, split: int, first_seq: int = 0):
+    slots = np.zeros((len(entries) + 1, slot_bytes), dtype=np.uint8)
+    batch = pack(
+        entries, (slots[:split], slots[split:]), table=table, first_seq=first_seq, now_ms=0
+    )
+    results = np.zeros_like(slots)
+    reserved = (results[: batch.count // 2], results[batch.count // 2 : batch.count])
+    cpu.process(table, (slots[: batch.count],), reserved, reference=True)
+    return batch, unpack_results(reserved, batch)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    op=st.sampled_from(["echo", "sha256", "vector_add", "dense"]),
+    slot_bytes=st.sampled_from(SLOT_SIZES),
+    sizes=st.lists(st.integers(0, 1 << 20), min_size=1, max_size=40),
+    split=st.integers(0, 41),
+    first_seq=st.sampled_from([0, 7, 2**32 - 3]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_every_op_round_trips(op, slot_bytes, sizes, split, first_seq, seed) -> None:
+    rng = np.random.default_rng(seed)
+    capacity = payload_capacity(slot_bytes)
+    # sizes from 0 to exactly the payload capacity, both ends included
+    sizes = [s % (capacity + 1) for s in sizes] + [0, capacity]
+    if op == "vector_add":
+        sizes = [s // 8 * 8 for s in sizes]
+    table = table_for(slot_bytes)
+    datas = [payload_for(op, s, rng) for s in sizes]
+    entries = [
+        (f"{i}-0".encode(), {b"data": d, b"op": op.encode(), b"cid": b"c%d" % i})
+        for i, d in enumerate(datas)
+    ]
+    batch, results = round_trip(entries, slot_bytes, table, split=split, first_seq=first_seq)
+    assert batch.rejects == []
+    assert [r.src for r in results] == [e[0] for e in entries]
+    assert [r.cid for r in results] == [e[1][b"cid"] for e in entries]
+    assert all(r.status == "ok" for r in results)
+    for result, data in zip(results, datas, strict=True):
+        if op == "dense":
+            w, b = default_dense_model()
+            x = np.frombuffer(data, "<f4").astype(np.float64)
+            want = np.maximum(w.astype(np.float64) @ x + b, 0)
+            assert np.allclose(np.frombuffer(result.body, "<f4"), want, rtol=1e-5, atol=1e-5)
+        else:
+            assert result.body == expected_result(op, data)
+
+
+def test_a_mixed_batch_runs_each_message_through_its_own_op() -> None:
+    table = table_for(128)
+    a, b = np.arange(4, dtype="<f4"), np.ones(4, dtype="<f4")
+    entries = [
+        (b"1-0", {b"data": b"hello"}),  # the worker's op: echo
+        (b"2-0", {b"data": b"hello", b"op": b"sha256"}),
+        (b"3-0", {b"data": f32(np.concatenate([a, b])), b"op": b"vector_add"}),
+    ]
+    _, results = round_trip(entries, 128, table, split=1)
+    assert [r.body for r in results] == [
+        b"hello",
+        hashlib.sha256(b"hello").digest(),
+        f32(a + b),
+    ]
+
+
+def reject_of(entry, slot_bytes=64, table=None, now_ms=0):
+    table = table or table_for(slot_bytes)
+    batch = pack([entry], np.zeros((1, slot_bytes), np.uint8), table=table, first_seq=0,
+                 now_ms=now_ms)  # fmt: skip
+    assert batch.count == 0 and len(batch.rejects) == 1
+    return batch.rejects[0]
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "reason"),
+    [
+        ({b"payload": b"x"}, "error", "missing data field"),
+        (None, "error", "entry has no fields"),
+        ({b"data": b"x" * 49}, "error", "49 bytes is larger than the 48-byte"),
+        ({b"data": b"x" * 12, b"op": b"vector_add"}, "error", "wrong payload length 12"),
+        ({b"data": b"x" * 12, b"op": b"dense"}, "error", "exactly 32 bytes"),
+        ({b"data": b"x", b"op": b"nosuch"}, "error", "unknown op 'nosuch'"),
+        ({b"data": b"x", b"deadline_ms": b"soon"}, "error", "malformed deadline_ms"),
+        ({b"data": b"x", b"deadline_ms": b"-5"}, "error", "malformed deadline_ms"),
+        ({b"data": b"x", b"deadline_ms": b"1000"}, "expired", "deadline_ms passed"),
+    ],
+)
+def test_each_kind_of_bad_input_gets_its_error_record(fields, status, reason) -> None:
+    reject = reject_of((b"9-1", fields), now_ms=2000)
+    assert reject.entry_id == b"9-1"
+    assert reject.status == status
+    assert reason in reject.reason
+    assert reject.dead_letter == (status == "error")
+    assert reject.fields == (fields or {})
+    result = ResultEntry.from_reject(reject)
+    assert result.status == status and reason.encode() in result.body
+
+
+def test_rejects_keep_cid_and_reply_to_and_do_not_disturb_the_batch() -> None:
+    entries = [
+        (b"1-0", {b"data": b"ok"}),
+        (b"2-0", {b"data": b"x" * 100, b"cid": b"c2", b"reply_to": b"replies"}),
+        (b"3-0", {b"data": b"fine", b"deadline_ms": str(int(time.time() * 1000) + 60_000)}),
+    ]
+    entries[2][1][b"deadline_ms"] = entries[2][1][b"deadline_ms"].encode()
+    batch, results = round_trip(entries, 64, table_for(64), split=0)
+    assert [r.body for r in results] == [b"ok", b"fine"]
+    (reject,) = batch.rejects
+    assert (reject.cid, reject.reply_to) == (b"c2", b"replies")
+
+
+def test_an_op_that_cannot_fit_the_slot_is_refused_by_name() -> None:
+    big = Dense(np.ones((20, 8), np.float32), np.zeros(20, np.float32))
+    table = OpTable([table_for(64).default, big], payload_capacity(64))
+    reject = reject_of((b"1-0", {b"data": b"x" * 32, b"op": b"dense"}), table=table)
+    assert "80-byte results" in reject.reason
+
+
+def test_reply_entries_reads_resp2_and_resp3_shapes() -> None:
+    e1, e2 = (b"1-0", {b"data": b"a"}), (b"2-0", None)
+    assert reply_entries([[b"q", [e1, e2]]]) == [e1, e2]
+    assert reply_entries({b"q": [[b"1-0", {b"data": b"a"}], [b"2-0", None]]}) == [e1, e2]
+    assert reply_entries([]) == reply_entries(None) == reply_entries({}) == []
+
+
+def test_results_with_the_wrong_sequence_number_are_refused() -> None:
+    table = table_for(64)
+    slots = np.zeros((2, 64), np.uint8)
+    batch = pack([(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b"})], slots, table=table,
+                 first_seq=10, now_ms=0)  # fmt: skip
+    results = np.zeros_like(slots)
+    cpu.process(table, (slots,), (results,))
+    headers(results)["seq"][1] = 99
+    with pytest.raises(ResultOutOfOrder, match="seq 99, expected 11"):
+        unpack_results(results, batch)
+
+
+def test_a_failed_batch_answers_every_message_with_the_reason() -> None:
+    table = table_for(64)
+    slots = np.zeros((3, 64), np.uint8)
+    batch = pack([(b"%d-0" % i, {b"data": b"z"}) for i in range(3)], slots, table=table,
+                 first_seq=0, now_ms=0)  # fmt: skip
+    results = np.zeros_like(slots)
+    write_error_results(results, headers(slots), "kernel failed: out of memory")
+    got = unpack_results(results, batch)
+    assert {(r.status, r.body) for r in got} == {("error", b"kernel failed: out of memory")}
+
+
+def test_too_few_slots_is_a_caller_bug() -> None:
+    with pytest.raises(ValueError, match="only 1 slots"):
+        pack([(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b"})], np.zeros((1, 64), np.uint8),
+             table=table_for(64), first_seq=0, now_ms=0)  # fmt: skip
+
+
+def test_header_layout_is_the_documented_little_endian_struct() -> None:
+    slots = np.zeros((1, 64), np.uint8)
+    pack([(b"1-0", {b"data": b"abc", b"op": b"sha256"})], slots, table=table_for(64),
+         first_seq=0x01020304, now_ms=0)  # fmt: skip
+    sha_id = table_for(64).ids["sha256"]
+    assert struct.unpack_from("<IHHII", slots[0]) == (3, sha_id, 0, 0x01020304, 0)
+    assert bytes(slots[0, 16:19]) == b"abc"

@@ -6,6 +6,7 @@ import typer
 
 from gpufeed import __version__
 from gpufeed.cli.bench import bench_app
+from gpufeed.cli.worker import demo, produce, worker
 
 app = typer.Typer(
     name="gpufeed",
@@ -14,6 +15,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bench_app, name="bench")
+app.command()(worker)
+app.command()(produce)
+app.command()(demo)
 
 
 @app.command()

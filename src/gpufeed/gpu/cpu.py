@@ -1,4 +1,4 @@
-"""The ``cpu`` compute: each op's NumPy code over whole batches of request slots."""
+"""The ``cpu`` backend: each op's NumPy code over whole batches of request slots."""
 
 from __future__ import annotations
 
@@ -7,9 +7,19 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from gpufeed.gpu.backend import Backend, Completed
 from gpufeed.gpu.ops.registry import OpTable
-from gpufeed.packing.layout import HEADER_BYTES, SlotArray, headers, payload_capacity
+from gpufeed.packing.layout import (
+    HEADER_BYTES,
+    STATUS_ERROR,
+    STATUS_OK,
+    SlotArray,
+    headers,
+    payload_capacity,
+)
 from gpufeed.packing.results import write_results
+
+Outputs = tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.uint16]]
 
 
 def compute(
@@ -41,6 +51,34 @@ def compute(
     return out, out_lens
 
 
+def compute_isolating(table: OpTable, requests: SlotArray) -> Outputs:
+    """``compute``, but an op that raises does not fail the whole batch.
+
+    The batch is split in halves until the failing messages stand alone; each
+    of those gets an error result with the exception (and is dead-lettered by
+    the commit), every other message its normal result.
+    """
+    n = len(requests)
+    width = payload_capacity(requests.shape[1])
+    try:
+        out, out_lens = compute(table, requests)
+    except Exception as exc:
+        if n == 1:
+            op = table[int(headers(requests)["op"][0])]
+            text = f"op {op.name!r} failed: {exc!r}".encode()[:width]
+            out = np.zeros((1, width), np.uint8)
+            out[0, : len(text)] = np.frombuffer(text, np.uint8)
+            return out, np.array([len(text)], np.int64), np.array([STATUS_ERROR], np.uint16)
+        half = n // 2
+        a, b = compute_isolating(table, requests[:half]), compute_isolating(table, requests[half:])
+        outs = [
+            np.pad(x[0][:, :width], ((0, 0), (0, width - min(width, x[0].shape[1]))))
+            for x in (a, b)
+        ]
+        return np.concatenate(outs), np.concatenate([a[1], b[1]]), np.concatenate([a[2], b[2]])
+    return out, out_lens, np.full(n, STATUS_OK, np.uint16)
+
+
 def process(
     table: OpTable,
     requests: Sequence[SlotArray],
@@ -48,10 +86,7 @@ def process(
     *,
     reference: bool = False,
 ) -> int:
-    """Answer the request slots (a ring peek) in the result slots (a ring reservation).
-
-    Returns the number of slots answered (all of them; the caller reserved as many).
-    """
+    """Answer the request slots (a ring peek) in the result slots (a ring reservation)."""
     parts = [p for p in requests if len(p)]
     if not parts:
         return 0
@@ -59,3 +94,26 @@ def process(
     out, out_lens = compute(table, batch, reference=reference)
     write_results(results, headers(batch), out, out_lens)
     return len(batch)
+
+
+class CpuBackend(Backend):
+    """Computes synchronously in ``submit``; ``poll`` hands the results over."""
+
+    name = "cpu"
+
+    def __init__(self, table: OpTable, slot_bytes: int, max_batch: int) -> None:
+        super().__init__(table, slot_bytes, max_batch)
+        self._done: list[Completed] = []
+
+    def submit(self, ring: int, requests: SlotArray) -> None:
+        out, out_lens, status = compute_isolating(self.table, requests)
+        if np.may_share_memory(out, requests):  # a user op returned a view of its input
+            out = out.copy()
+        self._done.append(Completed(ring, headers(requests).copy(), out, out_lens, status))
+
+    def poll(self, timeout: float = 0.0) -> list[Completed]:
+        done, self._done = self._done, []
+        return done
+
+    def in_flight(self) -> int:
+        return len(self._done)

@@ -504,6 +504,10 @@ class RingConsumer(_Endpoint):
     def _ready(self) -> bool:
         return self._refresh() > 0 or bool(self._words[L.W_CLOSED])
 
+    def wait_ready(self, timeout: float | None) -> bool:
+        """Wait until a slot is ready or the ring closed, without taking anything."""
+        return self._wait(timeout)
+
     def peek(self, max_n: int, timeout: float | None = 0.0) -> tuple[SlotArray, SlotArray]:
         """Read-only views of up to ``max_n`` ready slots, as (first, second).
 

@@ -1,0 +1,167 @@
+"""``gpufeed worker``, ``gpufeed produce`` and ``gpufeed demo``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from gpufeed.errors import ConfigError, GpufeedError
+
+
+def _opt(help_text: str, name: str) -> typer.models.OptionInfo:
+    option: typer.models.OptionInfo = typer.Option(help=help_text, envvar=f"GPUFEED_{name}")
+    return option
+
+
+RedisUrl = Annotated[str, _opt("Redis URL (redis:// or rediss://).", "REDIS_URL")]
+Queue = Annotated[str, _opt("Queue name: streams gpufeed:{NAME}:in/out/dead.", "QUEUE")]
+OpName = Annotated[str, _opt("Op: a built-in, an entry point, or package.module:attribute.", "OP")]
+
+
+def worker(
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    queue: Queue = "default",
+    op: OpName = "echo",
+    backend: Annotated[str, _opt("auto, cpu, batched or persistent.", "BACKEND")] = "auto",
+    ingest_procs: Annotated[int, _opt("Ingest processes (Redis I/O).", "INGEST_PROCS")] = 1,
+    max_batch: Annotated[int, _opt("Most messages per batch.", "MAX_BATCH")] = 512,
+    max_wait_ms: Annotated[int, _opt("XREADGROUP BLOCK when idle, ms.", "MAX_WAIT_MS")] = 5,
+    slot_bytes: Annotated[int, _opt("Slot size (power of two >= 64).", "SLOT_BYTES")] = 256,
+    ring_capacity: Annotated[int, _opt("Slots per ring.", "RING_CAPACITY")] = 4096,
+    visibility_timeout_ms: Annotated[
+        int, _opt("Idle time before XAUTOCLAIM takes an entry over.", "VISIBILITY_TIMEOUT_MS")
+    ] = 30_000,
+    max_deliveries: Annotated[
+        int, _opt("Deliveries before an entry is dead-lettered.", "MAX_DELIVERIES")
+    ] = 5,
+    delete_acked: Annotated[
+        bool,
+        typer.Option(
+            "--delete-acked/--keep-acked",
+            help="XDEL input entries once answered.",
+            envvar="GPUFEED_DELETE_ACKED",
+        ),
+    ] = False,
+    drain_timeout_s: Annotated[
+        float, _opt("Seconds to finish in-flight work on SIGTERM.", "DRAIN_TIMEOUT_S")
+    ] = 30.0,
+    log_format: Annotated[str, _opt("console or json.", "LOG_FORMAT")] = "console",
+    group: Annotated[str, _opt("Consumer group name.", "GROUP")] = "gpufeed",
+    consumer: Annotated[str, _opt("Consumer name prefix (default: host name).", "CONSUMER")] = "",
+    start_id: Annotated[
+        str, _opt("Where a new group starts: 0 (all) or $ (new only).", "START_ID")
+    ] = "0",
+    out_maxlen: Annotated[
+        int, _opt("MAXLEN ~ for result and dead-letter streams (0: none).", "OUT_MAXLEN")
+    ] = 1_000_000,
+    dense_model: Annotated[str | None, _opt("W/b .npz for the dense op.", "DENSE_MODEL")] = None,
+) -> None:
+    """Serve a queue: read, batch, compute, write one result per message."""
+    from gpufeed.worker.config import WorkerConfig
+    from gpufeed.worker.logs import configure_logging
+    from gpufeed.worker.supervisor import Supervisor
+
+    try:
+        config = WorkerConfig(
+            redis_url=redis_url, queue=queue, op=op, backend=backend,
+            ingest_procs=ingest_procs, max_batch=max_batch, max_wait_ms=max_wait_ms,
+            slot_bytes=slot_bytes, ring_capacity=ring_capacity,
+            visibility_timeout_ms=visibility_timeout_ms, max_deliveries=max_deliveries,
+            delete_acked=delete_acked, drain_timeout_s=drain_timeout_s, log_format=log_format,
+            group=group, consumer=consumer, start_id=start_id, out_maxlen=out_maxlen,
+            dense_model=dense_model,
+        )  # fmt: skip
+        _check_op(config)
+    except GpufeedError as exc:
+        typer.echo(f"gpufeed worker: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    configure_logging(config.log_format, "supervisor")
+    raise typer.Exit(Supervisor(config).run())
+
+
+def _check_op(config: object) -> None:
+    """Load the op once up front, so a bad --op fails before any process starts."""
+    from gpufeed.gpu.ops import OpTable
+    from gpufeed.packing.layout import payload_capacity
+    from gpufeed.worker.config import WorkerConfig
+
+    assert isinstance(config, WorkerConfig)
+    OpTable.for_worker(
+        config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
+    )
+
+
+def produce(
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    queue: Queue = "default",
+    op: OpName = "echo",
+    count: Annotated[int, typer.Option(help="Messages to write.")] = 10_000,
+    rate: Annotated[float, typer.Option(help="Messages per second (0: as fast as possible).")] = 0,
+    slot_bytes: Annotated[int, typer.Option(help="The worker's slot size.")] = 256,
+    seed: Annotated[int, typer.Option(help="Payload random seed.")] = 0,
+) -> None:
+    """Write COUNT valid messages for OP to the queue's input stream."""
+    import redis
+    from rich.progress import Progress
+
+    from gpufeed.gpu.ops import load_op
+    from gpufeed.packing.layout import payload_capacity
+    from gpufeed.worker.payloads import sample_payloads
+    from gpufeed.worker.produce import xadd_all
+
+    try:
+        payloads = sample_payloads(load_op(op), count, payload_capacity(slot_bytes), seed)
+    except (GpufeedError, ValueError) as exc:
+        typer.echo(f"gpufeed produce: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    stream = f"gpufeed:{{{queue}}}:in"
+    client = redis.Redis.from_url(redis_url)
+    with Progress(transient=not sys.stderr.isatty()) as progress:
+        task = progress.add_task(f"XADD {stream}", total=count)
+        xadd_all(
+            client, stream, payloads, op=op, rate=rate,
+            progress=lambda done: progress.update(task, completed=done),
+        )  # fmt: skip
+    typer.echo(f"wrote {count} {op} messages to {stream}")
+
+
+def demo(
+    messages_per_op: Annotated[int, typer.Option(help="Messages for each built-in op.")] = 100_000,
+    backend: Annotated[str, typer.Option(help="auto, cpu, batched or persistent.")] = "auto",
+    ingest_procs: Annotated[int, typer.Option(help="Ingest processes.")] = 1,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Use this server instead of an embedded one.", envvar="REDIS_URL"),
+    ] = None,
+) -> None:
+    """Run a worker against a private Redis, send every built-in op, check every result."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpufeed.worker.demo import run_demo
+
+    try:
+        reports, chosen = run_demo(
+            messages_per_op=messages_per_op, backend=backend, ingest_procs=ingest_procs,
+            redis_url=redis_url,
+        )  # fmt: skip
+    except (ConfigError, RuntimeError) as exc:
+        typer.echo(f"gpufeed demo: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    table = Table(title=f"gpufeed demo (backend: {chosen})")
+    for column in ("op", "messages", "ok", "error", "wrong", "missing", "duplicate",
+                   "msgs/s", "p50 ms", "p99 ms"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "op" else "right")
+    for r in reports:
+        table.add_row(
+            r.op, str(r.messages), str(r.ok), str(r.error), str(r.wrong), str(r.missing),
+            str(r.duplicates), f"{r.msgs_per_s:,.0f}", f"{r.p50_ms:.0f}", f"{r.p99_ms:.0f}",
+        )  # fmt: skip
+    Console(width=max(Console().width, 110)).print(table)
+    typer.echo("latency: input entry to result entry, queueing included (Redis clock, ms).")
+    if not all(r.passed for r in reports):
+        typer.echo("FAILED: some messages lack exactly one correct result", err=True)
+        raise typer.Exit(1)
+    typer.echo("PASSED: every message has exactly one correct result")

@@ -1,0 +1,109 @@
+"""The compute process: request rings in, backend, response rings out. No network I/O."""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from gpufeed.errors import PeerGone, RingClosed
+from gpufeed.gpu.backend import Backend, Completed
+from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.packing.layout import payload_capacity
+from gpufeed.packing.results import write_results
+from gpufeed.ring import RingConsumer, RingProducer
+from gpufeed.worker.backends import make_backend
+from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.logs import configure_logging
+
+log = structlog.get_logger()
+
+# Longest single wait on one ring while every ring is idle. With several
+# ingest processes a sleeper can only wait on one ring's futex, so it rotates
+# among them; this bounds how late a batch on another ring is noticed.
+IDLE_SLICE_S = 0.002
+
+
+@dataclass
+class _Pair:
+    requests: RingConsumer
+    responses: RingProducer
+    open: bool = True
+
+
+def _write(pair: _Pair, done: Completed) -> None:
+    """Put one finished batch into its response ring, waiting for room if need be."""
+    n, row = len(done.requests), 0
+    while row < n:
+        first, second = pair.responses.reserve(n - row, timeout=1.0)
+        k = len(first) + len(second)
+        if k == 0:
+            pair.responses.check_peer()
+            continue
+        end = row + k
+        write_results(
+            (first, second),
+            done.requests[row:end],
+            done.out[row:end],
+            done.out_lens[row:end],
+            done.status[row:end],
+        )
+        pair.responses.commit(k)
+        row = end
+
+
+def serve(pairs: list[_Pair], backend: Backend, max_batch: int) -> None:
+    """Round-robin over the request rings until every one is closed and drained."""
+    start = 0
+    while any(p.open for p in pairs) or backend.in_flight():
+        worked = False
+        n = len(pairs)
+        for k in range(n):
+            i = (start + k) % n
+            pair = pairs[i]
+            if not pair.open:
+                continue
+            try:
+                first, second = pair.requests.peek(max_batch)
+            except (RingClosed, PeerGone) as exc:
+                pair.open = False
+                log.info("request ring finished", ring=i, reason=type(exc).__name__)
+                continue
+            if len(first):
+                backend.submit(i, first)
+                if len(second):
+                    backend.submit(i, second)
+                pair.requests.release(len(first) + len(second))
+                worked = True
+        start = (start + 1) % max(n, 1)
+        for done in backend.poll(0.0 if worked else IDLE_SLICE_S):
+            _write(pairs[done.ring], done)
+        if not worked and not backend.in_flight():
+            idle = [p for p in pairs if p.open]
+            if idle:
+                idle[start % len(idle)].requests.wait_ready(IDLE_SLICE_S if n > 1 else 0.05)
+
+
+def compute_main(config: WorkerConfig, rings: list[tuple[str, str]]) -> None:
+    """Entry point of the compute process (started with ``spawn``)."""
+    # The supervisor coordinates shutdown; this process ends when its rings close.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(config.log_format, "compute")
+    table = OpTable.for_worker(
+        config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
+    )
+    backend = make_backend(config.backend, table, config.slot_bytes, config.max_batch)
+    pairs = [_Pair(RingConsumer.attach(req), RingProducer.attach(resp)) for req, resp in rings]
+    log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
+    started = time.monotonic()
+    try:
+        serve(pairs, backend, config.max_batch)
+    finally:
+        backend.close()
+        for pair in pairs:
+            pair.requests.close()
+            pair.responses.close()
+    log.info("compute stopped", uptime_s=round(time.monotonic() - started, 1))

@@ -1,0 +1,79 @@
+"""Worker settings and the Redis keys they imply."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from gpufeed.errors import ConfigError
+from gpufeed.ring._layout import is_power_of_two
+
+BACKENDS = ("auto", "cpu", "batched", "persistent")
+LOG_FORMATS = ("console", "json")
+# Lua's unpack() takes at most ~8000 values; one XACK per batch must stay below.
+MAX_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "default"
+    op: str = "echo"
+    backend: str = "auto"
+    ingest_procs: int = 1
+    max_batch: int = 512
+    max_wait_ms: int = 5
+    slot_bytes: int = 256
+    ring_capacity: int = 4096
+    visibility_timeout_ms: int = 30_000
+    max_deliveries: int = 5
+    delete_acked: bool = False
+    drain_timeout_s: float = 30.0
+    log_format: str = "console"
+    group: str = "gpufeed"
+    consumer: str = ""  # default: the host name; ingest process i uses "<consumer>-<i>"
+    start_id: str = "0"
+    out_maxlen: int = 1_000_000  # MAXLEN ~ for result and dead-letter streams; 0: unbounded
+    reclaim_interval_ms: int = 1000
+    dense_model: str | None = None
+    cuda_streams: int = 4
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"--{name.replace('_', '-')}: {why}")
+
+        if self.backend not in BACKENDS:
+            raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise bad("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+        if not 1 <= self.ingest_procs <= 64:
+            raise bad("ingest_procs", "must be between 1 and 64")
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise bad("max_batch", f"must be between 1 and {MAX_BATCH}")
+        if not is_power_of_two(self.slot_bytes) or self.slot_bytes < 64:
+            raise bad("slot_bytes", "must be a power of two >= 64")
+        if not is_power_of_two(self.ring_capacity) or self.ring_capacity < self.max_batch:
+            raise bad("ring_capacity", "must be a power of two >= --max-batch")
+        if self.max_wait_ms < 0 or self.visibility_timeout_ms < 1 or self.max_deliveries < 1:
+            raise bad("max_wait_ms", "timeouts must be positive and max-deliveries >= 1")
+        if not self.queue or any(c in self.queue for c in "{} "):
+            raise bad("queue", "must be non-empty without braces or spaces")
+        if self.out_maxlen < 0:
+            raise bad("out_maxlen", "must be >= 0")
+
+    # Every key of a queue carries the hash tag {queue}, so on Redis Cluster they
+    # live in one slot and the commit script may touch all of them.
+    @property
+    def in_key(self) -> str:
+        return f"gpufeed:{{{self.queue}}}:in"
+
+    @property
+    def out_key(self) -> str:
+        return f"gpufeed:{{{self.queue}}}:out"
+
+    @property
+    def dead_key(self) -> str:
+        return f"gpufeed:{{{self.queue}}}:dead"
+
+    def consumer_name(self, index: int) -> str:
+        return f"{self.consumer or socket.gethostname()}-{index}"

@@ -1,0 +1,202 @@
+"""``gpufeed demo``: a real server, a real worker, every built-in op, every result checked."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from gpufeed.bench import percentile
+from gpufeed.gpu.ops import BUILTINS, load_op
+from gpufeed.packing.layout import payload_capacity
+from gpufeed.worker.payloads import sample_payloads
+from gpufeed.worker.produce import xadd_all
+from gpufeed.worker.redis_server import RedisServer
+
+DEMO_SLOT_BYTES = 256
+
+
+@dataclass
+class OpReport:
+    op: str
+    messages: int
+    ok: int
+    error: int
+    wrong: int
+    missing: int
+    duplicates: int
+    msgs_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def passed(self) -> bool:
+        return self.ok == self.messages and not (self.wrong or self.missing or self.duplicates)
+
+
+def id_ms(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+@contextlib.contextmanager
+def redis_for_demo(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def worker_process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``gpufeed worker`` in its own session, logging to ``log_path``; drained on exit."""
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpufeed", "worker", *args],
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def wait_for_consumers(
+    client: redis.Redis, stream: str, count: int, proc: subprocess.Popen[bytes], log_path: Path
+) -> None:
+    """Wait until the worker's ingest processes have joined the group (read once)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited at start:\n{log_path.read_text()[-4000:]}")
+        with contextlib.suppress(redis.ResponseError):
+            groups: Any = client.xinfo_groups(stream)
+            if groups and int(groups[0]["consumers"]) >= count:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("worker did not start reading within 60 s")
+
+
+def collect_results(
+    client: redis.Redis, stream: str, expected: int, timeout_s: float
+) -> dict[bytes, list[tuple[bytes, dict[bytes, bytes]]]]:
+    """Read the result stream until ``expected`` results arrived (or the timeout)."""
+    by_src: dict[bytes, list[tuple[bytes, dict[bytes, bytes]]]] = {}
+    last, got = "0-0", 0
+    deadline = time.monotonic() + timeout_s
+    while got < expected and time.monotonic() < deadline:
+        reply: Any = client.xread({stream: last}, count=10_000, block=500)
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                by_src.setdefault(fields[b"src"], []).append((entry_id, fields))
+                got += 1
+                last = entry_id
+    return by_src
+
+
+def check_op(
+    op_name: str,
+    ids: list[bytes],
+    payloads: list[bytes],
+    results: dict[bytes, list[tuple[bytes, dict[bytes, bytes]]]],
+) -> OpReport:
+    op = load_op(op_name)
+    capacity = payload_capacity(DEMO_SLOT_BYTES)
+    rows = np.zeros((len(payloads), capacity), np.uint8)
+    lens = np.array([len(p) for p in payloads], np.int64)
+    for i, p in enumerate(payloads):
+        rows[i, : len(p)] = np.frombuffer(p, np.uint8)
+    want, want_lens = op.reference(rows, lens)
+    ok = error = wrong = missing = duplicates = 0
+    latencies: list[float] = []
+    last_ms = 0
+    for i, entry_id in enumerate(ids):
+        got = results.get(entry_id)
+        if not got:
+            missing += 1
+            continue
+        duplicates += len(got) - 1
+        result_id, fields = got[0]
+        latencies.append(id_ms(result_id) - id_ms(entry_id))
+        last_ms = max(last_ms, id_ms(result_id))
+        if fields.get(b"status") != b"ok":
+            error += 1
+            continue
+        expected = want[i, : want_lens[i]].tobytes()
+        data = fields.get(b"data", b"")
+        if op_name == "dense" and len(data) == len(expected):
+            got_f, want_f = np.frombuffer(data, "<f4"), np.frombuffer(expected, "<f4")
+            same = bool(np.allclose(got_f, want_f, rtol=1e-5, atol=1e-6))
+        else:
+            same = data == expected
+        ok += same
+        wrong += not same
+    span_s = max(1e-3, (last_ms - id_ms(ids[0])) / 1000) if ids else 1.0
+    return OpReport(
+        op_name, len(ids), ok, error, wrong, missing, duplicates, len(ids) / span_s,
+        percentile(latencies, 50) if latencies else float("nan"),
+        percentile(latencies, 99) if latencies else float("nan"),
+    )  # fmt: skip
+
+
+def run_demo(
+    *,
+    messages_per_op: int = 100_000,
+    backend: str = "auto",
+    ingest_procs: int = 1,
+    redis_url: str | None = None,
+    timeout_s: float = 900.0,
+) -> tuple[list[OpReport], str]:
+    """Produce ``messages_per_op`` messages for each built-in op and check every result.
+
+    Returns the per-op reports and the backend the worker chose.
+    """
+    queue = f"demo-{secrets.token_hex(3)}"
+    with (
+        redis_for_demo(redis_url) as url,
+        tempfile.TemporaryDirectory(prefix="gpufeed-demo-") as tmp,
+    ):
+        client = redis.Redis.from_url(url)
+        log_path = Path(tmp) / "worker.log"
+        args = [
+            "--redis-url", url, "--queue", queue, "--op", "echo", "--backend", backend,
+            "--ingest-procs", str(ingest_procs), "--slot-bytes", str(DEMO_SLOT_BYTES),
+        ]  # fmt: skip
+        out_key = f"gpufeed:{{{queue}}}:out"
+        in_key = f"gpufeed:{{{queue}}}:in"
+        with worker_process(args, log_path) as proc:
+            wait_for_consumers(client, in_key, ingest_procs, proc, log_path)
+            sent: dict[str, tuple[list[bytes], list[bytes]]] = {}
+            for seed, name in enumerate(sorted(BUILTINS)):
+                payloads = sample_payloads(
+                    load_op(name), messages_per_op, payload_capacity(DEMO_SLOT_BYTES), seed
+                )
+                sent[name] = (xadd_all(client, in_key, payloads, op=name), payloads)
+            total = messages_per_op * len(sent)
+            results = collect_results(client, out_key, total, timeout_s)
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{log_path.read_text()[-4000:]}")
+        log_text = log_path.read_text()
+        match = re.search(r"compute started.*?backend=(\w+)", log_text)
+        chosen = match.group(1) if match else "unknown"
+        reports = [check_op(name, ids, p, results) for name, (ids, p) in sent.items()]
+        return reports, chosen

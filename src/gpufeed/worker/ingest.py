@@ -1,0 +1,231 @@
+"""The ingest process: all Redis I/O for one request/response ring pair.
+
+Loop: take finished results from the response ring; commit them (and any
+rejects) with one script call; then, if the request ring has room, read up to
+that many entries with XREADGROUP and pack them straight into the ring.
+A full ring means no read: backpressure ends at Redis, where the messages wait.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from gpufeed.errors import RingClosed
+from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.packing import PackedBatch, ResultEntry, pack, reply_entries, unpack_results
+from gpufeed.packing.forward import Entry
+from gpufeed.packing.layout import payload_capacity
+from gpufeed.ring import RingConsumer, RingProducer
+from gpufeed.worker.commit import Committer
+from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.logs import configure_logging
+from gpufeed.worker.reclaim import Reclaimer
+
+log = structlog.get_logger()
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+HISTORY = "0"
+NEW = ">"
+
+
+def make_client(url: str) -> redis.Redis:
+    """A client that retries lost connections with capped exponential backoff."""
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=30,
+        socket_keepalive=True,
+    )
+
+
+def ensure_group(client: redis.Redis, config: WorkerConfig) -> None:
+    """Create the consumer group (and the stream) unless it exists."""
+    try:
+        client.xgroup_create(config.in_key, config.group, id=config.start_id, mkstream=True)
+        log.info("consumer group created", stream=config.in_key, group=config.group)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+@dataclass
+class _InFlight:
+    batch: PackedBatch
+    answered: int = 0
+
+
+class Ingest:
+    def __init__(
+        self, config: WorkerConfig, index: int, requests: RingProducer, responses: RingConsumer
+    ) -> None:
+        self.config = config
+        self.consumer = config.consumer_name(index)
+        self.requests = requests
+        self.responses = responses
+        self.table = OpTable.for_worker(
+            config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
+        )
+        self.client = make_client(config.redis_url)
+        self.committer = Committer(self.client, config, self.consumer)
+        self.reclaimer = Reclaimer(self.client, config, self.consumer)
+        self.in_flight: deque[_InFlight] = deque()
+        self.to_commit: list[ResultEntry] = []
+        self.seq = 0
+        self.read_id = HISTORY
+        self.draining = False
+        self.stats = {"read": 0, "answered": 0, "skipped": 0, "rejected": 0}
+
+    # -- results -----------------------------------------------------------------------
+
+    def collect(self, timeout: float = 0.0) -> None:
+        """Move finished results from the response ring to the commit list."""
+        while self.in_flight:
+            head = self.in_flight[0]
+            remaining = head.batch.count - head.answered
+            first, second = self.responses.peek(remaining, timeout)
+            got = len(first) + len(second)
+            if got == 0:
+                return
+            self.to_commit += unpack_results((first, second), head.batch, head.answered)
+            self.responses.release(got)
+            head.answered += got
+            if head.answered == head.batch.count:
+                self.in_flight.popleft()
+            timeout = 0.0
+
+    def commit(self) -> None:
+        if not self.to_commit:
+            return
+        answered, skipped = self.committer.commit(self.to_commit)
+        self.stats["answered"] += answered
+        self.stats["skipped"] += skipped
+        if skipped:
+            log.info("results skipped: entries no longer pending for us", skipped=skipped)
+        self.to_commit = []
+
+    # -- reading -----------------------------------------------------------------------
+
+    def read(self, room: int) -> list[Entry]:
+        block: int | None = None if self.in_flight else max(1, self.config.max_wait_ms)
+        reply: Any = self.client.xreadgroup(
+            self.config.group,
+            self.consumer,
+            {self.config.in_key: self.read_id},
+            count=room,
+            block=block,
+        )
+        entries = reply_entries(reply)
+        if self.read_id != NEW:
+            # Pending history comes back in id order; page through it, then go live.
+            if entries:
+                self.read_id = entries[-1][0].decode()
+                in_flight = {i for f in self.in_flight for i in f.batch.ids}
+                entries = [e for e in entries if e[0] not in in_flight]
+            else:
+                self.read_id = NEW
+        return entries
+
+    def fill(self) -> bool:
+        """Read and pack one batch if the ring has room; False if nothing was read."""
+        first, second = self.requests.reserve(self.config.max_batch)
+        room = len(first) + len(second)
+        if room == 0:
+            return False  # ring full: leave the messages in Redis
+        if self.reclaimer.due():
+            entries, dead = self.reclaimer.claim(room)
+            self.to_commit += dead
+        else:
+            entries = self.read(room)
+        if not entries:
+            self.requests.commit(0)
+            return False
+        batch = pack(
+            entries,
+            (first, second),
+            table=self.table,
+            first_seq=self.seq,
+            now_ms=int(time.time() * 1000),
+        )
+        self.requests.commit(batch.count)
+        self.stats["read"] += len(entries)
+        self.stats["rejected"] += len(batch.rejects)
+        self.to_commit += [ResultEntry.from_reject(r) for r in batch.rejects]
+        if batch.count:
+            self.seq = (self.seq + batch.count) % (1 << 32)
+            self.in_flight.append(_InFlight(batch))
+        return True
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One round; False once drained."""
+        self.collect()
+        self.commit()
+        if self.draining:
+            if not self.in_flight:
+                return False
+            self.collect(timeout=0.05)
+            return True
+        read = self.fill()
+        if not read and self.in_flight:
+            self.collect(timeout=self.config.max_wait_ms / 1000)
+        return True
+
+    def run(self, drain: Any | None = None) -> None:
+        """Serve until drained: by ``draining`` (SIGTERM) or the supervisor's ``drain`` event."""
+        backoff = ExponentialBackoff(cap=2.0, base=0.05)
+        failures = 0
+        group_ready = False
+        while True:
+            if drain is not None and not self.draining and drain.is_set():
+                self.draining = True
+            try:
+                if not group_ready:
+                    ensure_group(self.client, self.config)
+                    group_ready = True
+                if not self.step():
+                    break
+                failures = 0
+            except REDIS_ERRORS as exc:
+                failures += 1
+                pause = backoff.compute(failures)
+                log.warning("redis unavailable; retrying", error=str(exc), pause_s=round(pause, 3))
+                time.sleep(pause)
+                # A reply lost with the connection may have delivered entries we never
+                # saw: re-read our pending history (entries in flight are filtered out).
+                self.read_id = HISTORY
+        log.info("ingest drained", consumer=self.consumer, **self.stats)
+
+
+def ingest_main(
+    config: WorkerConfig, index: int, requests_name: str, responses_name: str, drain: Any
+) -> None:
+    """Entry point of ingest process ``index`` (started with ``spawn``)."""
+    configure_logging(config.log_format, f"ingest-{index}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains
+    requests = RingProducer.attach(requests_name)
+    responses = RingConsumer.attach(responses_name)
+    ingest = Ingest(config, index, requests, responses)
+
+    def on_term(signum: int, frame: Any) -> None:
+        ingest.draining = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    log.info("ingest started", consumer=ingest.consumer, stream=config.in_key)
+    try:
+        ingest.run(drain)
+    except RingClosed:
+        log.warning("ring closed under the ingest process; exiting")
+    finally:
+        requests.close()
+        responses.close()

@@ -1,0 +1,148 @@
+"""``gpufeed worker``: starts and watches the ingest processes and the compute process.
+
+Children are started with ``spawn`` (never ``fork``: a forked child of a
+process that initialised CUDA cannot use the GPU). The supervisor owns every
+ring segment, so they are removed whatever happens to the children.
+
+If a child dies, the supervisor logs why, stops the others, re-creates all
+rings and starts a fresh set. Killing the survivors loses nothing: whatever
+they held is still pending in Redis, and the new ingest processes re-read
+their pending history (same consumer names) before reading new entries.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import multiprocessing.connection
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from gpufeed.ring import RingSegment
+from gpufeed.worker.compute import compute_main
+from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.ingest import ingest_main
+
+log = structlog.get_logger()
+_CTX = mp.get_context("spawn")
+MAX_RESTART_PAUSE_S = 10.0
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclass
+class _Generation:
+    """One set of rings and the children using them."""
+
+    segments: list[RingSegment] = field(default_factory=list)
+    children: list[Any] = field(default_factory=list)
+    drain: Any = None
+
+    def close(self) -> None:
+        for proc in self.children:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+        for segment in self.segments:
+            segment.close()
+
+
+class Supervisor:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.stopping = False
+        self.restarts = 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            log.info("draining", signal=signal.Signals(signum).name)
+        self.stopping = True
+
+    def _start(self) -> _Generation:
+        cfg = self.config
+        gen = _Generation(drain=_CTX.Event())
+        capacity = cfg.ring_capacity
+        names = []
+        for _ in range(cfg.ingest_procs):
+            req = RingSegment.create(capacity=capacity, slot_bytes=cfg.slot_bytes)
+            resp = RingSegment.create(capacity=capacity, slot_bytes=cfg.slot_bytes)
+            gen.segments += [req, resp]
+            names.append((req.name, resp.name))
+        compute = _CTX.Process(target=compute_main, args=(cfg, names), name="gpufeed-compute")
+        gen.children.append(compute)
+        for i, (req_name, resp_name) in enumerate(names):
+            gen.children.append(
+                _CTX.Process(
+                    target=ingest_main,
+                    args=(cfg, i, req_name, resp_name, gen.drain),
+                    name=f"gpufeed-ingest-{i}",
+                )
+            )
+        for proc in gen.children:
+            proc.start()
+        return gen
+
+    def _drain(self, gen: _Generation) -> None:
+        gen.drain.set()
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        for proc in gen.children[1:]:  # ingests first: they close the rings compute reads
+            proc.join(max(0.0, deadline - time.monotonic()))
+        gen.children[0].join(max(0.0, deadline - time.monotonic()))
+        late = [p.name for p in gen.children if p.is_alive()]
+        if late:
+            log.warning("drain timeout; killing", processes=late)
+        gen.close()
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT, then drain; returns the process exit code."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        cfg = self.config
+        log.info(
+            "worker starting",
+            queue=cfg.queue, op=cfg.op, ingest_procs=cfg.ingest_procs, backend=cfg.backend,
+            stream=cfg.in_key, group=cfg.group,
+        )  # fmt: skip
+        try:
+            while True:
+                gen = self._start()
+                crashed = self._watch(gen)
+                if crashed is None:
+                    self._drain(gen)
+                    log.info("worker stopped", restarts=self.restarts)
+                    return 0
+                log.error(
+                    "child died; restarting all children",
+                    child=crashed.name, reason=describe_exit(crashed.exitcode),
+                )  # fmt: skip
+                gen.close()
+                self.restarts += 1
+                pause = min(MAX_RESTART_PAUSE_S, 0.1 * 2 ** min(self.restarts, 7))
+                end = time.monotonic() + pause
+                while time.monotonic() < end and not self.stopping:
+                    time.sleep(0.05)
+                if self.stopping:
+                    return 0
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _watch(self, gen: _Generation) -> Any | None:
+        """Wait for a stop request (None) or a child that ended on its own (that child)."""
+        sentinels = {proc.sentinel: proc for proc in gen.children}
+        while not self.stopping:
+            ready = mp.connection.wait(list(sentinels), timeout=0.2)
+            if ready:
+                return sentinels[ready[0]]
+        return None

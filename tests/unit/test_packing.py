@@ -215,3 +215,18 @@ def test_header_layout_is_the_documented_little_endian_struct() -> None:
     sha_id = table_for(64).ids["sha256"]
     assert struct.unpack_from("<IHHII", slots[0]) == (3, sha_id, 0, 0x01020304, 0)
     assert bytes(slots[0, 16:19]) == b"abc"
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({b"data": b"x", **{b"f%d" % i: b"" for i in range(64)}}, "too many fields: 65"),
+        ({b"data": b"x", b"cid": b"\xff"}, "cid is not valid UTF-8"),
+        ({b"data": b"x", b"cid": b"c" * 257}, "cid is 257 bytes"),
+        ({b"data": b"x", b"reply_to": b""}, "reply_to must be a stream key"),
+    ],
+)
+def test_unusable_metadata_is_rejected_without_echoing_it(fields, reason) -> None:
+    reject = reject_of((b"1-0", fields))
+    assert reason in reject.reason
+    assert reject.cid is None and reject.reply_to is None

@@ -24,6 +24,10 @@ Fields = Mapping[bytes, bytes]
 Entry = tuple[bytes, Fields | None]
 
 STATUS_ERROR_NAME = "error"
+# Limits on the optional fields: a message is a payload plus a little metadata.
+MAX_FIELDS = 64
+MAX_CID_BYTES = 256
+MAX_REPLY_TO_BYTES = 512
 STATUS_EXPIRED_NAME = "expired"
 
 
@@ -123,6 +127,10 @@ def pack(
         op_id = 0
         deadline = -1
         if len(fields) > 1:  # anything beyond data: look at the optional fields
+            problem = _metadata_problem(fields)
+            if problem is not None:
+                rejects.append(_reject(entry_id, problem, fields, safe_ids=False))
+                continue
             op_name = fields.get(b"op")
             if op_name is not None:
                 found = ids_by_name.get(op_name)
@@ -180,9 +188,35 @@ def pack(
 
 
 def _reject(
-    entry_id: bytes, reason: str, fields: Fields, status: str = STATUS_ERROR_NAME
+    entry_id: bytes,
+    reason: str,
+    fields: Fields,
+    status: str = STATUS_ERROR_NAME,
+    *,
+    safe_ids: bool = True,
 ) -> Reject:
+    """A reject echoing the message's cid and reply_to, unless they are themselves bad."""
+    if not safe_ids:
+        return Reject(entry_id, status, reason, fields)
     return Reject(entry_id, status, reason, fields, fields.get(b"cid"), fields.get(b"reply_to"))
+
+
+def _metadata_problem(fields: Fields) -> str | None:
+    """Why a message's optional fields are unusable, or None."""
+    if len(fields) > MAX_FIELDS:
+        return f"too many fields: {len(fields)}, at most {MAX_FIELDS}"
+    cid = fields.get(b"cid")
+    if cid is not None:
+        if len(cid) > MAX_CID_BYTES:
+            return f"cid is {len(cid)} bytes, at most {MAX_CID_BYTES}"
+        try:
+            cid.decode()
+        except UnicodeDecodeError:
+            return "cid is not valid UTF-8"
+    reply_to = fields.get(b"reply_to")
+    if reply_to is not None and not 0 < len(reply_to) <= MAX_REPLY_TO_BYTES:
+        return f"reply_to must be a stream key of 1 to {MAX_REPLY_TO_BYTES} bytes"
+    return None
 
 
 _TOO_LARGE, _WRONG_LENGTH, _EXPIRED = 1, 2, 3

@@ -55,9 +55,12 @@ def free_port() -> int:
 class RedisServer:
     """A throw-away server process: ``with RedisServer() as server: server.url``."""
 
-    def __init__(self, *, appendonly: bool = False, binary: str | None = None) -> None:
+    def __init__(
+        self, *, appendonly: bool = False, fsync: str = "everysec", binary: str | None = None
+    ) -> None:
         self.binary = binary or find_server_binary()
         self.appendonly = appendonly
+        self.fsync = fsync
         self._tmp = tempfile.TemporaryDirectory(prefix="gpufeed-redis-")
         self.dir = Path(self._tmp.name)
         self.port = free_port()
@@ -75,7 +78,7 @@ class RedisServer:
             "--dir", str(self.dir),
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.fsync,
             "--logfile", str(self.dir / "server.log"),
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -1,0 +1,125 @@
+"""Real Redis servers and real worker processes for the integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from gpufeed.worker.redis_server import RedisServer
+
+TESTS_DIR = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url)
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"t{secrets.token_hex(4)}"
+
+
+def keys(queue: str) -> tuple[str, str, str]:
+    return (f"gpufeed:{{{queue}}}:in", f"gpufeed:{{{queue}}}:out", f"gpufeed:{{{queue}}}:dead")
+
+
+class WorkerProcess:
+    """``gpufeed worker`` as a child in its own process group, logging to a file."""
+
+    def __init__(self, url: str, queue: str, log_dir: Path, *args: str) -> None:
+        self.log_path = log_dir / f"worker-{secrets.token_hex(3)}.log"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), *sys.path])}
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gpufeed", "worker", "--redis-url", url, "--queue", queue,
+             "--consumer", "testhost", *args],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+        )  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, client: redis.Redis, stream: str, consumers: int = 1) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"worker exited:\n{self.log()}"
+            try:
+                groups: Any = client.xinfo_groups(stream)
+                names = {c["name"] for c in client.xinfo_consumers(stream, "gpufeed")}
+                if groups and len(names) >= consumers:
+                    return
+            except redis.ResponseError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"worker never started reading:\n{self.log()}")
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill_group(self) -> None:
+        """SIGKILL the supervisor and every child it started (they share its group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.terminate(30)
+        self.kill_group()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(redis_server: RedisServer, tmp_path: Path, queue: str):
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, url: str | None = None) -> WorkerProcess:
+        worker = WorkerProcess(url or redis_server.url, queue, tmp_path, *args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def results_by_src(client: redis.Redis, queue: str) -> dict[bytes, list[dict[bytes, bytes]]]:
+    out: dict[bytes, list[dict[bytes, bytes]]] = {}
+    for _id, fields in client.xrange(keys(queue)[1]):
+        out.setdefault(fields[b"src"], []).append(fields)
+    return out
+
+
+def wait_for_results(
+    client: redis.Redis, queue: str, count: int, timeout: float = 120, worker: Any = None
+) -> dict[bytes, list[dict[bytes, bytes]]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.xlen(keys(queue)[1]) >= count:
+            return results_by_src(client, queue)
+        if worker is not None:
+            assert worker.proc.poll() is None, f"worker exited:\n{worker.log()}"
+        time.sleep(0.05)
+    got = client.xlen(keys(queue)[1])
+    log = worker.log()[-3000:] if worker is not None else ""
+    raise AssertionError(f"{got} of {count} results after {timeout} s\n{log}")

@@ -1,0 +1,167 @@
+"""The Streams behaviours gpufeed relies on, and what happens when things die."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import WorkerProcess, keys, results_by_src, wait_for_results
+
+from gpufeed.packing import ResultEntry
+from gpufeed.worker.commit import Committer
+from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.produce import xadd_all
+from gpufeed.worker.redis_server import RedisServer
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.chaos]
+
+
+def read_as(client: redis.Redis, queue: str, consumer: str, count: int) -> list[bytes]:
+    """Take entries as another (or an earlier) consumer and never answer them."""
+    stream = keys(queue)[0]
+    with contextlib.suppress(redis.ResponseError):
+        client.xgroup_create(stream, "gpufeed", id="0", mkstream=True)
+    reply = client.xreadgroup("gpufeed", consumer, {stream: ">"}, count=count)
+    return [entry_id for entry_id, _ in reply[0][1]]
+
+
+def assert_one_result_each(results, ids) -> None:
+    assert set(results) == set(ids)
+    assert all(len(results[i]) == 1 and results[i][0][b"status"] == b"ok" for i in ids)
+
+
+def test_pending_history_is_reread_on_restart(client, queue, start_worker) -> None:
+    ids = xadd_all(client, keys(queue)[0], [b"h%d" % i for i in range(300)])
+    held = read_as(client, queue, "testhost-0", 100)  # what a killed worker had read
+    worker = start_worker("--visibility-timeout-ms", "600000")  # no reclaim could do it
+    results = wait_for_results(client, queue, 300, timeout=30, worker=worker)
+    assert_one_result_each(results, ids)
+    assert set(held) <= set(results)
+
+
+def test_xautoclaim_takes_over_after_the_visibility_timeout(client, queue, start_worker) -> None:
+    stream = keys(queue)[0]
+    xadd_all(client, stream, [b"c%d" % i for i in range(50)])
+    held = read_as(client, queue, "ghost", 50)
+    taken_at = time.monotonic()
+    worker = start_worker("--visibility-timeout-ms", "1500")
+    results = wait_for_results(client, queue, 50, timeout=30, worker=worker)
+    assert time.monotonic() - taken_at >= 1.5, "claimed before the visibility timeout"
+    assert_one_result_each(results, held)
+    assert client.xpending(stream, "gpufeed")["pending"] == 0
+
+
+def test_too_many_deliveries_go_to_the_dead_letter_stream(client, queue, start_worker) -> None:
+    stream, _out_key, dead_key = keys(queue)
+    (entry_id,) = xadd_all(client, stream, [b"cursed"])
+    read_as(client, queue, "ghost", 1)
+    client.xclaim(stream, "gpufeed", "ghost", 0, [entry_id], retrycount=9)  # 9 deliveries so far
+    fine = xadd_all(client, stream, [b"fine"])[0]
+    worker = start_worker("--visibility-timeout-ms", "100", "--max-deliveries", "5")
+    results = wait_for_results(client, queue, 2, timeout=30, worker=worker)
+    assert results[entry_id][0][b"status"] == b"error"
+    assert b"more than --max-deliveries 5" in results[entry_id][0][b"error"]
+    ((_, dead),) = client.xrange(dead_key)
+    assert dead[b"src"] == entry_id and dead[b"data"] == b"cursed"
+    assert int(dead[b"deliveries"]) == 10
+    assert results[fine][0][b"status"] == b"ok"
+    assert client.xpending(stream, "gpufeed")["pending"] == 0
+
+
+def test_a_commit_skips_entries_another_consumer_reclaimed(client, queue) -> None:
+    config = WorkerConfig(queue=queue)
+    stream = config.in_key
+    ids = xadd_all(client, stream, [b"a", b"b"])
+    read_as(client, queue, "slow", 2)
+    client.xclaim(stream, "gpufeed", "fast", 0, [ids[1]])  # "fast" reclaimed the second
+    committer = Committer(client, config, "slow")
+    entries = [ResultEntry(i, "ok", b"r") for i in ids]
+    assert committer.commit(entries) == (1, 1)
+    assert [f[b"src"] for _, f in client.xrange(config.out_key)] == [ids[0]]
+    (row,) = client.xpending_range(stream, "gpufeed", "-", "+", 10)
+    assert (row["message_id"], row["consumer"]) == (ids[1], b"fast")
+    assert committer.commit(entries) == (0, 2), "a retried commit writes nothing twice"
+    assert client.xlen(config.out_key) == 1
+
+
+def test_sigkill_of_the_whole_worker_loses_nothing_and_duplicates_nothing(
+    client, queue, start_worker
+) -> None:
+    ids = xadd_all(client, keys(queue)[0], [b"k%d" % i for i in range(30_000)])
+    first = start_worker("--max-batch", "64")
+    wait_for_results(client, queue, 2000, worker=first)
+    first.kill_group()
+    assert 2000 <= client.xlen(keys(queue)[1]) < 30_000, "killed mid-stream"
+    second = start_worker("--max-batch", "64")
+    results = wait_for_results(client, queue, 30_000, timeout=120, worker=second)
+    time.sleep(0.5)  # would a duplicate still arrive?
+    assert client.xlen(keys(queue)[1]) == 30_000
+    assert_one_result_each(results, ids)
+
+
+def test_worker_survives_a_redis_restart(queue, tmp_path: Path) -> None:
+    with RedisServer(appendonly=True, fsync="always") as server:
+        client = redis.Redis.from_url(server.url)
+        worker = WorkerProcess(server.url, queue, tmp_path, "--max-batch", "64")
+        try:
+            ids = xadd_all(client, keys(queue)[0], [b"r%d" % i for i in range(10_000)])
+            wait_for_results(client, queue, 1000, worker=worker)
+            server.kill()
+            time.sleep(1.0)
+            server.start()
+            ids += xadd_all(client, keys(queue)[0], [b"s%d" % i for i in range(2000)])
+            results = wait_for_results(client, queue, 12_000, timeout=120, worker=worker)
+            assert_one_result_each(results, ids)
+            # redis-py's Retry reconnected inside the same processes: nothing restarted
+            assert "child died" not in worker.log()
+        finally:
+            worker.stop()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def spawned_children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"spawn_main" in f.read():  # not the resource tracker
+                        found.append(int(entry))
+    return found
+
+
+def test_backpressure_keeps_memory_and_pending_bounded(client, queue, start_worker) -> None:
+    stream = keys(queue)[0]
+    xadd_all(client, stream, [b"p" * 64 for _ in range(100_000)])
+    worker = start_worker(
+        "--op", "user_ops:slow_echo", "--max-batch", "64", "--ring-capacity", "256"
+    )
+    wait_for_results(client, queue, 500, worker=worker)
+    kids = spawned_children(worker.proc.pid)
+    assert len(kids) == 2  # compute + one ingest
+    samples = []
+    for _ in range(10):
+        time.sleep(0.3)
+        samples.append(max(rss_kib(k) for k in kids))
+        pending = client.xpending(stream, "gpufeed")["pending"]
+        # at most a full request ring, a full response ring and one batch being read
+        assert pending <= 2 * 256 + 64, pending
+    assert max(samples) - samples[0] < 20 * 1024, samples  # no growth with the backlog
+    assert client.xlen(keys(queue)[1]) < 100_000
+    assert results_by_src(client, queue)  # it is making progress, just slowly

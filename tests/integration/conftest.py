@@ -123,3 +123,27 @@ def wait_for_results(
     got = client.xlen(keys(queue)[1])
     log = worker.log()[-3000:] if worker is not None else ""
     raise AssertionError(f"{got} of {count} results after {timeout} s\n{log}")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def spawned_children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"spawn_main" in f.read():  # not the resource tracker
+                        found.append(int(entry))
+    return found

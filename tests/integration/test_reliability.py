@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 
 import pytest
 import redis
-from conftest import WorkerProcess, keys, results_by_src, wait_for_results
+from conftest import (
+    WorkerProcess,
+    keys,
+    results_by_src,
+    rss_kib,
+    spawned_children,
+    wait_for_results,
+)
 
 from gpufeed.packing import ResultEntry
 from gpufeed.worker.commit import Committer
@@ -120,30 +126,6 @@ def test_worker_survives_a_redis_restart(queue, tmp_path: Path) -> None:
             assert "child died" not in worker.log()
         finally:
             worker.stop()
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def spawned_children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"spawn_main" in f.read():  # not the resource tracker
-                        found.append(int(entry))
-    return found
 
 
 def test_backpressure_keeps_memory_and_pending_bounded(client, queue, start_worker) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 
 import numpy as np
 import pytest
 import redis
-from conftest import keys, wait_for_results
+from conftest import keys, spawned_children, wait_for_results
 
 from gpufeed.gpu.ops import load_op
 from gpufeed.worker.payloads import sample_payloads
@@ -163,3 +165,38 @@ def test_sigterm_drains_and_commits_everything_read(client, queue, start_worker)
     answered = client.xlen(keys(queue)[1])
     assert answered == info["entries-read"], "every entry the group handed out has its result"
     assert answered < 20_000, "the drain stopped reading"
+
+
+def test_a_crashed_child_is_logged_and_replaced(client, queue, start_worker) -> None:
+    stream = keys(queue)[0]
+    ids = xadd_all(client, stream, [b"c%d" % i for i in range(20_000)])
+    worker = start_worker("--max-batch", "64")
+    wait_for_results(client, queue, 1000, worker=worker)
+    compute = min(spawned_children(worker.proc.pid))  # started first
+    os.kill(compute, signal.SIGKILL)
+    results = wait_for_results(client, queue, 20_000, worker=worker)
+    assert set(results) == set(ids) and all(len(r) == 1 for r in results.values())
+    log = worker.log()
+    assert "child died; restarting all children" in log and "killed by SIGKILL" in log
+    assert worker.terminate() == 0
+
+
+def test_settings_come_from_the_environment_and_delete_acked_empties_the_input(
+    client, queue, start_worker, monkeypatch
+) -> None:
+    monkeypatch.setenv("GPUFEED_DELETE_ACKED", "true")
+    monkeypatch.setenv("GPUFEED_OP", "sha256")
+    worker = start_worker()
+    stream = keys(queue)[0]
+    worker.wait_ready(client, stream)
+    ids = xadd_all(client, stream, [b"x%d" % i for i in range(100)])
+    results = wait_for_results(client, queue, 100, worker=worker)
+    assert all(results[i][0][b"data"] == hashlib.sha256(b"x%d" % n).digest()
+               for n, i in enumerate(ids))  # fmt: skip
+    assert client.xlen(stream) == 0
+
+
+def test_a_bad_op_stops_the_worker_before_it_starts(client, queue, start_worker) -> None:
+    worker = start_worker("--op", "no_such_module:op")
+    assert worker.proc.wait(60) == 2
+    assert "cannot import 'no_such_module'" in worker.log()

@@ -144,5 +144,7 @@ class Supervisor:
         while not self.stopping:
             ready = mp.connection.wait(list(sentinels), timeout=0.2)
             if ready:
-                return sentinels[ready[0]]
+                child = sentinels[ready[0]]
+                child.join(5)  # reap it, so its exit code is known
+                return child
         return None

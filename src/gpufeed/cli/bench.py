@@ -81,9 +81,11 @@ def bench_e2e(
     latency_messages: Annotated[
         int, typer.Option(help="Messages in the paced latency runs.")
     ] = 20_000,
+    repeats: Annotated[int, typer.Option(help="Throughput runs of each; medians reported.")] = 3,
     as_json: JsonFlag = False,
 ) -> None:
     """The worker (echo, cpu backend) vs a bare redis-py loop doing the same Redis work."""
     from gpufeed.bench.e2e import E2EBenchConfig, run
 
-    emit(run(E2EBenchConfig(messages=messages, latency_messages=latency_messages)), as_json)
+    cfg = E2EBenchConfig(messages=messages, latency_messages=latency_messages, repeats=repeats)
+    emit(run(cfg), as_json)

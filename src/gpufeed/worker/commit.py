@@ -45,6 +45,10 @@ class Committer:
         ]
         self._keys = [config.in_key, config.out_key, config.dead_key]
 
+    def load(self) -> None:
+        """Load the script now, so the first commit does not pay a NOSCRIPT round trip."""
+        self._script.sha = self._script.registered_client.script_load(COMMIT_LUA)
+
     def commit(self, entries: Sequence[ResultEntry]) -> tuple[int, int]:
         """Write and acknowledge ``entries``; returns (answered, skipped)."""
         answered = skipped = 0
@@ -88,6 +92,7 @@ class BackgroundCommitter:
     """
 
     def __init__(self, committer: Committer, *, depth: int = 2) -> None:
+        self.committer = committer
         self._committer = committer
         self._queue: queue.Queue[list[ResultEntry]] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None

@@ -196,6 +196,7 @@ class Ingest:
             try:
                 if not group_ready:
                     ensure_group(self.client, self.config)
+                    self.committer.committer.load()
                     group_ready = True
                 if not self.step():
                     break

@@ -1,7 +1,8 @@
 """Shared-memory single-producer single-consumer rings of fixed-size slots."""
 
 from gpufeed.errors import PeerGone, RingBusy, RingClosed, RingCorrupt, RingError
-from gpufeed.ring.spsc import RingConsumer, RingNotFound, RingProducer, RingSegment
+from gpufeed.ring.segment import RingNotFound, RingSegment
+from gpufeed.ring.spsc import RingConsumer, RingProducer
 
 __all__ = [
     "PeerGone",

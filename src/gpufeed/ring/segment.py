@@ -1,0 +1,128 @@
+"""A mapped ring segment: the header validated on attach, the control words and
+the slot array. Who owns the name (the creator) and who only maps it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import warnings
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+import numpy.typing as npt
+
+from gpufeed.errors import RingCorrupt, RingError
+from gpufeed.ring import _layout as L
+from gpufeed.ring import _shm
+
+SlotArray = npt.NDArray[np.uint8]
+
+_TSO_MACHINES = {"x86_64", "amd64", "i386", "i686"}
+
+
+class RingNotFound(RingError, FileNotFoundError):
+    """No ring segment exists under the given name."""
+
+
+def _mapped(shm: SharedMemory) -> memoryview:
+    buf = shm.buf
+    if buf is None:  # typeshed: None once closed
+        raise RingError(f"segment {shm.name} is not mapped")
+    return buf
+
+
+class RingSegment:
+    """One mapped ring: validated header, control words and the slot array.
+
+    The creator owns the name and unlinks it on :meth:`close`; attachers only
+    unmap. Producers and consumers are built on a segment.
+    """
+
+    def __init__(self, shm: SharedMemory, owner: bool) -> None:
+        self._shm: SharedMemory | None = shm
+        self._name: str = shm.name
+        self.owner = owner
+        buf = _mapped(shm)
+        try:
+            self.geometry = L.decode_fixed(buf, shm.size)
+            self._header: memoryview = buf[: L.HEADER_LEN]
+            self.words: memoryview[int] = self._header.cast("Q")
+            L.check_cursors(self.words[L.W_HEAD], self.words[L.W_TAIL], self.geometry.capacity)
+        except BaseException:
+            self._release_views()
+            _shm.release_segment(shm, unlink=False)
+            raise
+        self.capacity = self.geometry.capacity
+        self.slot_bytes = self.geometry.slot_bytes
+        self.slots: SlotArray = np.ndarray(
+            (self.capacity, self.slot_bytes), dtype=np.uint8, buffer=buf, offset=L.HEADER_LEN
+        )
+        self.slots_readonly: SlotArray = self.slots.view()
+        self.slots_readonly.flags.writeable = False
+        self.base_address = int(self.slots.ctypes.data) - L.HEADER_LEN
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @classmethod
+    def create(cls, *, capacity: int, slot_bytes: int, name: str | None = None) -> RingSegment:
+        """Create a new ring segment (mode 0600) and initialise its header."""
+        L.check_geometry(capacity, slot_bytes)
+        if platform.machine().lower() not in _TSO_MACHINES:
+            warnings.warn(
+                "gpufeed rings rely on x86-64 store ordering; on "
+                f"{platform.machine()} slot data may be seen before its cursor",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        geometry = L.RingGeometry(
+            capacity=capacity,
+            slot_bytes=slot_bytes,
+            creator_pid=os.getpid(),
+            created_ns=time.time_ns(),
+        )
+        shm = _shm.create_segment(name or _shm.new_segment_name(), geometry.total_len)
+        buf = _mapped(shm)
+        buf[: L.HEADER_LEN] = bytes(L.HEADER_LEN)
+        buf[: L.FIXED_LEN + 8] = L.encode_fixed(geometry)
+        return cls(shm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> RingSegment:
+        """Map an existing ring, validating its header; ``RingCorrupt`` names a bad field."""
+        try:
+            shm = _shm.attach_segment(name)
+        except FileNotFoundError as exc:
+            raise RingNotFound(f"no ring segment named {name!r}") from exc
+        except ValueError as exc:  # mmap refuses an empty segment
+            raise RingCorrupt("total_len", f"segment {name!r} is empty ({exc})") from exc
+        return cls(shm, owner=False)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.words[L.W_CLOSED])
+
+    def head_tail(self) -> tuple[int, int]:
+        """Current (head, tail), validated."""
+        head, tail = self.words[L.W_HEAD], self.words[L.W_TAIL]
+        L.check_cursors(head, tail, self.capacity)
+        return head, tail
+
+    def _release_views(self) -> None:
+        for attr in ("slots_readonly", "slots"):
+            if hasattr(self, attr):
+                delattr(self, attr)
+        for attr in ("words", "_header"):
+            view = self.__dict__.pop(attr, None)
+            if view is not None:
+                view.release()
+
+    def close(self) -> None:
+        """Unmap the segment; its creator also removes the name."""
+        if self._shm is None:
+            return
+        self._release_views()
+        _shm.release_segment(self._shm, unlink=self.owner)
+        self._shm = None

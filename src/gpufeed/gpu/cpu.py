@@ -16,6 +16,7 @@ from gpufeed.packing.layout import (
     SlotArray,
     headers,
     payload_capacity,
+    slot_parts,
 )
 from gpufeed.packing.results import write_results
 
@@ -87,7 +88,7 @@ def process(
     reference: bool = False,
 ) -> int:
     """Answer the request slots (a ring peek) in the result slots (a ring reservation)."""
-    parts = [p for p in requests if len(p)]
+    parts = slot_parts(requests)
     if not parts:
         return 0
     batch = parts[0] if len(parts) == 1 else np.concatenate(parts)

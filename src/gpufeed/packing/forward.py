@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gpufeed.gpu.ops.registry import OpTable
-from gpufeed.packing.layout import HEADER_BYTES, HEADER_DTYPE, SEQ_MOD, SlotArray
+from gpufeed.packing.layout import HEADER_BYTES, HEADER_DTYPE, SEQ_MOD, SlotArray, slot_parts
 
 Fields = Mapping[bytes, bytes]
 Entry = tuple[bytes, Fields | None]
@@ -117,7 +117,7 @@ def pack(
     have a slot for every entry (reserve before reading). Invalid or expired
     messages become ``rejects`` and take no slot.
     """
-    parts = [out] if isinstance(out, np.ndarray) else [p for p in out if len(p)]
+    parts = slot_parts(out)
     capacity = table.payload_capacity
     batch = PackedBatch(first_seq=first_seq % SEQ_MOD)
     rejects = batch.rejects

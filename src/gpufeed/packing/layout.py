@@ -13,6 +13,8 @@ All little-endian; the same struct is ``gpufeed::SlotHeader`` on the device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 
@@ -41,3 +43,10 @@ def headers(slots: SlotArray) -> Headers:
 
 def payload_area(slots: SlotArray) -> SlotArray:
     return slots[:, HEADER_BYTES:]
+
+
+def slot_parts(slots: SlotArray | Sequence[SlotArray]) -> list[SlotArray]:
+    """A slot array, or a ring's (first, second) views, as its non-empty parts in order."""
+    if isinstance(slots, np.ndarray):
+        return [slots]
+    return [part for part in slots if len(part)]

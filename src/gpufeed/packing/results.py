@@ -25,6 +25,7 @@ from gpufeed.packing.layout import (
     Headers,
     SlotArray,
     headers,
+    slot_parts,
 )
 
 STATUS_OK_NAME = "ok"
@@ -50,10 +51,6 @@ class ResultEntry(NamedTuple):
                    reject.reply_to)  # fmt: skip
 
 
-def _parts(slots: SlotArray | Sequence[SlotArray]) -> list[SlotArray]:
-    return [slots] if isinstance(slots, np.ndarray) else [p for p in slots if len(p)]
-
-
 def write_results(
     dst: SlotArray | Sequence[SlotArray],
     requests: Headers,
@@ -67,7 +64,8 @@ def write_results(
     truncated silently: that message gets an error result saying so.
     """
     n = len(requests)
-    capacity = _parts(dst)[0].shape[1] - HEADER_BYTES if n else 0
+    parts = slot_parts(dst)
+    capacity = parts[0].shape[1] - HEADER_BYTES if n else 0
     header = np.zeros(n, dtype=HEADER_DTYPE)
     header["op"] = requests["op"]
     header["seq"] = requests["seq"]
@@ -76,7 +74,7 @@ def write_results(
     too_long = out_lens > capacity
     width = min(out.shape[1], capacity)
     row = 0
-    for part in _parts(dst):
+    for part in parts:
         count = min(len(part), n - row)
         if count == 0:
             break
@@ -102,7 +100,7 @@ def write_error_results(
 
 
 def _write_error_row(dst: SlotArray | Sequence[SlotArray], index: int, reason: str) -> None:
-    for part in _parts(dst):
+    for part in slot_parts(dst):
         if index < len(part):
             capacity = part.shape[1] - HEADER_BYTES
             text = reason.encode()[:capacity]
@@ -123,7 +121,7 @@ def unpack_results(
     """
     entries: list[ResultEntry] = []
     row = start
-    for part in _parts(slots):
+    for part in slot_parts(slots):
         count = len(part)
         if row + count > batch.count:
             raise ResultOutOfOrder(

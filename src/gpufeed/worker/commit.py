@@ -19,6 +19,9 @@ from gpufeed.worker.config import WorkerConfig
 
 log = structlog.get_logger()
 
+# What a lost or stalled connection raises; everything else is a real failure.
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
 COMMIT_LUA = resources.files("gpufeed.worker").joinpath("commit.lua").read_text()
 # Entries per script call: bounds the time one call holds the Redis core.
 COMMIT_CHUNK = 1024
@@ -92,7 +95,6 @@ class BackgroundCommitter:
     """
 
     def __init__(self, committer: Committer, *, depth: int = 2) -> None:
-        self.committer = committer
         self._committer = committer
         self._queue: queue.Queue[list[ResultEntry]] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
@@ -100,6 +102,10 @@ class BackgroundCommitter:
         self.skipped = 0
         self._thread = threading.Thread(target=self._run, name="gpufeed-commit", daemon=True)
         self._thread.start()
+
+    def load(self) -> None:
+        """Load the commit script now (see ``Committer.load``)."""
+        self._committer.load()
 
     def submit(self, entries: list[ResultEntry]) -> None:
         self._raise()
@@ -131,7 +137,7 @@ class BackgroundCommitter:
                     try:
                         answered, skipped = self._committer.commit(entries)
                         break
-                    except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    except REDIS_ERRORS as exc:
                         failures += 1
                         pause = backoff.compute(failures)
                         log.warning("commit failed; retrying", error=str(exc), pause_s=pause)

@@ -25,14 +25,13 @@ from gpufeed.packing import PackedBatch, ResultEntry, pack, reply_entries, unpac
 from gpufeed.packing.forward import Entry
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
-from gpufeed.worker.commit import BackgroundCommitter, Committer
+from gpufeed.worker.commit import REDIS_ERRORS, BackgroundCommitter, Committer
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.logs import configure_logging
 from gpufeed.worker.reclaim import Reclaimer
 
 log = structlog.get_logger()
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 HISTORY = "0"
 NEW = ">"
 
@@ -45,7 +44,7 @@ def make_client(url: str) -> redis.Redis:
     client = redis.Redis.from_url(
         url,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        retry_on_error=list(REDIS_ERRORS),
         health_check_interval=30,
         socket_keepalive=True,
         protocol=2,
@@ -89,7 +88,7 @@ class Ingest:
         self.seq = 0
         self.read_id = HISTORY
         self.draining = False
-        self.stats = {"read": 0, "batches": 0, "answered": 0, "skipped": 0, "rejected": 0}
+        self.stats = {"read": 0, "batches": 0, "rejected": 0}
 
     # -- results -----------------------------------------------------------------------
 
@@ -196,7 +195,7 @@ class Ingest:
             try:
                 if not group_ready:
                     ensure_group(self.client, self.config)
-                    self.committer.committer.load()
+                    self.committer.load()
                     group_ready = True
                 if not self.step():
                     break
@@ -209,9 +208,13 @@ class Ingest:
                 # A reply lost with the connection may have delivered entries we never
                 # saw: re-read our pending history (entries in flight are filtered out).
                 self.read_id = HISTORY
-        self.stats["answered"] = self.committer.answered
-        self.stats["skipped"] = self.committer.skipped
-        log.info("ingest drained", consumer=self.consumer, **self.stats)
+        log.info(
+            "ingest drained",
+            consumer=self.consumer,
+            answered=self.committer.answered,
+            skipped=self.committer.skipped,
+            **self.stats,
+        )
 
 
 def ingest_main(

@@ -19,15 +19,16 @@ behind a backlog the producer built on purpose.
 from __future__ import annotations
 
 import multiprocessing as mp
-import subprocess
-import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from gpufeed.bench import median, percentile
+from gpufeed.worker.launch import id_ms, wait_for_consumers, worker_process
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import RedisServer
 
@@ -74,10 +75,6 @@ def _floor(url: str, queue: str, n: int) -> None:
                 done += len(entries)
 
 
-def _ms(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])
-
-
 WARMUP = 2000
 
 
@@ -90,7 +87,7 @@ def _warm_up(client: redis.Redis, stream: str, out: str, cfg: E2EBenchConfig) ->
 
 def _latencies(client: redis.Redis, out: str) -> list[float]:
     entries: Any = client.xrange(out)
-    return [float(_ms(rid) - _ms(f[b"src"])) for rid, f in entries[WARMUP:]]
+    return [float(id_ms(rid) - id_ms(f[b"src"])) for rid, f in entries[WARMUP:]]
 
 
 def _wait_len(client: redis.Redis, key: str, n: int, timeout_s: float) -> float:
@@ -102,6 +99,21 @@ def _wait_len(client: redis.Redis, key: str, n: int, timeout_s: float) -> float:
     return time.perf_counter()
 
 
+def _measure(
+    client: redis.Redis, url: str, stream: str, out: str, n: int, cfg: E2EBenchConfig, rate: float
+) -> tuple[float, list[float]]:
+    """Warm up, then time ``n`` messages from a producer process to their last result."""
+    _warm_up(client, stream, out, cfg)
+    start = time.perf_counter()
+    producer = _CTX.Process(
+        target=_produce, args=(url, stream, n, cfg.payload_bytes, rate), daemon=True
+    )
+    producer.start()
+    end = _wait_len(client, out, n + WARMUP, cfg.timeout_s)
+    producer.join(30)
+    return n / (end - start), _latencies(client, out)
+
+
 def _run_floor(
     url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float
 ) -> tuple[float, list[float]]:
@@ -109,16 +121,9 @@ def _run_floor(
     client.xgroup_create(f"{queue}:in", "floor", id="0", mkstream=True)
     loop = _CTX.Process(target=_floor, args=(url, queue, n + WARMUP), daemon=True)
     loop.start()
-    _warm_up(client, f"{queue}:in", f"{queue}:out", cfg)
-    start = time.perf_counter()
-    producer = _CTX.Process(
-        target=_produce, args=(url, f"{queue}:in", n, cfg.payload_bytes, rate), daemon=True
-    )
-    producer.start()
-    end = _wait_len(client, f"{queue}:out", n + WARMUP, cfg.timeout_s)
-    producer.join(30)
+    measured = _measure(client, url, f"{queue}:in", f"{queue}:out", n, cfg, rate)
     loop.join(30)
-    return n / (end - start), _latencies(client, f"{queue}:out")
+    return measured
 
 
 def _run_gpufeed(
@@ -126,37 +131,13 @@ def _run_gpufeed(
 ) -> tuple[float, list[float]]:
     client = redis.Redis.from_url(url)
     stream, out = f"gpufeed:{{{queue}}}:in", f"gpufeed:{{{queue}}}:out"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "gpufeed", "worker", "--redis-url", url, "--queue", queue,
-         "--op", "echo", "--backend", "cpu", "--log-format", "json"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # ready once its ingest process has joined the group
-            try:
-                if client.xinfo_groups(stream) and client.xinfo_consumers(stream, "gpufeed"):
-                    break
-            except redis.ResponseError:
-                pass
-            if time.monotonic() > deadline or worker.poll() is not None:
-                raise RuntimeError("gpufeed worker did not start")
-            time.sleep(0.05)
-        _warm_up(client, stream, out, cfg)
-        start = time.perf_counter()
-        producer = _CTX.Process(
-            target=_produce, args=(url, stream, n, cfg.payload_bytes, rate), daemon=True
-        )
-        producer.start()
-        end = _wait_len(client, out, n + WARMUP, cfg.timeout_s)
-        producer.join(30)
-        return n / (end - start), _latencies(client, out)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+    args = ["--redis-url", url, "--queue", queue, "--op", "echo", "--backend", "cpu"]
+    with (
+        tempfile.TemporaryDirectory(prefix="gpufeed-bench-") as tmp,
+        worker_process(args, Path(tmp) / "worker.log") as worker,
+    ):
+        wait_for_consumers(client, stream, 1, worker, Path(tmp) / "worker.log")
+        return _measure(client, url, stream, out, n, cfg, rate)
 
 
 def server_flush(url: str) -> None:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +18,7 @@ import redis
 from gpufeed.bench import percentile
 from gpufeed.gpu.ops import BUILTINS, load_op
 from gpufeed.packing.layout import payload_capacity
+from gpufeed.worker.launch import id_ms, wait_for_consumers, worker_process
 from gpufeed.worker.payloads import sample_payloads
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import RedisServer
@@ -47,10 +44,6 @@ class OpReport:
         return self.ok == self.messages and not (self.wrong or self.missing or self.duplicates)
 
 
-def id_ms(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])
-
-
 @contextlib.contextmanager
 def redis_for_demo(url: str | None) -> Iterator[str]:
     if url:
@@ -58,42 +51,6 @@ def redis_for_demo(url: str | None) -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
-
-
-@contextlib.contextmanager
-def worker_process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``gpufeed worker`` in its own session, logging to ``log_path``; drained on exit."""
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gpufeed", "worker", *args],
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-
-
-def wait_for_consumers(
-    client: redis.Redis, stream: str, count: int, proc: subprocess.Popen[bytes], log_path: Path
-) -> None:
-    """Wait until the worker's ingest processes have joined the group (read once)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited at start:\n{log_path.read_text()[-4000:]}")
-        with contextlib.suppress(redis.ResponseError):
-            groups: Any = client.xinfo_groups(stream)
-            if groups and int(groups[0]["consumers"]) >= count:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("worker did not start reading within 60 s")
 
 
 def collect_results(

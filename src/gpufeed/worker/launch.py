@@ -1,0 +1,56 @@
+"""Running ``gpufeed worker`` as a child process: for the demo and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+
+def id_ms(entry_id: bytes) -> int:
+    """The millisecond part of a stream entry id: when Redis added the entry."""
+    return int(entry_id.split(b"-", 1)[0])
+
+
+@contextlib.contextmanager
+def worker_process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``gpufeed worker`` in its own session, logging to ``log_path``; drained on exit."""
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpufeed", "worker", *args],
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def wait_for_consumers(
+    client: redis.Redis, stream: str, count: int, proc: subprocess.Popen[bytes], log_path: Path
+) -> None:
+    """Wait until the worker's ingest processes have joined the group (read once)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited at start:\n{log_path.read_text()[-4000:]}")
+        with contextlib.suppress(redis.ResponseError):
+            groups: Any = client.xinfo_groups(stream)
+            if groups and int(groups[0]["consumers"]) >= count:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("worker did not start reading within 60 s")

@@ -8,7 +8,8 @@ desynchronised pair of rings is caught instead of answering the wrong message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -139,13 +140,17 @@ def unpack_results(
         capacity = part.shape[1] - HEADER_BYTES
         lens = np.minimum(lens, capacity)  # never read past a slot, whatever a header says
         bodies = _bodies(part[:, HEADER_BYTES:], lens)
-        statuses = header["flags"].tolist()
-        ids, cids, replies = batch.ids, batch.cids, batch.reply_to
-        for i, (status, body) in enumerate(zip(statuses, bodies, strict=True)):
-            j = row + i
-            name = _STATUS_NAMES.get(status, STATUS_ERROR_NAME)
-            entries.append(ResultEntry(ids[j], name, body, cids[j], replies[j]))
-        row += count
+        flags = header["flags"]
+        end = row + count
+        if not flags.any():  # all ok, the common case: no per-message status lookup
+            names: Iterable[str] = repeat(STATUS_OK_NAME, count)
+        else:
+            names = [_STATUS_NAMES.get(f, STATUS_ERROR_NAME) for f in flags.tolist()]
+        entries += map(
+            ResultEntry, batch.ids[row:end], names, bodies, batch.cids[row:end],
+            batch.reply_to[row:end],
+        )  # fmt: skip
+        row = end
     return entries
 
 

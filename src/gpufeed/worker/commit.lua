@@ -3,13 +3,15 @@
 -- KEYS[1] input stream, KEYS[2] output stream, KEYS[3] dead-letter stream,
 -- KEYS[4..] reply_to streams named by entries of this batch.
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] MAXLEN ~ for written streams (0: none),
--- ARGV[4] '1' to XDEL acknowledged entries, ARGV[5] entry count, then two values
--- per entry: its id and a record. Arguments cost more than bytes, so a record
--- packs everything else into one string:
---   'o' .. body                       ok, to KEYS[2], no cid (the common case)
---   'F' .. status(1) .. dest(2) .. cid_field(2) .. cid .. body
--- where cid_field is 0 without a cid, else the cid's length + 1.
--- status is 'o' ok, 'e' error, 'x' expired; dest indexes KEYS; numbers big-endian.
+-- ARGV[4] '1' to XDEL acknowledged entries, ARGV[5] count of plain entries,
+-- ARGV[6] count of other entries, then two values per entry, plain ones first:
+--   plain: id, body              ok, to KEYS[2], no cid (the common case)
+--   other: id, record            record = status(1) .. dest(2) .. cid_field(2) .. cid .. body
+-- where cid_field is 0 without a cid, else the cid's length + 1, status is
+-- 'o' ok, 'e' error, 'x' expired, dest indexes KEYS; numbers big-endian.
+-- Arguments cost more than bytes, so a record packs all but the id into one
+-- string; plain entries need no record at all, and the loop that writes them
+-- calls XADD directly: a table and unpack() per entry cost as much as the XADD.
 --
 -- Only entries still pending for *this* consumer are answered. An entry that
 -- another consumer reclaimed (XAUTOCLAIM) or that was already committed (a
@@ -20,14 +22,17 @@
 local group, consumer = ARGV[1], ARGV[2]
 local maxlen = tonumber(ARGV[3])
 local delete = ARGV[4] == '1'
-local n = tonumber(ARGV[5])
+local n_plain = tonumber(ARGV[5])
+local n = n_plain + tonumber(ARGV[6])
+local FIRST = 7
 local STATUS = {[111] = 'ok', [101] = 'error', [120] = 'expired'}
 local MAX_DEAD_FIELDS = 2000  -- stay far below Lua's unpack() limit
 
+-- Streams written to, trimmed once at the end: MAXLEN ~ on every XADD costs
+-- about as much as the XADD itself, and one XTRIM per call bounds them alike.
+local written = {}
 local function xadd(key, fields)
-  if maxlen > 0 then
-    return redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(fields))
-  end
+  written[key] = true
   return redis.call('XADD', key, '*', unpack(fields))
 end
 
@@ -41,7 +46,7 @@ local function parse(id)
 end
 local lo_ms, lo_seq, hi_ms, hi_seq
 for i = 0, n - 1 do
-  local ms, seq = parse(ARGV[6 + i * 2])
+  local ms, seq = parse(ARGV[FIRST + i * 2])
   if lo_ms == nil or ms < lo_ms or (ms == lo_ms and seq < lo_seq) then lo_ms, lo_seq = ms, seq end
   if hi_ms == nil or ms > hi_ms or (ms == hi_ms and seq > hi_seq) then hi_ms, hi_seq = ms, seq end
 end
@@ -56,72 +61,77 @@ if n > 0 then
   complete = #rows < limit  -- else the range held more of ours than we listed
 end
 
-local acked, skipped = {}, 0
-for i = 0, n - 1 do
-  local at = 6 + i * 2
-  local id, record = ARGV[at], ARGV[at + 1]
-  local status, dest, cid, body = 'ok', 2, nil, nil
-  if string.byte(record, 1) == 111 then  -- 'o'
-    body = string.sub(record, 2)
-  else
-    local code, d1, d2, c1, c2 = string.byte(record, 2, 6)
-    status = STATUS[code]
-    dest = d1 * 256 + d2
-    local cid_field = c1 * 256 + c2  -- 0: no cid, else its length + 1
-    local cid_len = 0
-    if cid_field > 0 then
-      cid_len = cid_field - 1
-      cid = string.sub(record, 7, 6 + cid_len)
-    end
-    body = string.sub(record, 7 + cid_len)
-  end
+-- The delivery count of an entry pending for this consumer, or nil.
+local function pending(id)
   local times = deliveries[id]
   if times == nil and not complete then
     local row = redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer)
     if #row > 0 then times = row[1][4] end
   end
+  return times
+end
+
+local acked, skipped = {}, 0
+
+for at = FIRST, FIRST + 2 * n_plain - 1, 2 do
+  local id = ARGV[at]
+  if pending(id) == nil then
+    skipped = skipped + 1
+  else
+    redis.call('XADD', KEYS[2], '*', 'src', id, 'status', 'ok', 'data', ARGV[at + 1])
+    acked[#acked + 1] = id
+  end
+end
+
+-- The dead letter carries the original fields, read back from the input stream.
+local function dead_letter(id, reason, times)
+  local dead = {}
+  local original = redis.call('XRANGE', KEYS[1], id, id)
+  if #original > 0 then
+    local fields = original[1][2]
+    local count = math.min(#fields, MAX_DEAD_FIELDS)
+    for f = 1, count - 1, 2 do
+      local name = fields[f]
+      if name ~= 'src' and name ~= 'error' and name ~= 'deliveries' and name ~= 'consumer' then
+        dead[#dead + 1] = name
+        dead[#dead + 1] = fields[f + 1]
+      end
+    end
+    if #fields > count then
+      dead[#dead + 1] = 'fields_dropped'
+      dead[#dead + 1] = tostring((#fields - count) / 2)
+    end
+  end
+  dead[#dead + 1] = 'src'
+  dead[#dead + 1] = id
+  dead[#dead + 1] = 'error'
+  dead[#dead + 1] = reason
+  dead[#dead + 1] = 'deliveries'
+  dead[#dead + 1] = tostring(times)
+  dead[#dead + 1] = 'consumer'
+  dead[#dead + 1] = consumer
+  xadd(KEYS[3], dead)
+end
+
+for at = FIRST + 2 * n_plain, FIRST + 2 * n - 1, 2 do
+  local id, record = ARGV[at], ARGV[at + 1]
+  local times = pending(id)
   if times == nil then
     skipped = skipped + 1
   else
-    local result = {'src', id, 'status', status}
-    if status == 'ok' then
-      result[5], result[6] = 'data', body
-    else
-      result[5], result[6] = 'error', body
+    local code, d1, d2, c1, c2 = string.byte(record, 1, 5)
+    local status = STATUS[code]
+    local cid_field = c1 * 256 + c2  -- 0: no cid, else its length + 1
+    local cid_len = cid_field > 0 and cid_field - 1 or 0
+    local body = string.sub(record, 6 + cid_len)
+    local result = {'src', id, 'status', status, status == 'ok' and 'data' or 'error', body}
+    if cid_field > 0 then
+      result[7] = 'cid'
+      result[8] = string.sub(record, 6, 5 + cid_len)
     end
-    if cid ~= nil then
-      result[#result + 1] = 'cid'
-      result[#result + 1] = cid
-    end
-    xadd(KEYS[dest], result)
+    xadd(KEYS[d1 * 256 + d2], result)
     if status == 'error' then
-      -- the dead letter carries the original fields, read back from the stream
-      local dead = {}
-      local original = redis.call('XRANGE', KEYS[1], id, id)
-      if #original > 0 then
-        local fields = original[1][2]
-        local count = math.min(#fields, MAX_DEAD_FIELDS)
-        for f = 1, count - 1, 2 do
-          local name = fields[f]
-          if name ~= 'src' and name ~= 'error' and name ~= 'deliveries' and name ~= 'consumer' then
-            dead[#dead + 1] = name
-            dead[#dead + 1] = fields[f + 1]
-          end
-        end
-        if #fields > count then
-          dead[#dead + 1] = 'fields_dropped'
-          dead[#dead + 1] = tostring((#fields - count) / 2)
-        end
-      end
-      dead[#dead + 1] = 'src'
-      dead[#dead + 1] = id
-      dead[#dead + 1] = 'error'
-      dead[#dead + 1] = body
-      dead[#dead + 1] = 'deliveries'
-      dead[#dead + 1] = tostring(times)
-      dead[#dead + 1] = 'consumer'
-      dead[#dead + 1] = consumer
-      xadd(KEYS[3], dead)
+      dead_letter(id, body, times)
     end
     acked[#acked + 1] = id
   end
@@ -132,6 +142,12 @@ for first = 1, #acked, 1000 do
   redis.call('XACK', KEYS[1], group, unpack(chunk))
   if delete then
     redis.call('XDEL', KEYS[1], unpack(chunk))
+  end
+end
+if #acked > 0 and n_plain > 0 then written[KEYS[2]] = true end
+if maxlen > 0 then
+  for key in pairs(written) do
+    redis.call('XTRIM', key, 'MAXLEN', '~', maxlen)
   end
 end
 return {#acked, skipped}

@@ -25,8 +25,8 @@ REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 COMMIT_LUA = resources.files("gpufeed.worker").joinpath("commit.lua").read_text()
 # Entries per script call: bounds the time one call holds the Redis core.
 COMMIT_CHUNK = 1024
-# The record of an entry that is not a plain ok result (see commit.lua).
-_FULL = struct.Struct(">ccHH")
+# The record head of an entry that is not a plain ok result (see commit.lua).
+_RECORD = struct.Struct(">cHH")
 _STATUS_CODES = {"ok": b"o", "error": b"e", "expired": b"x"}
 
 
@@ -64,10 +64,11 @@ class Committer:
     def _commit_chunk(self, entries: Sequence[ResultEntry]) -> tuple[int, int]:
         keys = list(self._keys)
         key_index: dict[bytes, int] = {}
-        args: list[Any] = [*self._static, len(entries)]
+        plain: list[Any] = []
+        other: list[Any] = []
         for e in entries:
             if e.status == "ok" and e.cid is None and e.reply_to is None:
-                args += (e.src, b"o" + e.body)
+                plain += (e.src, e.body)
                 continue
             dest = 2
             if e.reply_to is not None:
@@ -76,8 +77,9 @@ class Committer:
                     keys.append(e.reply_to)  # type: ignore[arg-type]
                     dest = key_index[e.reply_to] = len(keys)
             cid_field = 0 if e.cid is None else len(e.cid) + 1
-            head = _FULL.pack(b"F", _STATUS_CODES[e.status], dest, cid_field)
-            args += (e.src, head + (e.cid or b"") + e.body)
+            head = _RECORD.pack(_STATUS_CODES[e.status], dest, cid_field)
+            other += (e.src, head + (e.cid or b"") + e.body)
+        args = [*self._static, len(plain) // 2, len(other) // 2, *plain, *other]
         answered, skipped = self._script(keys=keys, args=args)
         return int(answered), int(skipped)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -37,9 +38,14 @@ def test_bench_ring_prints_one_json_object_with_the_documented_keys() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_bench_pack_prints_entries_per_second() -> None:
-    out = run_cli("bench", "pack", "--json", "--batches", "20", "--repeats", "1")
+def test_bench_pack_prints_entries_per_second_and_plots_the_run(tmp_path: Path) -> None:
+    png = tmp_path / "pack.png"
+    out = run_cli(
+        "bench", "pack", "--json", "--batches", "20", "--repeats", "1", "--plot", str(png)
+    )
     result = json.loads(out)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "a PNG was drawn"
+    assert png.stat().st_size > 5000, "with something in it"
     assert result["slot_bytes"] == 128 and result["payload_bytes"] == 64
     assert result["entries_per_s"] > 0 and result["naive_entries_per_s"] > 0
 

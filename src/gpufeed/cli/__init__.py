@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gpufeed import __version__
+from gpufeed.cli.admin import dead_app, stats
 from gpufeed.cli.bench import bench_app
 from gpufeed.cli.worker import demo, produce, worker
 
@@ -15,9 +16,30 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(dead_app, name="dead")
 app.command()(worker)
 app.command()(produce)
 app.command()(demo)
+app.command()(stats)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gpufeed {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    """A Redis-fed GPU batch worker: Redis Streams in, batched kernels, one result out."""
 
 
 @app.command()

@@ -12,9 +12,23 @@ import typer
 bench_app = typer.Typer(help="Measure gpufeed against its baselines.", no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")]
+PlotPath = Annotated[
+    str | None, typer.Option("--plot", help="Also draw the run into this PNG (needs [plot]).")
+]
 
 
-def emit(result: Mapping[str, float | int | str], as_json: bool) -> None:
+def emit(
+    result: Mapping[str, float | int | str], as_json: bool, bench: str = "", plot: str | None = None
+) -> None:
+    if plot:
+        from gpufeed.bench.plot import plot as draw
+        from gpufeed.errors import ConfigError
+
+        try:
+            draw(bench, result, plot)
+        except ConfigError as exc:
+            typer.echo(f"gpufeed bench: {exc}", err=True)
+            raise typer.Exit(2) from exc
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -34,6 +48,7 @@ def bench_ring(
     repeats: Annotated[int, typer.Option(help="Ring runs; the median is reported.")] = 5,
     wake_samples: Annotated[int, typer.Option(help="Wake-up latency samples.")] = 2000,
     as_json: JsonFlag = False,
+    plot: PlotPath = None,
 ) -> None:
     """Ring throughput and wake-up latency between two processes vs multiprocessing.Queue."""
     from gpufeed.bench.ring import RingBenchConfig, run
@@ -46,7 +61,7 @@ def bench_ring(
         repeats=repeats,
         wake_samples=wake_samples,
     )
-    emit(run(cfg), as_json)
+    emit(run(cfg), as_json, "ring", plot)
 
 
 @bench_app.command("pack")
@@ -57,6 +72,7 @@ def bench_pack(
     batches: Annotated[int, typer.Option(help="Replies packed per run.")] = 400,
     repeats: Annotated[int, typer.Option(help="Runs; the median is reported.")] = 5,
     as_json: JsonFlag = False,
+    plot: PlotPath = None,
 ) -> None:
     """Packing XREADGROUP replies into slots vs a per-message loop."""
     from gpufeed.bench.pack import PackBenchConfig, run
@@ -72,7 +88,7 @@ def bench_pack(
         batches=batches,
         repeats=repeats,
     )
-    emit(run(cfg), as_json)
+    emit(run(cfg), as_json, "pack", plot)
 
 
 @bench_app.command("e2e")
@@ -83,9 +99,10 @@ def bench_e2e(
     ] = 20_000,
     repeats: Annotated[int, typer.Option(help="Throughput runs of each; medians reported.")] = 3,
     as_json: JsonFlag = False,
+    plot: PlotPath = None,
 ) -> None:
     """The worker (echo, cpu backend) vs a bare redis-py loop doing the same Redis work."""
     from gpufeed.bench.e2e import E2EBenchConfig, run
 
     cfg = E2EBenchConfig(messages=messages, latency_messages=latency_messages, repeats=repeats)
-    emit(run(cfg), as_json)
+    emit(run(cfg), as_json, "e2e", plot)

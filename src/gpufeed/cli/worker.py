@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -47,7 +52,12 @@ def worker(
     drain_timeout_s: Annotated[
         float, _opt("Seconds to finish in-flight work on SIGTERM.", "DRAIN_TIMEOUT_S")
     ] = 30.0,
-    log_format: Annotated[str, _opt("console or json.", "LOG_FORMAT")] = "console",
+    log_format: Annotated[
+        str, _opt("auto (console on a terminal, else json), console or json.", "LOG_FORMAT")
+    ] = "auto",
+    log_level: Annotated[
+        str, _opt("debug (one event per batch), info, warning or error.", "LOG_LEVEL")
+    ] = "info",
     group: Annotated[str, _opt("Consumer group name.", "GROUP")] = "gpufeed",
     consumer: Annotated[str, _opt("Consumer name prefix (default: host name).", "CONSUMER")] = "",
     start_id: Annotated[
@@ -57,28 +67,69 @@ def worker(
         int, _opt("MAXLEN ~ for result and dead-letter streams (0: none).", "OUT_MAXLEN")
     ] = 1_000_000,
     dense_model: Annotated[str | None, _opt("W/b .npz for the dense op.", "DENSE_MODEL")] = None,
+    metrics_port: Annotated[
+        int, _opt("Serve Prometheus metrics on this port (0: off).", "METRICS_PORT")
+    ] = 0,
+    metrics_host: Annotated[
+        str, _opt("Address the metrics endpoint listens on.", "METRICS_HOST")
+    ] = "0.0.0.0",
 ) -> None:
-    """Serve a queue: read, batch, compute, write one result per message."""
+    """Serve a queue: read, batch, compute, write one result per message.
+
+    Examples:
+
+      gpufeed worker --redis-url redis://redis:6379/0 --queue images --op sha256
+
+      gpufeed worker --queue images --op vector_add --ingest-procs 2 --metrics-port 9400
+
+      GPUFEED_QUEUE=images GPUFEED_OP=sha256 gpufeed worker --log-format json
+    """
+    from gpufeed.cli.logs import LOG_FORMATS, LOG_LEVELS, LogSetup
     from gpufeed.worker.config import WorkerConfig
-    from gpufeed.worker.logs import configure_logging
-    from gpufeed.worker.supervisor import Supervisor
 
     try:
+        if log_format not in LOG_FORMATS or log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"--log-format must be one of {', '.join(LOG_FORMATS)} and "
+                f"--log-level one of {', '.join(LOG_LEVELS)}"
+            )
         config = WorkerConfig(
             redis_url=redis_url, queue=queue, op=op, backend=backend,
             ingest_procs=ingest_procs, max_batch=max_batch, max_wait_ms=max_wait_ms,
             slot_bytes=slot_bytes, ring_capacity=ring_capacity,
             visibility_timeout_ms=visibility_timeout_ms, max_deliveries=max_deliveries,
-            delete_acked=delete_acked, drain_timeout_s=drain_timeout_s, log_format=log_format,
+            delete_acked=delete_acked, drain_timeout_s=drain_timeout_s,
             group=group, consumer=consumer, start_id=start_id, out_maxlen=out_maxlen,
-            dense_model=dense_model,
+            dense_model=dense_model, metrics_port=metrics_port, metrics_host=metrics_host,
         )  # fmt: skip
         _check_op(config)
     except GpufeedError as exc:
         typer.echo(f"gpufeed worker: {exc}", err=True)
         raise typer.Exit(2) from exc
-    configure_logging(config.log_format, "supervisor")
-    raise typer.Exit(Supervisor(config).run())
+    setup = LogSetup(log_format, log_level)
+    setup("supervisor")
+    with _metrics_dir(config.metrics_port > 0):
+        from gpufeed.worker.supervisor import Supervisor  # after the metrics directory is set
+
+        code = Supervisor(config, child_setup=setup).run()
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _metrics_dir(enabled: bool) -> Iterator[None]:
+    """prometheus-client's multiprocess mode needs PROMETHEUS_MULTIPROC_DIR set
+    before it is first imported, here and in every child (they inherit it)."""
+    if not enabled:
+        yield
+        return
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the metrics directory was set")
+    path = tempfile.mkdtemp(prefix="gpufeed-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _check_op(config: object) -> None:

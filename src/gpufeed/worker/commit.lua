@@ -17,7 +17,7 @@
 -- another consumer reclaimed (XAUTOCLAIM) or that was already committed (a
 -- retried call after a lost reply) is skipped, which makes the script
 -- idempotent and keeps "exactly one result per message" true.
--- Returns {answered, skipped}.
+-- Returns {answered, skipped, dead-lettered, expired}.
 
 local group, consumer = ARGV[1], ARGV[2]
 local maxlen = tonumber(ARGV[3])
@@ -71,7 +71,7 @@ local function pending(id)
   return times
 end
 
-local acked, skipped = {}, 0
+local acked, skipped, dead_count, expired_count = {}, 0, 0, 0
 
 for at = FIRST, FIRST + 2 * n_plain - 1, 2 do
   local id = ARGV[at]
@@ -132,6 +132,9 @@ for at = FIRST + 2 * n_plain, FIRST + 2 * n - 1, 2 do
     xadd(KEYS[d1 * 256 + d2], result)
     if status == 'error' then
       dead_letter(id, body, times)
+      dead_count = dead_count + 1
+    elseif status == 'expired' then
+      expired_count = expired_count + 1
     end
     acked[#acked + 1] = id
   end
@@ -150,4 +153,4 @@ if maxlen > 0 then
     redis.call('XTRIM', key, 'MAXLEN', '~', maxlen)
   end
 end
-return {#acked, skipped}
+return {#acked, skipped, dead_count, expired_count}

@@ -8,13 +8,14 @@ import threading
 import time
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import structlog
 from redis.backoff import ExponentialBackoff
 
 from gpufeed.packing import ResultEntry
+from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
 
 log = structlog.get_logger()
@@ -28,6 +29,20 @@ COMMIT_CHUNK = 1024
 # The record head of an entry that is not a plain ok result (see commit.lua).
 _RECORD = struct.Struct(">cHH")
 _STATUS_CODES = {"ok": b"o", "error": b"e", "expired": b"x"}
+
+
+class CommitCounts(NamedTuple):
+    """What one commit did: results written (of which dead-lettered errors and
+    expired), and entries skipped because they were no longer pending for us."""
+
+    answered: int = 0
+    skipped: int = 0
+    dead: int = 0
+    expired: int = 0
+
+    @property
+    def ok(self) -> int:
+        return self.answered - self.dead - self.expired
 
 
 class Committer:
@@ -52,16 +67,15 @@ class Committer:
         """Load the script now, so the first commit does not pay a NOSCRIPT round trip."""
         self._script.sha = self._script.registered_client.script_load(COMMIT_LUA)
 
-    def commit(self, entries: Sequence[ResultEntry]) -> tuple[int, int]:
-        """Write and acknowledge ``entries``; returns (answered, skipped)."""
-        answered = skipped = 0
+    def commit(self, entries: Sequence[ResultEntry]) -> CommitCounts:
+        """Write and acknowledge ``entries``."""
+        counts = CommitCounts()
         for start in range(0, len(entries), COMMIT_CHUNK):
-            a, s = self._commit_chunk(entries[start : start + COMMIT_CHUNK])
-            answered += a
-            skipped += s
-        return answered, skipped
+            part = self._commit_chunk(entries[start : start + COMMIT_CHUNK])
+            counts = CommitCounts(*map(sum, zip(counts, part, strict=True)))
+        return counts
 
-    def _commit_chunk(self, entries: Sequence[ResultEntry]) -> tuple[int, int]:
+    def _commit_chunk(self, entries: Sequence[ResultEntry]) -> CommitCounts:
         keys = list(self._keys)
         key_index: dict[bytes, int] = {}
         plain: list[Any] = []
@@ -80,8 +94,10 @@ class Committer:
             head = _RECORD.pack(_STATUS_CODES[e.status], dest, cid_field)
             other += (e.src, head + (e.cid or b"") + e.body)
         args = [*self._static, len(plain) // 2, len(other) // 2, *plain, *other]
-        answered, skipped = self._script(keys=keys, args=args)
-        return int(answered), int(skipped)
+        return CommitCounts(*map(int, self._script(keys=keys, args=args)))
+
+
+_Work = tuple[list[ResultEntry], Any]  # entries, their entry-id times (NumPy) or ()
 
 
 class BackgroundCommitter:
@@ -98,20 +114,29 @@ class BackgroundCommitter:
 
     def __init__(self, committer: Committer, *, depth: int = 2) -> None:
         self._committer = committer
-        self._queue: queue.Queue[list[ResultEntry]] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[_Work] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self.answered = 0
-        self.skipped = 0
+        self.counts = CommitCounts()
         self._thread = threading.Thread(target=self._run, name="gpufeed-commit", daemon=True)
         self._thread.start()
+
+    @property
+    def answered(self) -> int:
+        return self.counts.answered
+
+    @property
+    def skipped(self) -> int:
+        return self.counts.skipped
 
     def load(self) -> None:
         """Load the commit script now (see ``Committer.load``)."""
         self._committer.load()
 
-    def submit(self, entries: list[ResultEntry]) -> None:
+    def submit(self, entries: list[ResultEntry], born_ms: Any = ()) -> None:
+        """Queue ``entries`` for commit; ``born_ms`` (entry-id times of computed
+        results) feed the end-to-end latency histogram once they are committed."""
         self._raise()
-        self._queue.put(entries)
+        self._queue.put((entries, born_ms))
 
     def busy(self) -> bool:
         """Whether commits are queued or running."""
@@ -129,25 +154,32 @@ class BackgroundCommitter:
         if self._error is not None:
             raise self._error
 
-    def _run(self) -> None:
+    def _commit(self, entries: list[ResultEntry]) -> CommitCounts:
         backoff = ExponentialBackoff(cap=2.0, base=0.05)
+        failures = 0
         while True:
-            entries = self._queue.get()
-            failures = 0
             try:
-                while True:
-                    try:
-                        answered, skipped = self._committer.commit(entries)
-                        break
-                    except REDIS_ERRORS as exc:
-                        failures += 1
-                        pause = backoff.compute(failures)
-                        log.warning("commit failed; retrying", error=str(exc), pause_s=pause)
-                        time.sleep(pause)
-                self.answered += answered
-                self.skipped += skipped
-                if skipped:
-                    log.info("results skipped: entries no longer pending for us", skipped=skipped)
+                return self._committer.commit(entries)
+            except REDIS_ERRORS as exc:
+                failures += 1
+                pause = backoff.compute(failures)
+                log.warning("commit failed; retrying", error=str(exc), pause_s=pause)
+                time.sleep(pause)
+
+    def _run(self) -> None:
+        while True:
+            entries, born_ms = self._queue.get()
+            try:
+                started = time.perf_counter()
+                counts = self._commit(entries)
+                metrics.COMMIT.observe(time.perf_counter() - started)
+                metrics.record_commit(counts, born_ms)
+                self.counts = CommitCounts(*map(sum, zip(self.counts, counts, strict=True)))
+                log.debug("batch committed", **counts._asdict())
+                if counts.skipped:
+                    log.info(
+                        "results skipped: entries no longer pending for us", **counts._asdict()
+                    )
             except BaseException as exc:
                 self._error = exc
                 log.error("commit failed", error=repr(exc))

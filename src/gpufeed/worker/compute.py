@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -14,9 +15,9 @@ from gpufeed.gpu.ops.registry import OpTable
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.packing.results import write_results
 from gpufeed.ring import RingConsumer, RingProducer
+from gpufeed.worker import metrics
 from gpufeed.worker.backends import make_backend
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.logs import configure_logging
 
 log = structlog.get_logger()
 
@@ -86,18 +87,24 @@ def serve(pairs: list[_Pair], backend: Backend, max_batch: int) -> None:
                 idle[start % len(idle)].requests.wait_ready(IDLE_SLICE_S if n > 1 else 0.05)
 
 
-def compute_main(config: WorkerConfig, rings: list[tuple[str, str]]) -> None:
+def compute_main(
+    config: WorkerConfig,
+    rings: list[tuple[str, str]],
+    setup: Callable[[str], None] | None = None,
+) -> None:
     """Entry point of the compute process (started with ``spawn``)."""
     # The supervisor coordinates shutdown; this process ends when its rings close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_logging(config.log_format, "compute")
+    if setup is not None:
+        setup("compute")
     table = OpTable.for_worker(
         config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
     )
     backend = make_backend(config.backend, table, config.slot_bytes, config.max_batch)
     pairs = [_Pair(RingConsumer.attach(req), RingProducer.attach(resp)) for req, resp in rings]
     log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
+    metrics.BACKEND.labels(backend.name, table.default.name).set(1)
     started = time.monotonic()
     try:
         serve(pairs, backend, config.max_batch)

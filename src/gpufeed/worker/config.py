@@ -9,7 +9,6 @@ from gpufeed.errors import ConfigError
 from gpufeed.ring._layout import is_power_of_two
 
 BACKENDS = ("auto", "cpu", "batched", "persistent")
-LOG_FORMATS = ("console", "json")
 # Lua's unpack() takes at most ~8000 values; one XACK per batch must stay below.
 MAX_BATCH = 4096
 
@@ -29,7 +28,6 @@ class WorkerConfig:
     max_deliveries: int = 5
     delete_acked: bool = False
     drain_timeout_s: float = 30.0
-    log_format: str = "console"
     group: str = "gpufeed"
     consumer: str = ""  # default: the host name; ingest process i uses "<consumer>-<i>"
     start_id: str = "0"
@@ -37,6 +35,8 @@ class WorkerConfig:
     reclaim_interval_ms: int = 1000
     dense_model: str | None = None
     cuda_streams: int = 4
+    metrics_port: int = 0  # Prometheus endpoint of the supervisor; 0: none
+    metrics_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -44,8 +44,8 @@ class WorkerConfig:
 
         if self.backend not in BACKENDS:
             raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.log_format not in LOG_FORMATS:
-            raise bad("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise bad("metrics_port", "must be a TCP port, or 0 for no metrics endpoint")
         if not 1 <= self.ingest_procs <= 64:
             raise bad("ingest_procs", "must be between 1 and 64")
         if not 1 <= self.max_batch <= MAX_BATCH:

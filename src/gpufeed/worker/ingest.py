@@ -11,9 +11,11 @@ from __future__ import annotations
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import redis
 import structlog
 from redis.backoff import ExponentialBackoff
@@ -25,9 +27,9 @@ from gpufeed.packing import PackedBatch, ResultEntry, pack, reply_entries, unpac
 from gpufeed.packing.forward import Entry
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
+from gpufeed.worker import metrics
 from gpufeed.worker.commit import REDIS_ERRORS, BackgroundCommitter, Committer
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.logs import configure_logging
 from gpufeed.worker.reclaim import Reclaimer
 
 log = structlog.get_logger()
@@ -63,9 +65,15 @@ def ensure_group(client: redis.Redis, config: WorkerConfig) -> None:
             raise
 
 
+# How often each ingest process logs a throughput summary (info level).
+SUMMARY_INTERVAL_S = 5.0
+
+
 @dataclass
 class _InFlight:
     batch: PackedBatch
+    born_ms: Any  # entry-id times of the packed messages (NumPy float64)
+    packed_at: float  # time.perf_counter() when it went into the request ring
     answered: int = 0
 
 
@@ -85,6 +93,9 @@ class Ingest:
         self.reclaimer = Reclaimer(self.client, config, self.consumer)
         self.in_flight: deque[_InFlight] = deque()
         self.to_commit: list[ResultEntry] = []
+        self.to_commit_born: list[Any] = []
+        self.summary_at = time.monotonic()
+        self.summary_answered = 0
         self.seq = 0
         self.read_id = HISTORY
         self.draining = False
@@ -101,18 +112,48 @@ class Ingest:
             got = len(first) + len(second)
             if got == 0:
                 return
-            self.to_commit += unpack_results((first, second), head.batch, head.answered)
+            results = unpack_results((first, second), head.batch, head.answered)
+            self.to_commit += results
+            self.to_commit_born.append(head.born_ms[head.answered : head.answered + got])
             self.responses.release(got)
+            metrics.RING_OCCUPANCY.dec(got)
+            for r in results:
+                if r.status != "ok":
+                    self._log_failed(r.src, r.body.decode(errors="replace"), r.status)
             head.answered += got
             if head.answered == head.batch.count:
                 self.in_flight.popleft()
+                metrics.COMPUTE.observe(time.perf_counter() - head.packed_at)
             timeout = 0.0
 
     def commit(self) -> None:
         """Hand the collected results to the commit thread."""
         if self.to_commit:
-            self.committer.submit(self.to_commit)
+            born = np.concatenate(self.to_commit_born) if self.to_commit_born else ()
+            self.committer.submit(self.to_commit, born)
             self.to_commit = []
+            self.to_commit_born = []
+
+    def _log_failed(self, entry_id: bytes, reason: str, status: str) -> None:
+        level = log.info if status == "expired" else log.warning
+        level(
+            "message failed", stream=self.config.in_key, entry_id=entry_id.decode(),
+            status=status, reason=reason,
+        )  # fmt: skip
+
+    def summary(self) -> None:
+        """Every few seconds, one info line with this process's throughput."""
+        now = time.monotonic()
+        if now - self.summary_at < SUMMARY_INTERVAL_S:
+            return
+        answered = self.committer.answered
+        log.info(
+            "throughput", stream=self.config.in_key,
+            msgs_per_s=round((answered - self.summary_answered) / (now - self.summary_at), 1),
+            answered=answered, in_flight=sum(f.batch.count - f.answered for f in self.in_flight),
+            **self.stats,
+        )  # fmt: skip
+        self.summary_at, self.summary_answered = now, answered
 
     # -- reading -----------------------------------------------------------------------
 
@@ -145,6 +186,8 @@ class Ingest:
         if self.reclaimer.due():
             entries, dead = self.reclaimer.claim(room)
             self.to_commit += dead
+            for d in dead:
+                self._log_failed(d.src, d.body.decode(errors="replace"), d.status)
         else:
             entries = self.read(room)
         if not entries:
@@ -158,19 +201,30 @@ class Ingest:
             now_ms=int(time.time() * 1000),
         )
         self.requests.commit(batch.count)
+        read_ms = time.time() * 1000
         self.stats["read"] += len(entries)
         self.stats["batches"] += 1
         self.stats["rejected"] += len(batch.rejects)
+        metrics.BATCHES.inc()
+        metrics.BATCH_SIZE.observe(len(entries))
+        for r in batch.rejects:
+            self._log_failed(r.entry_id, r.reason, r.status)
         self.to_commit += [ResultEntry.from_reject(r) for r in batch.rejects]
+        log.debug("batch read", stream=self.config.in_key, read=len(entries),
+                  packed=batch.count, rejected=len(batch.rejects))  # fmt: skip
         if batch.count:
+            born = metrics.id_ms(batch.ids)
+            metrics.observe_many(metrics.QUEUE_WAIT, np.maximum(read_ms - born, 0.0) / 1000)
+            metrics.RING_OCCUPANCY.inc(batch.count)
             self.seq = (self.seq + batch.count) % (1 << 32)
-            self.in_flight.append(_InFlight(batch))
+            self.in_flight.append(_InFlight(batch, born, time.perf_counter()))
         return True
 
     # -- the loop ----------------------------------------------------------------------
 
     def step(self) -> bool:
         """One round; False once drained."""
+        self.summary()
         self.collect()
         self.commit()
         if self.draining:
@@ -218,10 +272,16 @@ class Ingest:
 
 
 def ingest_main(
-    config: WorkerConfig, index: int, requests_name: str, responses_name: str, drain: Any
+    config: WorkerConfig,
+    index: int,
+    requests_name: str,
+    responses_name: str,
+    drain: Any,
+    setup: Callable[[str], None] | None = None,
 ) -> None:
     """Entry point of ingest process ``index`` (started with ``spawn``)."""
-    configure_logging(config.log_format, f"ingest-{index}")
+    if setup is not None:
+        setup(f"ingest-{index}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains
     requests = RingProducer.attach(requests_name)
     responses = RingConsumer.attach(responses_name)

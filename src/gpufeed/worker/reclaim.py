@@ -6,10 +6,14 @@ import time
 from typing import Any
 
 import redis
+import structlog
 
 from gpufeed.packing import ResultEntry
 from gpufeed.packing.forward import Entry
+from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
+
+log = structlog.get_logger()
 
 
 class Reclaimer:
@@ -47,6 +51,8 @@ class Reclaimer:
         claimed: list[Entry] = [(e[0], e[1]) for e in reply[1]]
         if not claimed:
             return [], []
+        metrics.RECLAIMED.inc(len(claimed))
+        log.info("reclaimed idle entries", stream=cfg.in_key, count=len(claimed))
         deliveries = self._deliveries([e[0] for e in claimed])
         keep: list[Entry] = []
         dead: list[ResultEntry] = []

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import multiprocessing.connection
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,17 +52,25 @@ class _Generation:
     drain: Any = None
 
     def close(self) -> None:
+        from gpufeed.worker import metrics
+
         for proc in self.children:
             if proc.is_alive():
                 proc.kill()
             proc.join(5)
+            if proc.pid is not None:
+                metrics.child_exited(proc.pid)
         for segment in self.segments:
             segment.close()
 
 
 class Supervisor:
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(
+        self, config: WorkerConfig, child_setup: Callable[[str], None] | None = None
+    ) -> None:
+        """``child_setup(name)`` runs first in every child (the CLI's logging set-up)."""
         self.config = config
+        self.child_setup = child_setup
         self.stopping = False
         self.restarts = 0
 
@@ -80,13 +89,15 @@ class Supervisor:
             resp = RingSegment.create(capacity=capacity, slot_bytes=cfg.slot_bytes)
             gen.segments += [req, resp]
             names.append((req.name, resp.name))
-        compute = _CTX.Process(target=compute_main, args=(cfg, names), name="gpufeed-compute")
+        compute = _CTX.Process(
+            target=compute_main, args=(cfg, names, self.child_setup), name="gpufeed-compute"
+        )
         gen.children.append(compute)
         for i, (req_name, resp_name) in enumerate(names):
             gen.children.append(
                 _CTX.Process(
                     target=ingest_main,
-                    args=(cfg, i, req_name, resp_name, gen.drain),
+                    args=(cfg, i, req_name, resp_name, gen.drain, self.child_setup),
                     name=f"gpufeed-ingest-{i}",
                 )
             )
@@ -114,6 +125,13 @@ class Supervisor:
             queue=cfg.queue, op=cfg.op, ingest_procs=cfg.ingest_procs, backend=cfg.backend,
             stream=cfg.in_key, group=cfg.group,
         )  # fmt: skip
+        if cfg.metrics_port:
+            from gpufeed.worker import metrics
+
+            metrics.serve(
+                cfg.metrics_port, cfg.metrics_host, metrics.QueueCollector(cfg.redis_url, cfg)
+            )
+            log.info("metrics endpoint up", port=cfg.metrics_port, path="/metrics")
         try:
             while True:
                 gen = self._start()

@@ -1,0 +1,190 @@
+"""``gpufeed stats`` and ``gpufeed dead …``: how far behind, what is stuck, what died."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from gpufeed.cli.worker import Queue, RedisUrl
+
+dead_app = typer.Typer(
+    help="""Inspect and act on the dead-letter stream gpufeed:{QUEUE}:dead.
+
+Examples:
+
+  gpufeed dead list --queue images
+
+  gpufeed dead replay --queue images 1712000000000-0 1712000000000-1
+
+  gpufeed dead replay --queue images --all
+
+  gpufeed dead purge --queue images --yes
+""",
+    no_args_is_help=True,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Group = Annotated[str, typer.Option(help="Consumer group name.", envvar="GPUFEED_GROUP")]
+
+
+def _setup(redis_url: str, queue: str, group: str = "gpufeed") -> tuple[Any, Any]:
+    import redis
+
+    from gpufeed.worker.config import WorkerConfig
+
+    return redis.Redis.from_url(redis_url), WorkerConfig(
+        redis_url=redis_url, queue=queue, group=group
+    )
+
+
+def _ago(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f} s"
+    return f"{ms / 60_000:.1f} min"
+
+
+def _render(stats: Any) -> str:
+    lines = [
+        f"queue {stats.queue}",
+        f"  input stream length   {stats.stream_length}",
+        f"  group lag             {'-' if stats.lag is None else stats.lag}"
+        + ("" if stats.group_exists else "  (no consumer group yet)"),
+        f"  pending               {stats.pending}",
+        f"  oldest pending        {stats.oldest_pending_id or '-'}"
+        f"  idle {_ago(stats.oldest_pending_idle_ms)}",
+        f"  dead letters          {stats.dead_letters}",
+        f"  results               {stats.results}",
+        f"  consumers             {len(stats.consumers)}",
+    ]
+    for c in stats.consumers:
+        lines.append(f"    {c.name:<32} pending {c.pending:<8} idle {_ago(c.idle_ms)}")
+    return "\n".join(lines)
+
+
+def stats(
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    queue: Queue = "default",
+    group: Group = "gpufeed",
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until interrupted.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    count: Annotated[
+        int, typer.Option(help="With --watch: stop after N refreshes (0: never).")
+    ] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a queue's backlog: stream length, group lag, pending entries and the
+    oldest one's idle time, consumers, dead letters and results.
+
+    Examples:
+
+      gpufeed stats --queue images
+
+      gpufeed stats --queue images --watch --interval 5
+
+      gpufeed stats --queue images --json | jq .lag
+    """
+    from gpufeed.worker.inspect import queue_stats
+
+    client, config = _setup(redis_url, queue, group)
+    shown = 0
+    try:
+        while True:
+            snapshot = queue_stats(client, config)
+            if as_json:
+                typer.echo(json.dumps(snapshot.as_dict()))
+            else:
+                if watch and shown:
+                    typer.echo("")
+                typer.echo(_render(snapshot))
+            shown += 1
+            if not watch or (count and shown >= count):
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@dead_app.command("list")
+def dead_list(
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    queue: Queue = "default",
+    count: Annotated[int, typer.Option(help="Most entries to show.")] = 20,
+    start: Annotated[str, typer.Option(help="First dead-letter id to show.")] = "-",
+    as_json: JsonFlag = False,
+) -> None:
+    """List dead letters, oldest first, with why each one died.
+
+    Example: gpufeed dead list --queue images --count 5
+    """
+    from gpufeed.worker.inspect import dead_letters
+
+    client, config = _setup(redis_url, queue)
+    rows = dead_letters(client, config, count=count, start=start)
+    if as_json:
+        for row in rows:
+            fields = {k: v.decode(errors="replace") for k, v in row.fields.items()}
+            typer.echo(json.dumps({**row.__dict__, "fields": fields}))
+        return
+    if not rows:
+        typer.echo(f"no dead letters in {config.dead_key}")
+    for row in rows:
+        names = ",".join(sorted(row.fields))
+        typer.echo(
+            f"{row.id}  src={row.src}  deliveries={row.deliveries}  fields=[{names}]\n"
+            f"    {row.error}"
+        )
+
+
+@dead_app.command("replay")
+def dead_replay(
+    ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids to replay.")] = None,
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    queue: Queue = "default",
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+) -> None:
+    """Move dead letters back to the input stream with their original fields.
+
+    Each entry is re-added and removed from the dead letters in one atomic
+    step. Replay after fixing the cause (a missing op, a bad producer), or the
+    entries simply die again.
+
+    Example: gpufeed dead replay --queue images --all
+    """
+    from gpufeed.worker.inspect import replay
+
+    if not ids and not replay_all:
+        raise typer.BadParameter("give dead-letter ids, or --all")
+    client, config = _setup(redis_url, queue)
+    moved = replay(client, config, None if replay_all else list(ids or []))
+    missing = [i for i in ids or [] if i not in moved]
+    typer.echo(f"replayed {len(moved)} dead letters to {config.in_key}")
+    if missing:
+        typer.echo(f"not found: {', '.join(missing)}", err=True)
+        raise typer.Exit(1)
+
+
+@dead_app.command("purge")
+def dead_purge(
+    ids: Annotated[list[str] | None, typer.Argument(help="Ids to delete (default: all).")] = None,
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    queue: Queue = "default",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete dead letters for good: the given ids, or all of them.
+
+    Example: gpufeed dead purge --queue images --yes
+    """
+    from gpufeed.worker.inspect import purge
+
+    client, config = _setup(redis_url, queue)
+    what = f"{len(ids)} dead letters" if ids else f"all {client.xlen(config.dead_key)} dead letters"
+    if not yes:
+        typer.confirm(f"Delete {what} from {config.dead_key}?", abort=True)
+    typer.echo(f"deleted {purge(client, config, list(ids) if ids else None)} dead letters")

@@ -1,0 +1,73 @@
+"""Logging set-up: the one place gpufeed configures logging.
+
+Library modules only ever call ``structlog.get_logger()``. The CLI configures
+its own process and hands ``LogSetup`` to the worker, whose spawned children
+call it first thing: a ``spawn`` child starts with a fresh interpreter, so it
+must be configured again, the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+LOG_FORMATS = ("auto", "console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def resolve_format(log_format: str) -> str:
+    """``auto``: console lines on a terminal, JSON lines otherwise (files, collectors)."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
+    if log_format == "auto":
+        return "console" if sys.stderr.isatty() else "json"
+    return log_format
+
+
+def configure_logging(log_format: str = "auto", process: str = "main", level: str = "info") -> None:
+    """Log to stderr as console lines or JSON lines, tagged with the process name and pid."""
+    if level not in LOG_LEVELS:
+        raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if resolve_format(log_format) == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    pid = os.getpid()
+
+    def tag(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        # A processor, not contextvars: threads (the commit thread) do not inherit those.
+        event.setdefault("process", process)
+        event.setdefault("pid", pid)
+        return event
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            tag,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+@dataclass(frozen=True)
+class LogSetup:
+    """What a worker child calls to configure its logging like its parent's (picklable)."""
+
+    log_format: str = "auto"
+    level: str = "info"
+
+    def __call__(self, process: str) -> None:
+        configure_logging(self.log_format, process, self.level)

@@ -1,0 +1,92 @@
+"""The worker's metrics endpoint and logs, read while it runs."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+
+import pytest
+from conftest import keys, wait_for_results
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpufeed.worker.produce import xadd_all
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_endpoint_counts_what_was_produced(client, queue, start_worker) -> None:
+    port = free_port()
+    stream = keys(queue)[0]
+    good = xadd_all(client, stream, [b"m%05d" % i for i in range(3000)])
+    for _ in range(5):
+        client.xadd(stream, {"nodata": b"x"})  # bad input: error result + dead letter
+    worker = start_worker("--metrics-port", str(port), "--max-batch", "256")
+    wait_for_results(client, queue, len(good) + 5, timeout=60, worker=worker)
+
+    # Counters move right after the commit that wrote the results: allow a moment.
+    deadline = time.monotonic() + 10
+    while True:
+        m = scrape(port)
+        if value(m, "gpufeed_messages_total", status="ok") == 3000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert worker.proc.poll() is None, "scraped while the worker runs"
+    assert value(m, "gpufeed_messages_total", status="ok") == 3000
+    assert value(m, "gpufeed_messages_total", status="error") == 5
+    assert value(m, "gpufeed_dead_letter_total") == 5
+    batches = value(m, "gpufeed_batches_total")
+    assert batches >= 3005 / 256
+    assert value(m, "gpufeed_batch_size_messages_count") == batches
+    assert value(m, "gpufeed_batch_size_messages_sum") == 3005
+    assert value(m, "gpufeed_queue_wait_seconds_count") == 3000
+    assert value(m, "gpufeed_end_to_end_seconds_count") == 3000
+    assert value(m, "gpufeed_compute_seconds_count") >= 3000 / 256
+    assert value(m, "gpufeed_commit_seconds_count") >= 1
+    e2e_sum = value(m, "gpufeed_end_to_end_seconds_sum")
+    assert 0 <= e2e_sum / 3000 < 30, "mean end-to-end latency is a plausible number of seconds"
+    assert value(m, "gpufeed_ring_occupancy_slots") == 0
+    assert value(m, "gpufeed_backend_info", backend="cpu", op="echo") == 1
+    assert value(m, "gpufeed_pending_entries", queue=queue) == 0
+    assert value(m, "gpufeed_group_lag_entries", queue=queue) == 0
+    assert value(m, "gpufeed_input_stream_length", queue=queue) == 3005
+    assert value(m, "gpufeed_dead_letter_stream_length", queue=queue) == 5
+    assert value(m, "gpufeed_reclaimed_total") == 0
+
+
+def test_logs_are_json_off_a_terminal_and_errors_name_stream_entry_and_reason(
+    client, queue, start_worker
+) -> None:
+    stream = keys(queue)[0]
+    bad = client.xadd(stream, {"data": b"x", "op": b"no_such_op"})
+    worker = start_worker("--log-level", "debug")
+    wait_for_results(client, queue, 1, timeout=30, worker=worker)
+    worker.terminate(30)
+    events = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    assert events, "stderr is not a terminal, so every line is a JSON event"
+    failed = [e for e in events if e["event"] == "message failed"]
+    assert len(failed) == 1
+    assert (failed[0]["stream"], failed[0]["entry_id"]) == (stream, bad.decode())
+    assert "unknown op" in failed[0]["reason"] and failed[0]["level"] == "warning"
+    assert any(e["event"] == "batch read" and e["level"] == "debug" for e in events)
+    assert {e["process"] for e in events} >= {"supervisor", "compute", "ingest-0"}

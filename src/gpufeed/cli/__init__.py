@@ -44,7 +44,7 @@ def _root(
 
 @app.command()
 def version() -> None:
-    """Print gpufeed's version."""
+    """Print gpufeed's version (also: gpufeed --version)."""
     typer.echo(__version__)
 
 

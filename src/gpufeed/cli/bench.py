@@ -50,7 +50,14 @@ def bench_ring(
     as_json: JsonFlag = False,
     plot: PlotPath = None,
 ) -> None:
-    """Ring throughput and wake-up latency between two processes vs multiprocessing.Queue."""
+    """Ring throughput and wake-up latency between two processes vs multiprocessing.Queue.
+
+    Examples:
+
+      gpufeed bench ring --json
+
+      gpufeed bench ring --slot-bytes 4096 --slots 500000 --plot ring.png
+    """
     from gpufeed.bench.ring import RingBenchConfig, run
 
     cfg = RingBenchConfig(
@@ -74,7 +81,10 @@ def bench_pack(
     as_json: JsonFlag = False,
     plot: PlotPath = None,
 ) -> None:
-    """Packing XREADGROUP replies into slots vs a per-message loop."""
+    """Packing XREADGROUP replies into slots vs a per-message loop.
+
+    Example: gpufeed bench pack --json --payload-bytes 200 --slot-bytes 256
+    """
     from gpufeed.bench.pack import PackBenchConfig, run
 
     if payload_bytes > slot_bytes - 16:
@@ -101,7 +111,10 @@ def bench_e2e(
     as_json: JsonFlag = False,
     plot: PlotPath = None,
 ) -> None:
-    """The worker (echo, cpu backend) vs a bare redis-py loop doing the same Redis work."""
+    """The worker (echo, cpu backend) vs a bare redis-py loop doing the same Redis work.
+
+    Example: gpufeed bench e2e --json --messages 100000 --plot e2e.png
+    """
     from gpufeed.bench.e2e import E2EBenchConfig, run
 
     cfg = E2EBenchConfig(messages=messages, latency_messages=latency_messages, repeats=repeats)

@@ -153,7 +153,14 @@ def produce(
     slot_bytes: Annotated[int, typer.Option(help="The worker's slot size.")] = 256,
     seed: Annotated[int, typer.Option(help="Payload random seed.")] = 0,
 ) -> None:
-    """Write COUNT valid messages for OP to the queue's input stream."""
+    """Write COUNT valid messages for OP to the queue's input stream.
+
+    Examples:
+
+      gpufeed produce --queue jobs --op sha256 --count 100000
+
+      gpufeed produce --queue jobs --op vector_add --count 50000 --rate 5000
+    """
     import redis
     from rich.progress import Progress
 
@@ -187,7 +194,14 @@ def demo(
         typer.Option(help="Use this server instead of an embedded one.", envvar="REDIS_URL"),
     ] = None,
 ) -> None:
-    """Run a worker against a private Redis, send every built-in op, check every result."""
+    """Run a worker against a private Redis, send every built-in op, check every result.
+
+    Examples:
+
+      gpufeed demo
+
+      gpufeed demo --redis-url redis://localhost:6379/0
+    """
     from rich.console import Console
     from rich.table import Table
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 
@@ -12,14 +11,9 @@ from conftest import keys, wait_for_results
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpufeed.worker.produce import xadd_all
+from gpufeed.worker.redis_server import free_port
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

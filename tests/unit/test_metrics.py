@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from gpufeed.worker.metrics import LATENCY_BUCKETS, id_ms, observe_many
+from gpufeed.worker.metrics import LATENCY_BUCKETS, ids_ms, observe_many
 
 
 def samples(h: Histogram) -> dict[tuple[str, str], float]:
@@ -41,5 +41,5 @@ def test_values_on_a_bucket_bound_count_in_that_bucket() -> None:
     )  # fmt: skip
 
 
-def test_id_ms_reads_the_time_part_of_entry_ids() -> None:
-    assert id_ms([b"1700000000123-0", b"5-17"]).tolist() == [1700000000123.0, 5.0]
+def test_ids_ms_reads_the_time_part_of_entry_ids() -> None:
+    assert ids_ms([b"1700000000123-0", b"5-17"]).tolist() == [1700000000123.0, 5.0]

@@ -28,7 +28,8 @@ from typing import Any
 import redis
 
 from gpufeed.bench import median, percentile
-from gpufeed.worker.launch import id_ms, wait_for_consumers, worker_process
+from gpufeed.packing.forward import id_ms
+from gpufeed.worker.launch import wait_for_consumers, worker_process
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import RedisServer
 

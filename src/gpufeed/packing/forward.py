@@ -68,6 +68,11 @@ class PackedBatch:
         return len(self.ids)
 
 
+def id_ms(entry_id: bytes) -> int:
+    """The millisecond part of a stream entry id: when Redis added the entry."""
+    return int(entry_id.split(b"-", 1)[0])
+
+
 def _as_fields(raw: Any) -> Fields | None:
     """Fields as a mapping: a dict as redis-py parses it, or the raw flat list."""
     if raw is None or isinstance(raw, dict):

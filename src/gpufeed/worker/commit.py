@@ -44,6 +44,9 @@ class CommitCounts(NamedTuple):
     def ok(self) -> int:
         return self.answered - self.dead - self.expired
 
+    def plus(self, other: CommitCounts) -> CommitCounts:
+        return CommitCounts(*map(sum, zip(self, other, strict=True)))
+
 
 class Committer:
     """Commits result entries for one consumer with the cached commit script.
@@ -71,8 +74,7 @@ class Committer:
         """Write and acknowledge ``entries``."""
         counts = CommitCounts()
         for start in range(0, len(entries), COMMIT_CHUNK):
-            part = self._commit_chunk(entries[start : start + COMMIT_CHUNK])
-            counts = CommitCounts(*map(sum, zip(counts, part, strict=True)))
+            counts = counts.plus(self._commit_chunk(entries[start : start + COMMIT_CHUNK]))
         return counts
 
     def _commit_chunk(self, entries: Sequence[ResultEntry]) -> CommitCounts:
@@ -174,7 +176,7 @@ class BackgroundCommitter:
                 counts = self._commit(entries)
                 metrics.COMMIT.observe(time.perf_counter() - started)
                 metrics.record_commit(counts, born_ms)
-                self.counts = CommitCounts(*map(sum, zip(self.counts, counts, strict=True)))
+                self.counts = self.counts.plus(counts)
                 log.debug("batch committed", **counts._asdict())
                 if counts.skipped:
                     log.info(

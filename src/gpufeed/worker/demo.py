@@ -17,8 +17,9 @@ import redis
 
 from gpufeed.bench import percentile
 from gpufeed.gpu.ops import BUILTINS, load_op
+from gpufeed.packing.forward import id_ms
 from gpufeed.packing.layout import payload_capacity
-from gpufeed.worker.launch import id_ms, wait_for_consumers, worker_process
+from gpufeed.worker.launch import wait_for_consumers, worker_process
 from gpufeed.worker.payloads import sample_payloads
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import RedisServer

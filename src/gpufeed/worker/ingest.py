@@ -194,15 +194,15 @@ class Ingest:
         if not entries:
             self.requests.commit(0)
             return False
+        read_ms = time.time() * 1000
         batch = pack(
             entries,
             (first, second),
             table=self.table,
             first_seq=self.seq,
-            now_ms=int(time.time() * 1000),
+            now_ms=int(read_ms),
         )
         self.requests.commit(batch.count)
-        read_ms = time.time() * 1000
         self.stats["read"] += len(entries)
         self.stats["batches"] += 1
         self.stats["rejected"] += len(batch.rejects)
@@ -214,7 +214,7 @@ class Ingest:
         log.debug("batch read", stream=self.config.in_key, read=len(entries),
                   packed=batch.count, rejected=len(batch.rejects))  # fmt: skip
         if batch.count:
-            born = metrics.id_ms(batch.ids)
+            born = metrics.ids_ms(batch.ids)
             metrics.observe_many(metrics.QUEUE_WAIT, np.maximum(read_ms - born, 0.0) / 1000)
             metrics.RING_OCCUPANCY.inc(batch.count)
             self.seq = (self.seq + batch.count) % (1 << 32)

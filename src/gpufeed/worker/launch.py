@@ -15,11 +15,6 @@ from typing import Any
 import redis
 
 
-def id_ms(entry_id: bytes) -> int:
-    """The millisecond part of a stream entry id: when Redis added the entry."""
-    return int(entry_id.split(b"-", 1)[0])
-
-
 @contextlib.contextmanager
 def worker_process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``gpufeed worker`` in its own session, logging to ``log_path``; drained on exit."""

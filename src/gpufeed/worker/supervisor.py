@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from gpufeed.ring import RingSegment
+from gpufeed.worker import metrics
 from gpufeed.worker.compute import compute_main
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.ingest import ingest_main
@@ -52,8 +53,6 @@ class _Generation:
     drain: Any = None
 
     def close(self) -> None:
-        from gpufeed.worker import metrics
-
         for proc in self.children:
             if proc.is_alive():
                 proc.kill()
@@ -126,8 +125,6 @@ class Supervisor:
             stream=cfg.in_key, group=cfg.group,
         )  # fmt: skip
         if cfg.metrics_port:
-            from gpufeed.worker import metrics
-
             metrics.serve(
                 cfg.metrics_port, cfg.metrics_host, metrics.QueueCollector(cfg.redis_url, cfg)
             )

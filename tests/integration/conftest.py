@@ -44,13 +44,15 @@ def keys(queue: str) -> tuple[str, str, str]:
 class WorkerProcess:
     """``gpufeed worker`` as a child in its own process group, logging to a file."""
 
-    def __init__(self, url: str, queue: str, log_dir: Path, *args: str) -> None:
+    def __init__(
+        self, url: str, queue: str, log_dir: Path, *args: str, consumer: str = "testhost"
+    ) -> None:
         self.log_path = log_dir / f"worker-{secrets.token_hex(3)}.log"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), *sys.path])}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gpufeed", "worker", "--redis-url", url, "--queue", queue,
-             "--consumer", "testhost", *args],
+             "--consumer", consumer, *args],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
         )  # fmt: skip
 
@@ -93,8 +95,15 @@ class WorkerProcess:
 def start_worker(redis_server: RedisServer, tmp_path: Path, queue: str):
     started: list[WorkerProcess] = []
 
-    def start(*args: str, url: str | None = None) -> WorkerProcess:
-        worker = WorkerProcess(url or redis_server.url, queue, tmp_path, *args)
+    def start(
+        *args: str,
+        url: str | None = None,
+        queue_name: str | None = None,
+        consumer: str = "testhost",
+    ) -> WorkerProcess:
+        worker = WorkerProcess(
+            url or redis_server.url, queue_name or queue, tmp_path, *args, consumer=consumer
+        )
         started.append(worker)
         return worker
 

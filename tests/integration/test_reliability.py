@@ -117,6 +117,31 @@ def test_a_commit_mixes_plain_cid_reply_to_and_error_records(client, queue) -> N
     assert client.xpending(config.in_key, "gpufeed")["pending"] == 0
 
 
+def test_a_reply_to_key_that_cannot_take_a_result_gets_an_error_on_the_output(
+    client, queue
+) -> None:
+    config = WorkerConfig(queue=queue)
+    ids = xadd_all(client, config.in_key, [b"a", b"b"])
+    read_as(client, queue, "me", 2)
+    not_a_stream = f"gpufeed:{{{queue}}}:a-string".encode()
+    client.set(not_a_stream, b"x")
+    entries = [
+        ResultEntry(ids[0], "ok", b"computed", cid=b"c-0", reply_to=not_a_stream),
+        ResultEntry(ids[1], "ok", b"fine"),
+    ]
+    # the whole commit still happens: one error (dead-lettered), one plain result
+    assert Committer(client, config, "me").commit(entries) == (2, 0, 1, 0)
+    out = {f[b"src"]: f for _, f in client.xrange(config.out_key)}
+    assert out[ids[0]][b"status"] == b"error" and out[ids[0]][b"cid"] == b"c-0"
+    assert b"cannot write reply_to" in out[ids[0]][b"error"]
+    assert b"WRONGTYPE" in out[ids[0]][b"error"]
+    assert out[ids[1]][b"data"] == b"fine"
+    [(_, dead)] = client.xrange(config.dead_key)
+    assert dead[b"src"] == ids[0] and dead[b"data"] == b"a"
+    assert client.get(not_a_stream) == b"x"
+    assert client.xpending(config.in_key, "gpufeed")["pending"] == 0
+
+
 def test_result_streams_are_trimmed_to_about_out_maxlen(client, queue) -> None:
     config = WorkerConfig(queue=queue, out_maxlen=100)
     ids = xadd_all(client, config.in_key, [b"x"] * 1000)

@@ -23,6 +23,7 @@ from gpufeed.packing import (
     unpack_results,
     write_error_results,
 )
+from gpufeed.worker.connect import slot_of
 
 SLOT_SIZES = [64, 128, 256, 1024]
 
@@ -163,6 +164,22 @@ def test_rejects_keep_cid_and_reply_to_and_do_not_disturb_the_batch() -> None:
     assert [r.body for r in results] == [b"ok", b"fine"]
     (reject,) = batch.rejects
     assert (reject.cid, reject.reply_to) == (b"c2", b"replies")
+
+
+def test_on_a_cluster_reply_to_must_share_the_queues_hash_slot() -> None:
+    queue_slot = slot_of("gpufeed:{jobs}:in")
+    same = {b"data": b"a", b"reply_to": b"gpufeed:{jobs}:reply:client-7"}
+    other = {b"data": b"b", b"reply_to": b"replies:client-7"}
+    slots = np.zeros((2, 64), np.uint8)
+    batch = pack([(b"1-0", same), (b"2-0", other)], slots, table=table_for(64), first_seq=0,
+                 now_ms=0, reply_slot=queue_slot)  # fmt: skip
+    assert batch.ids == [b"1-0"] and batch.reply_to == [same[b"reply_to"]]
+    (reject,) = batch.rejects
+    assert reject.entry_id == b"2-0" and "hash slot" in reject.reason
+    assert reject.reply_to is None  # the error result goes to the queue's output stream
+    # Without a cluster any key will do.
+    plain = pack([(b"2-0", other)], slots, table=table_for(64), first_seq=0, now_ms=0)
+    assert plain.count == 1 and not plain.rejects
 
 
 def test_an_op_that_cannot_fit_the_slot_is_refused_by_name() -> None:

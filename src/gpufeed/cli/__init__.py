@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from gpufeed import __version__
-from gpufeed.cli.admin import dead_app, stats
+from gpufeed.cli.admin import acl, dead_app, stats
 from gpufeed.cli.bench import bench_app
 from gpufeed.cli.worker import demo, produce, worker
 
@@ -21,6 +21,7 @@ app.command()(worker)
 app.command()(produce)
 app.command()(demo)
 app.command()(stats)
+app.command()(acl)
 
 
 def _print_version(value: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gpufeed.cli.worker import Queue, RedisUrl
+from gpufeed.cli.worker import Queue, RedisUrl, TlsCaCert, TlsCert, TlsKey, redis_target
 
 dead_app = typer.Typer(
     help="""Inspect and act on the dead-letter stream gpufeed:{QUEUE}:dead.
@@ -30,14 +30,13 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 Group = Annotated[str, typer.Option(help="Consumer group name.", envvar="GPUFEED_GROUP")]
 
 
-def _setup(redis_url: str, queue: str, group: str = "gpufeed") -> tuple[Any, Any]:
-    import redis
-
+def _setup(command: str, tls: tuple[str | None, ...], redis_url: str, queue: str,
+           group: str = "gpufeed") -> tuple[Any, Any]:  # fmt: skip
     from gpufeed.worker.config import WorkerConfig
 
-    return redis.Redis.from_url(redis_url), WorkerConfig(
-        redis_url=redis_url, queue=queue, group=group
-    )
+    target = redis_target(command, redis_url, *tls)
+    config = WorkerConfig(redis_url=redis_url, queue=queue, group=group)
+    return target.connect(), config
 
 
 def _ago(ms: int | None) -> str:
@@ -70,6 +69,9 @@ def _render(stats: Any) -> str:
 
 def stats(
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
     queue: Queue = "default",
     group: Group = "gpufeed",
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until interrupted.")] = False,
@@ -92,7 +94,7 @@ def stats(
     """
     from gpufeed.worker.inspect import queue_stats
 
-    client, config = _setup(redis_url, queue, group)
+    client, config = _setup("stats", (tls_ca_cert, tls_cert, tls_key), redis_url, queue, group)
     shown = 0
     try:
         while True:
@@ -114,6 +116,9 @@ def stats(
 @dead_app.command("list")
 def dead_list(
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
     queue: Queue = "default",
     count: Annotated[int, typer.Option(help="Most entries to show.")] = 20,
     start: Annotated[str, typer.Option(help="First dead-letter id to show.")] = "-",
@@ -125,7 +130,7 @@ def dead_list(
     """
     from gpufeed.worker.inspect import dead_letters
 
-    client, config = _setup(redis_url, queue)
+    client, config = _setup("dead list", (tls_ca_cert, tls_cert, tls_key), redis_url, queue)
     rows = dead_letters(client, config, count=count, start=start)
     if as_json:
         for row in rows:
@@ -146,6 +151,9 @@ def dead_list(
 def dead_replay(
     ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids to replay.")] = None,
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
     queue: Queue = "default",
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
 ) -> None:
@@ -161,7 +169,7 @@ def dead_replay(
 
     if not ids and not replay_all:
         raise typer.BadParameter("give dead-letter ids, or --all")
-    client, config = _setup(redis_url, queue)
+    client, config = _setup("dead replay", (tls_ca_cert, tls_cert, tls_key), redis_url, queue)
     moved = replay(client, config, None if replay_all else list(ids or []))
     missing = [i for i in ids or [] if i not in moved]
     typer.echo(f"replayed {len(moved)} dead letters to {config.in_key}")
@@ -174,6 +182,9 @@ def dead_replay(
 def dead_purge(
     ids: Annotated[list[str] | None, typer.Argument(help="Ids to delete (default: all).")] = None,
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
     queue: Queue = "default",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
@@ -183,8 +194,42 @@ def dead_purge(
     """
     from gpufeed.worker.inspect import purge
 
-    client, config = _setup(redis_url, queue)
+    client, config = _setup("dead purge", (tls_ca_cert, tls_cert, tls_key), redis_url, queue)
     what = f"{len(ids)} dead letters" if ids else f"all {client.xlen(config.dead_key)} dead letters"
     if not yes:
         typer.confirm(f"Delete {what} from {config.dead_key}?", abort=True)
     typer.echo(f"deleted {purge(client, config, list(ids) if ids else None)} dead letters")
+
+
+def acl(
+    role: Annotated[str, typer.Argument(help="worker or producer.")],
+    queue: Annotated[str, typer.Option(help="Queue name, or * for every queue.")] = "default",
+    user: Annotated[str | None, typer.Option(help="User name (default: gpufeed-ROLE).")] = None,
+    reply: Annotated[
+        str | None, typer.Option(help="Producer: may read gpufeed:{QUEUE}:reply:NAME.")
+    ] = None,
+    cluster: Annotated[
+        bool, typer.Option("--cluster", help="Add what a Redis Cluster client needs.")
+    ] = False,
+) -> None:
+    """Print an ACL SETUSER command for a least-privilege worker or producer user.
+
+    The password is left as >PASSWORD: replace it, then run the line with
+    redis-cli (on every node of a cluster).
+
+    Examples:
+
+      gpufeed acl worker --queue images
+
+      gpufeed acl producer --queue images --reply web-1 --user web-1
+    """
+    from gpufeed.errors import ConfigError
+    from gpufeed.worker.access import acl_rules
+
+    try:
+        rules = acl_rules(role, queue, reply=reply, cluster=cluster)
+    except ConfigError as exc:
+        typer.echo(f"gpufeed acl: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    name = user or f"gpufeed-{role}"
+    typer.echo(" ".join(["ACL", "SETUSER", name, "on", ">PASSWORD", *rules]))

@@ -8,11 +8,14 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gpufeed.errors import ConfigError, GpufeedError
+
+if TYPE_CHECKING:
+    from gpufeed.worker.connect import RedisTarget
 
 
 def _opt(help_text: str, name: str) -> typer.models.OptionInfo:
@@ -20,13 +23,44 @@ def _opt(help_text: str, name: str) -> typer.models.OptionInfo:
     return option
 
 
-RedisUrl = Annotated[str, _opt("Redis URL (redis:// or rediss://).", "REDIS_URL")]
+RedisUrl = Annotated[
+    str,
+    _opt(
+        "redis://, rediss:// (TLS), redis+cluster:// or rediss+cluster:// (any cluster node).",
+        "REDIS_URL",
+    ),
+]
+TlsCaCert = Annotated[
+    str | None, _opt("CA certificates that sign the server's (rediss://).", "TLS_CA_CERT")
+]
+TlsCert = Annotated[
+    str | None, _opt("Client certificate, for servers that check clients.", "TLS_CERT")
+]
+TlsKey = Annotated[str | None, _opt("The client certificate's private key.", "TLS_KEY")]
+
+
+def redis_target(
+    command: str, url: str, ca: str | None, cert: str | None, key: str | None
+) -> RedisTarget:
+    """The Redis options of a command, or exit 2 saying what is wrong with them."""
+    from gpufeed.worker.connect import RedisTarget
+
+    try:
+        return RedisTarget(url, ca, cert, key)
+    except ConfigError as exc:
+        typer.echo(f"gpufeed {command}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 Queue = Annotated[str, _opt("Queue name: streams gpufeed:{NAME}:in/out/dead.", "QUEUE")]
 OpName = Annotated[str, _opt("Op: a built-in, an entry point, or package.module:attribute.", "OP")]
 
 
 def worker(
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
     queue: Queue = "default",
     op: OpName = "echo",
     backend: Annotated[str, _opt("auto, cpu, batched or persistent.", "BACKEND")] = "auto",
@@ -83,6 +117,10 @@ def worker(
       gpufeed worker --queue images --op vector_add --ingest-procs 2 --metrics-port 9400
 
       GPUFEED_QUEUE=images GPUFEED_OP=sha256 gpufeed worker --log-format json
+
+      gpufeed worker --redis-url redis+cluster://node-1:6379 --queue images --op sha256
+
+      gpufeed worker --redis-url rediss://gpufeed:PASSWORD@redis:6380/0 --tls-ca-cert ca.pem
     """
     from gpufeed.cli.logs import LOG_FORMATS, LOG_LEVELS, LogSetup
     from gpufeed.worker.config import WorkerConfig
@@ -101,6 +139,7 @@ def worker(
             delete_acked=delete_acked, drain_timeout_s=drain_timeout_s,
             group=group, consumer=consumer, start_id=start_id, out_maxlen=out_maxlen,
             dense_model=dense_model, metrics_port=metrics_port, metrics_host=metrics_host,
+            tls_ca_cert=tls_ca_cert, tls_cert=tls_cert, tls_key=tls_key,
         )  # fmt: skip
         _check_op(config)
     except GpufeedError as exc:
@@ -146,6 +185,9 @@ def _check_op(config: object) -> None:
 
 def produce(
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
+    tls_ca_cert: TlsCaCert = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
     queue: Queue = "default",
     op: OpName = "echo",
     count: Annotated[int, typer.Option(help="Messages to write.")] = 10_000,
@@ -161,7 +203,6 @@ def produce(
 
       gpufeed produce --queue jobs --op vector_add --count 50000 --rate 5000
     """
-    import redis
     from rich.progress import Progress
 
     from gpufeed.gpu.ops import load_op
@@ -175,7 +216,7 @@ def produce(
         typer.echo(f"gpufeed produce: {exc}", err=True)
         raise typer.Exit(2) from exc
     stream = f"gpufeed:{{{queue}}}:in"
-    client = redis.Redis.from_url(redis_url)
+    client = redis_target("produce", redis_url, tls_ca_cert, tls_cert, tls_key).connect()
     with Progress(transient=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"XADD {stream}", total=count)
         xadd_all(

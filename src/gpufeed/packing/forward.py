@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from redis.crc import key_slot
 
 from gpufeed.gpu.ops.registry import OpTable
 from gpufeed.packing.layout import HEADER_BYTES, HEADER_DTYPE, SEQ_MOD, SlotArray, slot_parts
@@ -115,12 +116,15 @@ def pack(
     table: OpTable,
     first_seq: int,
     now_ms: int,
+    reply_slot: int | None = None,
 ) -> PackedBatch:
     """Write the valid messages of ``entries`` into request slots, in order.
 
     ``out`` is a slot array or a ring reservation ``(first, second)``; it must
     have a slot for every entry (reserve before reading). Invalid or expired
-    messages become ``rejects`` and take no slot.
+    messages become ``rejects`` and take no slot. ``reply_slot`` is the
+    queue's Redis Cluster hash slot: on a cluster, a ``reply_to`` stream in any
+    other slot cannot be written by the commit script, so it is rejected here.
     """
     parts = slot_parts(out)
     capacity = table.payload_capacity
@@ -144,7 +148,7 @@ def pack(
         op_id = 0
         deadline = -1
         if len(fields) > 1:  # anything beyond data: look at the optional fields
-            problem = _metadata_problem(fields)
+            problem = _metadata_problem(fields, reply_slot)
             if problem is not None:
                 rejects.append(_reject(entry_id, problem, fields, safe_ids=False))
                 continue
@@ -218,7 +222,7 @@ def _reject(
     return Reject(entry_id, status, reason, fields, fields.get(b"cid"), fields.get(b"reply_to"))
 
 
-def _metadata_problem(fields: Fields) -> str | None:
+def _metadata_problem(fields: Fields, reply_slot: int | None = None) -> str | None:
     """Why a message's optional fields are unusable, or None."""
     if len(fields) > MAX_FIELDS:
         return f"too many fields: {len(fields)}, at most {MAX_FIELDS}"
@@ -233,6 +237,12 @@ def _metadata_problem(fields: Fields) -> str | None:
     reply_to = fields.get(b"reply_to")
     if reply_to is not None and not 0 < len(reply_to) <= MAX_REPLY_TO_BYTES:
         return f"reply_to must be a stream key of 1 to {MAX_REPLY_TO_BYTES} bytes"
+    if reply_to is not None and reply_slot is not None and key_slot(reply_to) != reply_slot:
+        return (
+            f"reply_to {reply_to.decode(errors='replace')!r} is in another Redis Cluster "
+            "hash slot than the queue: give it the queue's hash tag, as in "
+            "gpufeed:{QUEUE}:reply:NAME"
+        )
     return None
 
 

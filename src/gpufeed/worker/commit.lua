@@ -1,17 +1,25 @@
 -- gpufeed commit: write one result per entry and acknowledge it, atomically.
 --
--- KEYS[1] input stream, KEYS[2] output stream, KEYS[3] dead-letter stream,
--- KEYS[4..] reply_to streams named by entries of this batch.
+-- KEYS[1] input stream, KEYS[2] output stream, KEYS[3] dead-letter stream.
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] MAXLEN ~ for written streams (0: none),
 -- ARGV[4] '1' to XDEL acknowledged entries, ARGV[5] count of plain entries,
--- ARGV[6] count of other entries, then two values per entry, plain ones first:
+-- ARGV[6] count of other entries, ARGV[7] count R of reply_to streams, then the
+-- R reply_to stream names, then two values per entry, plain ones first:
 --   plain: id, body              ok, to KEYS[2], no cid (the common case)
 --   other: id, record            record = status(1) .. dest(2) .. cid_field(2) .. cid .. body
 -- where cid_field is 0 without a cid, else the cid's length + 1, status is
--- 'o' ok, 'e' error, 'x' expired, dest indexes KEYS; numbers big-endian.
+-- 'o' ok, 'e' error, 'x' expired, dest is 0 for KEYS[2] or k for the k-th
+-- reply_to stream; numbers big-endian.
 -- Arguments cost more than bytes, so a record packs all but the id into one
 -- string; plain entries need no record at all, and the loop that writes them
 -- calls XADD directly: a table and unpack() per entry cost as much as the XADD.
+--
+-- reply_to streams are named by producers, so they are arguments, not KEYS:
+-- Redis checks a script's KEYS against the user's ACL before it runs, and one
+-- key the worker may not write would refuse the whole commit. Written with
+-- pcall, a refused (or wrongly typed) reply_to fails only its own entry. On
+-- Redis Cluster the ingest process has already rejected reply_to streams
+-- outside the queue's hash slot, so every key here is in KEYS[1]'s slot.
 --
 -- Only entries still pending for *this* consumer are answered. An entry that
 -- another consumer reclaimed (XAUTOCLAIM) or that was already committed (a
@@ -24,7 +32,8 @@ local maxlen = tonumber(ARGV[3])
 local delete = ARGV[4] == '1'
 local n_plain = tonumber(ARGV[5])
 local n = n_plain + tonumber(ARGV[6])
-local FIRST = 7
+local n_reply = tonumber(ARGV[7])
+local FIRST = 8 + n_reply
 local STATUS = {[111] = 'ok', [101] = 'error', [120] = 'expired'}
 local MAX_DEAD_FIELDS = 2000  -- stay far below Lua's unpack() limit
 
@@ -129,7 +138,26 @@ for at = FIRST + 2 * n_plain, FIRST + 2 * n - 1, 2 do
       result[7] = 'cid'
       result[8] = string.sub(record, 6, 5 + cid_len)
     end
-    xadd(KEYS[d1 * 256 + d2], result)
+    local dest = d1 * 256 + d2
+    if dest > 0 then
+      local reply_to = ARGV[7 + dest]
+      -- A reply_to stream is the producer's choice: it may be another type or a key
+      -- the worker's ACL user may not write. pcall keeps that from aborting the
+      -- script half-way (scripts are not rolled back); the message is answered on
+      -- the output stream instead, as an error, and dead-lettered.
+      local added = redis.pcall('XADD', reply_to, '*', unpack(result))
+      if type(added) == 'table' and added.err then
+        local why = 'cannot write reply_to ' .. reply_to .. ': ' .. added.err
+        body = status == 'error' and (why .. '; ' .. body) or why
+        status = 'error'
+        result[4], result[5], result[6] = status, 'error', body
+        xadd(KEYS[2], result)
+      else
+        written[reply_to] = true
+      end
+    else
+      xadd(KEYS[2], result)
+    end
     if status == 'error' then
       dead_letter(id, body, times)
       dead_count = dead_count + 1

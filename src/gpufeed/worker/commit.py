@@ -78,25 +78,22 @@ class Committer:
         return counts
 
     def _commit_chunk(self, entries: Sequence[ResultEntry]) -> CommitCounts:
-        keys = list(self._keys)
-        key_index: dict[bytes, int] = {}
+        replies: dict[bytes, int] = {}  # reply_to stream -> its 1-based index
         plain: list[Any] = []
         other: list[Any] = []
         for e in entries:
             if e.status == "ok" and e.cid is None and e.reply_to is None:
                 plain += (e.src, e.body)
                 continue
-            dest = 2
+            dest = 0
             if e.reply_to is not None:
-                dest = key_index.get(e.reply_to, 0)
-                if not dest:
-                    keys.append(e.reply_to)  # type: ignore[arg-type]
-                    dest = key_index[e.reply_to] = len(keys)
+                dest = replies.setdefault(e.reply_to, len(replies) + 1)
             cid_field = 0 if e.cid is None else len(e.cid) + 1
             head = _RECORD.pack(_STATUS_CODES[e.status], dest, cid_field)
             other += (e.src, head + (e.cid or b"") + e.body)
-        args = [*self._static, len(plain) // 2, len(other) // 2, *plain, *other]
-        return CommitCounts(*map(int, self._script(keys=keys, args=args)))
+        args = [*self._static, len(plain) // 2, len(other) // 2, len(replies), *replies,
+                *plain, *other]  # fmt: skip
+        return CommitCounts(*map(int, self._script(keys=self._keys, args=args)))
 
 
 _Work = tuple[list[ResultEntry], Any]  # entries, their entry-id times (NumPy) or ()
@@ -137,7 +134,7 @@ class BackgroundCommitter:
     def submit(self, entries: list[ResultEntry], born_ms: Any = ()) -> None:
         """Queue ``entries`` for commit; ``born_ms`` (entry-id times of computed
         results) feed the end-to-end latency histogram once they are committed."""
-        self._raise()
+        self.check()
         self._queue.put((entries, born_ms))
 
     def busy(self) -> bool:
@@ -149,10 +146,13 @@ class BackgroundCommitter:
         deadline = time.monotonic() + timeout
         while self.busy() and time.monotonic() < deadline:
             time.sleep(0.001)
-        self._raise()
+        self.check()
         return not self.busy()
 
-    def _raise(self) -> None:
+    def check(self) -> None:
+        """Raise the error a commit failed with, if one did (lost connections are
+        retried, not raised): the ingest loop calls this every round, so a failed
+        commit stops the process even when nothing more is submitted."""
         if self._error is not None:
             raise self._error
 

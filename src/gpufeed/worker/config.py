@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from gpufeed.errors import ConfigError
 from gpufeed.ring._layout import is_power_of_two
+from gpufeed.worker.connect import RedisTarget
 
 BACKENDS = ("auto", "cpu", "batched", "persistent")
 # Lua's unpack() takes at most ~8000 values; one XACK per batch must stay below.
@@ -37,6 +38,9 @@ class WorkerConfig:
     cuda_streams: int = 4
     metrics_port: int = 0  # Prometheus endpoint of the supervisor; 0: none
     metrics_host: str = "0.0.0.0"
+    tls_ca_cert: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
@@ -60,6 +64,12 @@ class WorkerConfig:
             raise bad("queue", "must be non-empty without braces or spaces")
         if self.out_maxlen < 0:
             raise bad("out_maxlen", "must be >= 0")
+        self.redis  # noqa: B018 -- validates the URL and TLS options
+
+    @property
+    def redis(self) -> RedisTarget:
+        """Where the queue lives and how to connect."""
+        return RedisTarget(self.redis_url, self.tls_ca_cert, self.tls_cert, self.tls_key)
 
     # Every key of a queue carries the hash tag {queue}, so on Redis Cluster they
     # live in one slot and the commit script may touch all of them.

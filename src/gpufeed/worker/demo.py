@@ -19,6 +19,7 @@ from gpufeed.bench import percentile
 from gpufeed.gpu.ops import BUILTINS, load_op
 from gpufeed.packing.forward import id_ms
 from gpufeed.packing.layout import payload_capacity
+from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.launch import wait_for_consumers, worker_process
 from gpufeed.worker.payloads import sample_payloads
 from gpufeed.worker.produce import xadd_all
@@ -133,7 +134,7 @@ def run_demo(
         redis_for_demo(redis_url) as url,
         tempfile.TemporaryDirectory(prefix="gpufeed-demo-") as tmp,
     ):
-        client = redis.Redis.from_url(url)
+        client = RedisTarget(url).connect()
         log_path = Path(tmp) / "worker.log"
         args = [
             "--redis-url", url, "--queue", queue, "--op", "echo", "--backend", backend,

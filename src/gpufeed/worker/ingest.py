@@ -31,6 +31,7 @@ from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
 from gpufeed.worker.commit import REDIS_ERRORS, BackgroundCommitter, Committer
 from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.connect import Client, RedisTarget, slot_of
 from gpufeed.worker.reclaim import Reclaimer
 
 log = structlog.get_logger()
@@ -39,13 +40,14 @@ HISTORY = "0"
 NEW = ">"
 
 
-def make_client(url: str) -> redis.Redis:
+def make_client(target: RedisTarget) -> Client:
     """A client that retries lost connections with capped exponential backoff.
 
-    XREADGROUP replies are left unparsed (``reply_entries`` reads them).
+    XREADGROUP replies are left unparsed (``reply_entries`` reads them); a
+    cluster client parses them on the node anyway, which ``reply_entries``
+    reads as well.
     """
-    client = redis.Redis.from_url(
-        url,
+    client = target.connect(
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
         retry_on_error=list(REDIS_ERRORS),
         health_check_interval=30,
@@ -56,7 +58,7 @@ def make_client(url: str) -> redis.Redis:
     return client
 
 
-def ensure_group(client: redis.Redis, config: WorkerConfig) -> None:
+def ensure_group(client: Client, config: WorkerConfig) -> None:
     """Create the consumer group (and the stream) unless it exists."""
     try:
         client.xgroup_create(config.in_key, config.group, id=config.start_id, mkstream=True)
@@ -89,7 +91,9 @@ class Ingest:
         self.table = OpTable.for_worker(
             config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
         )
-        self.client = make_client(config.redis_url)
+        self.client = make_client(config.redis)
+        # On a cluster the commit script can only write reply_to streams in our slot.
+        self.reply_slot = slot_of(config.in_key) if config.redis.cluster else None
         self.committer = BackgroundCommitter(Committer(self.client, config, self.consumer))
         self.reclaimer = Reclaimer(self.client, config, self.consumer)
         self.in_flight: deque[_InFlight] = deque()
@@ -201,6 +205,7 @@ class Ingest:
             table=self.table,
             first_seq=self.seq,
             now_ms=int(read_ms),
+            reply_slot=self.reply_slot,
         )
         self.requests.commit(batch.count)
         self.stats["read"] += len(entries)
@@ -225,6 +230,7 @@ class Ingest:
 
     def step(self) -> bool:
         """One round; False once drained."""
+        self.committer.check()
         self.summary()
         self.collect()
         self.commit()

@@ -147,10 +147,8 @@ def child_exited(pid: int) -> None:
 class QueueCollector:
     """Figures read from Redis at scrape time: pending, lag, stream lengths; GPU state."""
 
-    def __init__(self, redis_url: str, config: Any) -> None:
-        import redis
-
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=2.0)
+    def __init__(self, config: Any) -> None:
+        self._client = config.redis.connect(socket_timeout=2.0)
         self._config = config
         self._gpu = _GpuProbe()
 

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -56,11 +57,18 @@ class RedisServer:
     """A throw-away server process: ``with RedisServer() as server: server.url``."""
 
     def __init__(
-        self, *, appendonly: bool = False, fsync: str = "everysec", binary: str | None = None
+        self,
+        *,
+        appendonly: bool = False,
+        fsync: str = "everysec",
+        binary: str | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        """``extra_args`` are more server options (``--cluster-enabled yes``, TLS, …)."""
         self.binary = binary or find_server_binary()
         self.appendonly = appendonly
         self.fsync = fsync
+        self.extra_args = list(extra_args)
         self._tmp = tempfile.TemporaryDirectory(prefix="gpufeed-redis-")
         self.dir = Path(self._tmp.name)
         self.port = free_port()
@@ -80,6 +88,7 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.fsync,
             "--logfile", str(self.dir / "server.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -132,3 +141,72 @@ class RedisServer:
     ) -> None:
         self.stop()
         self._tmp.cleanup()
+
+
+class LocalCluster:
+    """A throw-away Redis Cluster of ``masters`` nodes on loopback, no replicas.
+
+    Each node gets an equal range of the 16384 hash slots (``CLUSTER
+    ADDSLOTSRANGE``, Redis >= 7) and meets the first node; the cluster is
+    ready when every node reports ``cluster_state:ok``.
+    ``with LocalCluster(3) as cluster: cluster.url`` (a ``redis+cluster://`` URL).
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, masters: int = 3, *, binary: str | None = None) -> None:
+        # An explicit bus port: the default, port + 10000, fails for ports above 55535.
+        self.bus_ports = [free_port() for _ in range(masters)]
+        self.nodes = [
+            RedisServer(binary=binary, extra_args=(*CLUSTER_ARGS, "--cluster-port", str(bus)))
+            for bus in self.bus_ports
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> LocalCluster:
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        clients = [redis.Redis(port=node.port) for node in self.nodes]
+        per = self.SLOTS // len(self.nodes)
+        for i, client in enumerate(clients):
+            last = self.SLOTS - 1 if i == len(clients) - 1 else (i + 1) * per - 1
+            client.cluster("ADDSLOTSRANGE", i * per, last)
+            if i:
+                client.cluster("MEET", "127.0.0.1", self.nodes[0].port, self.bus_ports[0])
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            infos = [c.cluster("INFO") for c in clients]
+            if all(
+                i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == len(clients)
+                for i in infos
+            ):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the cluster did not reach cluster_state:ok in {START_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for node in self.nodes:
+            node.__exit__(kind, exc, tb)
+
+
+# A cluster node's own state file lives in the node's temporary directory.
+CLUSTER_ARGS = (
+    "--cluster-enabled", "yes",
+    "--cluster-config-file", "nodes.conf",
+    "--cluster-node-timeout", "5000",
+)  # fmt: skip

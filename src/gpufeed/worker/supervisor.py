@@ -20,12 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import structlog
+from redis.backoff import ExponentialBackoff
 
+from gpufeed.errors import ConfigError
 from gpufeed.ring import RingSegment
 from gpufeed.worker import metrics
+from gpufeed.worker.access import check_worker_access
+from gpufeed.worker.commit import REDIS_ERRORS
 from gpufeed.worker.compute import compute_main
 from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.connect import is_tls_failure
 from gpufeed.worker.ingest import ingest_main
 
 log = structlog.get_logger()
@@ -124,10 +130,12 @@ class Supervisor:
             queue=cfg.queue, op=cfg.op, ingest_procs=cfg.ingest_procs, backend=cfg.backend,
             stream=cfg.in_key, group=cfg.group,
         )  # fmt: skip
+        if not self._preflight():
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            return 0 if self.stopping else 2
         if cfg.metrics_port:
-            metrics.serve(
-                cfg.metrics_port, cfg.metrics_host, metrics.QueueCollector(cfg.redis_url, cfg)
-            )
+            metrics.serve(cfg.metrics_port, cfg.metrics_host, metrics.QueueCollector(cfg))
             log.info("metrics endpoint up", port=cfg.metrics_port, path="/metrics")
         try:
             while True:
@@ -152,6 +160,40 @@ class Supervisor:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _preflight(self) -> bool:
+        """Wait for Redis, then check the user may do all a worker does.
+
+        False when the worker must not start (logged: bad credentials, a failed
+        TLS handshake, missing ACL permissions) or a stop came while waiting.
+        """
+        target = self.config.redis
+        backoff = ExponentialBackoff(cap=5.0, base=0.1)
+        failures = 0
+        while not self.stopping:
+            try:
+                check_worker_access(self.config)
+                return True
+            except ConfigError as exc:
+                log.error("worker cannot start", reason=str(exc))
+                return False
+            except redis.AuthenticationError as exc:
+                log.error("worker cannot start: Redis refused the credentials",
+                          url=target.safe_url, error=str(exc))  # fmt: skip
+                return False
+            except (*REDIS_ERRORS, redis.RedisClusterException) as exc:
+                if is_tls_failure(exc):
+                    log.error("worker cannot start: TLS handshake failed",
+                              url=target.safe_url, error=str(exc))  # fmt: skip
+                    return False
+                failures += 1
+                pause = backoff.compute(failures)
+                log.warning("waiting for redis", url=target.safe_url, error=str(exc),
+                            pause_s=round(pause, 2))  # fmt: skip
+                end = time.monotonic() + pause
+                while time.monotonic() < end and not self.stopping:
+                    time.sleep(0.05)
+        return False
 
     def _watch(self, gen: _Generation) -> Any | None:
         """Wait for a stop request (None) or a child that ended on its own (that child)."""

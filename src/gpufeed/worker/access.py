@@ -1,0 +1,182 @@
+"""Start-up check: may this Redis user do everything a worker does?
+
+A worker under a least-privilege ACL user (docs/scaling.md) that lacks one
+permission would otherwise fail later, mid-batch, or restart forever. So
+before starting any process the supervisor runs every command the worker
+needs once, in a form that changes nothing: an id no entry can have, an idle
+time no entry reaches, an XADD with the invalid id 0-0. Redis checks ACL
+permissions (command and keys) before it looks at the arguments, so a
+``NOPERM`` reply means the permission is missing and any other reply, error
+or not, means it is there. All missing permissions are reported at once.
+
+Commands the commit script runs are checked directly too: Redis applies the
+user's ACL to every ``redis.call`` inside a script. ``reply_to`` streams are
+chosen by producers, so they cannot be checked here; the commit script turns a
+refused one into an error result (see commit.lua).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import redis
+
+from gpufeed.errors import ConfigError
+from gpufeed.worker.commit import COMMIT_LUA
+from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.connect import Client, RedisTarget
+
+COMMIT_SHA = hashlib.sha1(COMMIT_LUA.encode()).hexdigest()  # the id Redis gives the script
+# The greatest stream id: reading history after it returns nothing.
+_LAST_ID = "18446744073709551615-18446744073709551615"
+# An idle time no pending entry reaches (ten years, in ms).
+_NEVER_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Probe:
+    rule: str  # the ACL command name: +xautoclaim, +script|load, ...
+    key: str | None  # the key the command touches (needs a ~pattern), if any
+    why: str
+    args: tuple[str | int, ...]
+
+
+def probes(config: WorkerConfig) -> list[Probe]:
+    """Every command a worker with ``config`` runs, in a harmless form."""
+    cfg = config
+    src, out, dead, group = cfg.in_key, cfg.out_key, cfg.dead_key, cfg.group
+    consumer = cfg.consumer_name(0)
+    found = [
+        Probe("xgroup|create", src, "create the consumer group",
+              ("XGROUP", "CREATE", src, group, cfg.start_id, "MKSTREAM")),
+        Probe("xreadgroup", src, "read entries",
+              ("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", src, _LAST_ID)),
+        Probe("xautoclaim", src, "take over entries idle past the visibility timeout",
+              ("XAUTOCLAIM", src, group, consumer, _NEVER_IDLE_MS, "0-0", "COUNT", 1)),
+        Probe("xpending", src, "read delivery counts",
+              ("XPENDING", src, group)),
+        Probe("xack", src, "acknowledge answered entries", ("XACK", src, group, "0-0")),
+        Probe("xrange", src, "copy a failed entry into its dead letter",
+              ("XRANGE", src, "0-0", "0-0")),
+        Probe("xadd", out, "write results", ("XADD", out, "NOMKSTREAM", "0-0", "src", "-")),
+        Probe("xadd", dead, "write dead letters",
+              ("XADD", dead, "NOMKSTREAM", "0-0", "src", "-")),
+        Probe("xtrim", out, "bound the result stream (--out-maxlen)",
+              ("XTRIM", out, "MAXLEN", -1)),
+        Probe("xtrim", dead, "bound the dead-letter stream (--out-maxlen)",
+              ("XTRIM", dead, "MAXLEN", -1)),
+        Probe("script|load", None, "load the commit script", ("SCRIPT", "LOAD", COMMIT_LUA)),
+        # No entries: the script runs and calls nothing; the keys are checked all the same.
+        Probe("evalsha", src, "run the commit script",
+              ("EVALSHA", COMMIT_SHA, 3, src, out, dead, group, consumer, 0, 0, 0, 0, 0)),
+    ]  # fmt: skip
+    if cfg.delete_acked:
+        found.append(Probe("xdel", src, "delete answered entries (--delete-acked)",
+                           ("XDEL", src, "0-0")))  # fmt: skip
+    if cfg.metrics_port:
+        found += [
+            Probe("xlen", src, "report stream lengths (--metrics-port)", ("XLEN", src)),
+            Probe("xinfo|groups", src, "report group lag (--metrics-port)",
+                  ("XINFO", "GROUPS", src)),
+            Probe("xinfo|consumers", src, "report consumers (--metrics-port)",
+                  ("XINFO", "CONSUMERS", src, group)),
+        ]  # fmt: skip
+    return found
+
+
+def check_worker_access(config: WorkerConfig) -> None:
+    """Connect as the worker will and run ``check_access``.
+
+    Raises ``ConfigError`` for what waiting cannot fix: missing permissions, a
+    cluster URL for a server that is not a cluster node. Connection errors
+    (and a cluster not reachable yet) propagate, for the caller to retry.
+    """
+    target = config.redis
+    try:
+        client = target.connect(socket_timeout=10.0)
+    except redis.exceptions.NoPermissionError as exc:  # redis-py reading the command table
+        raise ConfigError(
+            f"the Redis user lacks a permission a cluster client needs: {exc}"
+        ) from exc
+    except redis.RedisClusterException:
+        _explain_cluster_failure(target)
+        raise
+    try:
+        check_access(client, config)
+    finally:
+        client.close()
+
+
+def _explain_cluster_failure(target: RedisTarget) -> None:
+    """redis-py reports any refused CLUSTER SLOTS as "cluster mode is not enabled";
+    ask the node directly to tell a missing permission from a non-cluster server."""
+    node = target.connect(node_only=True, socket_timeout=10.0)
+    try:
+        node.execute_command("CLUSTER", "SLOTS")
+    except redis.exceptions.NoPermissionError as exc:
+        raise ConfigError(
+            f"the Redis user lacks +cluster|slots, which a cluster client needs: {exc}"
+        ) from exc
+    except redis.ResponseError as exc:
+        raise ConfigError(
+            f"{target.safe_url} names a cluster, but the server is not a cluster node: {exc}"
+        ) from exc
+    finally:
+        node.close()
+
+
+def check_access(client: Client, config: WorkerConfig) -> None:
+    """Raise ``ConfigError`` naming every permission the worker lacks.
+
+    Connection errors propagate (the caller waits for Redis and tries again).
+    """
+    missing: list[str] = []
+    for probe in probes(config):
+        try:
+            client.execute_command(*probe.args)
+        except redis.exceptions.NoPermissionError as exc:
+            target = f" on {probe.key}" if probe.key else ""
+            missing.append(f"+{probe.rule}{target} (to {probe.why}): {exc}")
+        except redis.ResponseError:
+            pass  # refused for its arguments: the permission itself is there
+    if missing:
+        raise ConfigError(
+            "the Redis user lacks permissions the worker needs (see docs/scaling.md, "
+            "'Least-privilege ACL users'):\n  " + "\n  ".join(missing)
+        )
+
+
+# -- least-privilege users ------------------------------------------------------------
+
+# What a worker runs: reading and answering (the commit script's commands are checked
+# one by one inside it), plus the read-only figures of --metrics-port.
+WORKER_COMMANDS = (
+    "ping", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xack", "xrange",
+    "xadd", "xtrim", "xdel", "script|load", "evalsha",
+    "xlen", "exists", "xinfo|groups", "xinfo|consumers",
+)  # fmt: skip
+# What a cluster client runs besides: redis-py reads the slot map and command table.
+CLUSTER_COMMANDS = ("cluster|slots", "command")
+
+
+def acl_rules(
+    role: str, queue: str, *, reply: str | None = None, cluster: bool = False
+) -> list[str]:
+    """ACL SETUSER rules (after the user name) for a least-privilege ``role``.
+
+    ``worker``: every key of the queue, ``gpufeed:{QUEUE}:*``, which covers the
+    reply streams producers name ``gpufeed:{QUEUE}:reply:NAME``. ``producer``:
+    XADD to the input stream only, and reads of its own reply stream ``reply``.
+    ``queue`` may be ``*`` for every queue. Add ``on``, ``>password`` and so on.
+    """
+    base = ["resetkeys", "resetchannels", "-@all", "+ping"]
+    extra = [f"+{c}" for c in CLUSTER_COMMANDS] if cluster else []
+    if role == "worker":
+        return [*base, *(f"+{c}" for c in WORKER_COMMANDS[1:]), *extra, f"~gpufeed:{{{queue}}}:*"]
+    if role == "producer":
+        rules = [*base, "+xadd", *extra, f"%W~gpufeed:{{{queue}}}:in"]
+        if reply:
+            rules += ["+xread", "+xrange", "+xlen", f"%R~gpufeed:{{{queue}}}:reply:{reply}"]
+        return rules
+    raise ConfigError(f"role must be worker or producer, got {role!r}")

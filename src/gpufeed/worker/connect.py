@@ -1,0 +1,109 @@
+"""Where Redis is and how to reach it: one server or a cluster, plain or TLS.
+
+A URL names the server: ``redis://`` or ``rediss://`` (TLS) for one server,
+``redis+cluster://`` or ``rediss+cluster://`` for Redis Cluster, where the
+host is any node (redis-py's ``RedisCluster`` discovers the others). TLS
+takes a CA bundle and, for servers that check clients (``tls-auth-clients``),
+a client certificate and key; they are options rather than URL parameters so
+that they can come from ``GPUFEED_TLS_*`` variables like every other setting.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.crc import key_slot
+
+from gpufeed.errors import ConfigError
+
+SCHEMES = {
+    "redis": (False, False),
+    "rediss": (False, True),
+    "redis+cluster": (True, False),
+    "rediss+cluster": (True, True),
+    "unix": (False, False),
+}
+
+# Either a single-server or a cluster client: both take the same commands.
+Client = Any
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    url: str = "redis://127.0.0.1:6379/0"
+    tls_ca_cert: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def __post_init__(self) -> None:
+        scheme = urlsplit(self.url).scheme
+        if scheme not in SCHEMES:
+            raise ConfigError(
+                f"--redis-url: scheme {scheme + '://' if scheme else '(none)'} is not one of "
+                + ", ".join(f"{s}://" for s in SCHEMES)
+            )
+        if not self.tls and (self.tls_ca_cert or self.tls_cert or self.tls_key):
+            raise ConfigError("--tls-ca-cert/--tls-cert/--tls-key need a rediss:// URL")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: a client certificate and key")
+        if self.cluster and urlsplit(self.url).path.strip("/") not in ("", "0"):
+            raise ConfigError("--redis-url: Redis Cluster has only database 0")
+
+    @property
+    def cluster(self) -> bool:
+        return SCHEMES[urlsplit(self.url).scheme][0]
+
+    @property
+    def tls(self) -> bool:
+        return SCHEMES[urlsplit(self.url).scheme][1]
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for logs."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
+            f":{parts.port}" if parts.port else ""
+        )
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def connect(self, *, node_only: bool = False, **options: Any) -> Client:
+        """A client for this target; ``options`` go to redis-py (timeouts, retry, …).
+
+        ``node_only``: a plain client for the one node a cluster URL names.
+        """
+        if self.tls_ca_cert:
+            options["ssl_ca_certs"] = self.tls_ca_cert
+        if self.tls_cert:
+            options["ssl_certfile"] = self.tls_cert
+            options["ssl_keyfile"] = self.tls_key
+        if not self.cluster:
+            return redis.Redis.from_url(self.url, **options)
+        parts = urlsplit(self.url)
+        url = urlunsplit(parts._replace(scheme=parts.scheme.removesuffix("+cluster"), path=""))
+        if node_only:
+            return redis.Redis.from_url(url, **options)
+        return redis.RedisCluster.from_url(url, **options)
+
+
+def slot_of(key: bytes | str) -> int:
+    """The Redis Cluster hash slot of ``key`` (its hash tag's, if it has one)."""
+    return int(key_slot(key if isinstance(key, bytes) else key.encode()))
+
+
+def is_tls_failure(exc: BaseException) -> bool:
+    """Whether a connection error comes from a TLS handshake (a bad CA or
+    certificate: retrying will not help), looking through chained causes."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) or "SSL" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -1,0 +1,111 @@
+"""Least-privilege ACL users: the documented rules are enough, and no more than that."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+from conftest import keys, wait_for_results
+
+from gpufeed.worker.access import acl_rules
+from gpufeed.worker.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def make_user(client: redis.Redis, rules: list[str]) -> tuple[str, str]:
+    name, password = f"u{secrets.token_hex(4)}", secrets.token_hex(8)
+    client.execute_command("ACL", "SETUSER", name, "on", f">{password}", *rules)
+    return name, password
+
+
+def url_for(server: RedisServer, user: str, password: str) -> str:
+    return f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
+
+
+def test_worker_and_producer_users_work_with_least_privilege(
+    client, redis_server, queue, start_worker
+) -> None:
+    worker_user = make_user(client, acl_rules("worker", queue))
+    producer_user = make_user(client, acl_rules("producer", queue, reply="p1"))
+    worker = start_worker(url=url_for(redis_server, *worker_user))
+    producer = redis.Redis.from_url(url_for(redis_server, *producer_user))
+    stream, out, dead = keys(queue)
+    reply = f"gpufeed:{{{queue}}}:reply:p1"
+    for i in range(20):
+        producer.xadd(stream, {"data": f"m{i}", "cid": str(i), "reply_to": reply})
+    for i in range(5):
+        producer.xadd(stream, {"data": f"plain{i}"})
+    producer.xadd(stream, {"op": "no-such-op", "data": "x"})  # an error: a dead letter too
+    wait_for_results(client, queue, 6, worker=worker)
+    deadline = time.monotonic() + 60
+    while producer.xlen(reply) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    replies = producer.xread({reply: "0"}, count=100)[0][1]
+    assert sorted(int(f[b"cid"]) for _, f in replies) == list(range(20))
+    assert {f[b"data"] for _, f in replies} == {f"m{i}".encode() for i in range(20)}
+    assert client.xlen(dead) == 1 and client.xpending(stream, "gpufeed")["pending"] == 0
+
+    # The producer can do nothing else: not read the queue, not write results,
+    # not read another producer's replies, not touch another queue.
+    denied = [
+        lambda: producer.xadd(out, {"src": "forged"}),
+        lambda: producer.xrange(stream),
+        lambda: producer.xreadgroup("gpufeed", "p", {stream: ">"}),
+        lambda: producer.xrange(f"gpufeed:{{{queue}}}:reply:p2"),
+        lambda: producer.xadd(f"gpufeed:{{other{queue}}}:in", {"data": "x"}),
+        lambda: producer.get("anything"),
+    ]
+    for attempt in denied:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+    # The worker's user is confined to the queue's keys and stream commands.
+    worker_client = redis.Redis.from_url(url_for(redis_server, *worker_user))
+    for attempt in [
+        lambda: worker_client.xadd(f"gpufeed:{{other{queue}}}:out", {"src": "x"}),
+        lambda: worker_client.set(f"gpufeed:{{{queue}}}:x", "1"),
+        lambda: worker_client.flushall(),
+        lambda: worker_client.config_get("*"),
+    ]:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+
+
+def test_a_reply_to_the_worker_may_not_write_gets_an_error_result(
+    client, redis_server, queue, start_worker
+) -> None:
+    worker = start_worker(url=url_for(redis_server, *make_user(client, acl_rules("worker", queue))))
+    stream, _out, dead = keys(queue)
+    client.xadd(stream, {"data": "a", "cid": "1", "reply_to": f"outside:{{{queue}}}"})
+    client.xadd(stream, {"data": "b", "cid": "2"})
+    results = wait_for_results(client, queue, 2, worker=worker)
+    by_cid = {f[0][b"cid"]: f[0] for f in results.values()}
+    assert by_cid[b"2"][b"status"] == b"ok"
+    assert by_cid[b"1"][b"status"] == b"error"
+    assert b"cannot write reply_to" in by_cid[b"1"][b"error"]
+    assert b"No permissions" in by_cid[b"1"][b"error"]  # the ACL refusal, verbatim
+    assert client.xlen(dead) == 1 and client.xpending(stream, "gpufeed")["pending"] == 0
+    assert worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("dropped", ["xautoclaim", "evalsha", "xadd"])
+def test_a_worker_missing_a_permission_fails_at_start_naming_it(
+    client, redis_server, queue, dropped
+) -> None:
+    rules = [r for r in acl_rules("worker", queue) if r != f"+{dropped}"]
+    url = url_for(redis_server, *make_user(client, rules))
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "gpufeed", "worker", "--redis-url", url, "--queue", queue,
+         "--log-format", "json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "worker cannot start" in run.stderr
+    assert f"+{dropped} on gpufeed:{{{queue}}}:" in run.stderr
+    assert "ingest started" not in run.stderr  # no process was started
+    assert time.monotonic() - started < 30

@@ -73,3 +73,20 @@ def test_bench_e2e_measures_the_worker_and_the_floor() -> None:
         result["msgs_per_s"] / result["floor_msgs_per_s"], rel=0.01
     )
     assert 0 <= result["p50_ms"] <= result["p99_ms"]
+
+
+@pytest.mark.timeout(240)
+def test_bench_scale_measures_setups_against_one_worker_on_one_server() -> None:
+    out = run_cli(
+        "bench", "scale", "--json", "--messages", "3000", "--repeats", "1",
+        "--only", "workers_2", "--only", "queues_3_shards_3", timeout=220,
+    )  # fmt: skip
+    result = json.loads(out)
+    assert result["baseline_ratio_vs_baseline"] == 1.0
+    for setup in ("baseline", "workers_2", "queues_3_shards_3"):
+        assert result[f"{setup}_msgs_per_s"] > 0
+        assert result[f"{setup}_redis_cpu_us_per_msg"] > 0  # Redis did the work
+    assert result["workers_2_ratio_vs_baseline"] == pytest.approx(
+        result["workers_2_msgs_per_s"] / result["baseline_msgs_per_s"], rel=0.01
+    )
+    assert "workers_4_msgs_per_s" not in result  # --only left it out

@@ -14,7 +14,7 @@ import redis
 from conftest import WorkerProcess, keys, wait_for_results
 
 from gpufeed.worker.access import acl_rules
-from gpufeed.worker.connect import RedisTarget, slot_of
+from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import LocalCluster
 
@@ -64,19 +64,9 @@ def cluster() -> Iterator[LocalCluster]:
         yield local
 
 
-def one_queue_per_master(masters: int) -> list[str]:
-    """Queue names whose hash slots fall to different masters (equal slot ranges)."""
-    prefix, per, chosen, k = f"c{secrets.token_hex(3)}", LocalCluster.SLOTS // masters, {}, 0
-    while len(chosen) < masters:
-        name = f"{prefix}{k}"
-        chosen.setdefault(min(slot_of(keys(name)[0]) // per, masters - 1), name)
-        k += 1
-    return [chosen[i] for i in range(masters)]
-
-
 def test_three_queues_on_a_three_master_cluster_two_workers_each(cluster, start_worker) -> None:
     client = RedisTarget(cluster.url).connect()
-    queues = one_queue_per_master(len(cluster.nodes))
+    queues = cluster.queue_per_master(f"c{secrets.token_hex(3)}")
     homes = {client.get_node_from_key(keys(q)[0]).port for q in queues}
     assert homes == {node.port for node in cluster.nodes}  # one queue on each master
     args = ("--max-batch", "64", "--log-format", "json")
@@ -109,7 +99,7 @@ def test_three_queues_on_a_three_master_cluster_two_workers_each(cluster, start_
 
 
 def test_least_privilege_users_on_a_cluster(cluster, start_worker) -> None:
-    (queue,) = one_queue_per_master(1)
+    queue = cluster.queue_per_master(f"a{secrets.token_hex(3)}")[0]
     users = {
         "wk": acl_rules("worker", queue, cluster=True),
         "pr": acl_rules("producer", queue, reply="me", cluster=True),

@@ -119,3 +119,23 @@ def bench_e2e(
 
     cfg = E2EBenchConfig(messages=messages, latency_messages=latency_messages, repeats=repeats)
     emit(run(cfg), as_json, "e2e", plot)
+
+
+@bench_app.command("scale")
+def bench_scale(
+    messages: Annotated[int, typer.Option(help="Messages per run, over all queues.")] = 200_000,
+    repeats: Annotated[int, typer.Option(help="Rounds over all setups; medians reported.")] = 3,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only these setups (the baseline always runs).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Throughput vs ingest processes, workers and Redis Cluster shards, against one
+    worker on one server measured in the same run.
+
+    Example: gpufeed bench scale --json --messages 100000
+    """
+    from gpufeed.bench.scale import SETUPS, ScaleBenchConfig, run
+
+    wanted = [SETUPS[0], *(s for s in SETUPS[1:] if not only or s.name in only)]
+    emit(run(ScaleBenchConfig(messages=messages, repeats=repeats), tuple(wanted)), as_json)

@@ -166,7 +166,29 @@ class LocalCluster:
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
 
+    def queue_per_master(self, prefix: str) -> list[str]:
+        """One queue name per master, in node order: ``prefix`` plus a number,
+        chosen so that the queue's hash slot falls in that master's range."""
+        from gpufeed.worker.connect import slot_of
+
+        masters, k = len(self.nodes), 0
+        chosen: dict[int, str] = {}
+        per = self.SLOTS // masters
+        while len(chosen) < masters:
+            name = f"{prefix}{k}"
+            chosen.setdefault(min(slot_of(f"gpufeed:{{{name}}}:in") // per, masters - 1), name)
+            k += 1
+        return [chosen[i] for i in range(masters)]
+
     def start(self) -> LocalCluster:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # no node outlives a failed start
+            raise
+        return self
+
+    def _start(self) -> None:
         import redis
 
         for node in self.nodes:
@@ -185,9 +207,8 @@ class LocalCluster:
                 i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == len(clients)
                 for i in infos
             ):
-                return self
+                return
             time.sleep(0.05)
-        self.stop()
         raise RuntimeError(f"the cluster did not reach cluster_state:ok in {START_TIMEOUT_S} s")
 
     def stop(self) -> None:

@@ -1,0 +1,76 @@
+"""rediss:// with a CA and a client certificate, against a server that checks both."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from conftest import keys, wait_for_results
+from tls_server import TlsFiles, make_tls_files, tls_redis
+
+from gpufeed.worker.connect import RedisTarget
+from gpufeed.worker.redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, int, TlsFiles]]:
+    files = make_tls_files(tmp_path_factory.mktemp("tls"))
+    with tls_redis(files) as (server, port, how):
+        print(f"TLS served by: {how}")
+        yield server, port, files
+
+
+def tls_args(port: int, files: TlsFiles, ca: Path | None = None) -> list[str]:
+    return ["--redis-url", f"rediss://127.0.0.1:{port}/0", "--tls-ca-cert", str(ca or files.ca),
+            "--tls-cert", str(files.client_cert), "--tls-key", str(files.client_key)]  # fmt: skip
+
+
+def gpufeed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gpufeed", *args],
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_worker_produce_and_stats_over_tls(tls, queue, start_worker) -> None:
+    _server, port, files = tls
+    target = RedisTarget(f"rediss://127.0.0.1:{port}/0", str(files.ca), str(files.client_cert),
+                         str(files.client_key))  # fmt: skip
+    client = target.connect()
+    assert client.ping()
+    _flag, url, *options = tls_args(port, files)
+    worker = start_worker(*options, url=url)
+    worker.wait_ready(client, keys(queue)[0])
+    produced = gpufeed("produce", *tls_args(port, files), "--queue", queue, "--op", "sha256",
+                       "--count", "3000")  # fmt: skip
+    assert produced.returncode == 0, produced.stderr
+    results = wait_for_results(client, queue, 3000, worker=worker)
+    assert len(results) == 3000 and all(len(r) == 1 for r in results.values())
+    assert all(r[0][b"status"] == b"ok" and len(r[0][b"data"]) == 32 for r in results.values())
+    stats = gpufeed("stats", *tls_args(port, files), "--queue", queue, "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert '"results": 3000' in stats.stdout
+
+
+def test_a_worker_that_does_not_trust_the_server_fails_at_start(tls, tmp_path, queue) -> None:
+    _server, port, files = tls
+    stranger = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    started = time.monotonic()
+    run = gpufeed("worker", *tls_args(port, files, ca=stranger), "--queue", queue,
+                  "--log-format", "json", timeout=60)  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "TLS handshake failed" in run.stderr and "CERTIFICATE_VERIFY_FAILED" in run.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_tls_options_are_checked_before_connecting() -> None:
+    run = gpufeed("stats", "--redis-url", "redis://127.0.0.1:1/0", "--tls-ca-cert", "ca.pem")
+    assert run.returncode == 2 and "need a rediss:// URL" in run.stderr
+    run = gpufeed("produce", "--redis-url", "rediss://127.0.0.1:1/0", "--tls-cert", "c.pem")
+    assert run.returncode == 2 and "--tls-cert and --tls-key go together" in run.stderr

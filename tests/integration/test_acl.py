@@ -11,7 +11,8 @@ import pytest
 import redis
 from conftest import keys, wait_for_results
 
-from gpufeed.worker.access import acl_rules
+from gpufeed.worker.access import acl_rules, check_worker_access
+from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -109,3 +110,17 @@ def test_a_worker_missing_a_permission_fails_at_start_naming_it(
     assert f"+{dropped} on gpufeed:{{{queue}}}:" in run.stderr
     assert "ingest started" not in run.stderr  # no process was started
     assert time.monotonic() - started < 30
+
+
+def test_the_start_up_check_changes_nothing_in_redis(client, redis_server, queue) -> None:
+    config = WorkerConfig(redis_url=redis_server.url, queue=queue, delete_acked=True,
+                          metrics_port=9400)  # fmt: skip
+    stream, out, dead = keys(queue)
+    check_worker_access(config)  # a queue that does not exist yet stays so
+    assert not client.exists(stream, out, dead)
+    client.xgroup_create(stream, "gpufeed", id="0", mkstream=True)
+    client.xadd(stream, {"data": "x"})
+    before = client.xinfo_stream(stream, full=True)
+    check_worker_access(config)
+    assert client.xinfo_stream(stream, full=True) == before  # no consumer, no read, no ack
+    assert not client.exists(out, dead)

@@ -86,6 +86,8 @@ def test_bench_scale_measures_setups_against_one_worker_on_one_server() -> None:
     for setup in ("baseline", "workers_2", "queues_3_shards_3"):
         assert result[f"{setup}_msgs_per_s"] > 0
         assert result[f"{setup}_redis_cpu_us_per_msg"] > 0  # Redis did the work
+        busiest = result[f"{setup}_busiest_process_cpu_us_per_msg"]
+        assert 0 < busiest <= result[f"{setup}_worker_cpu_us_per_msg"]
     assert result["workers_2_ratio_vs_baseline"] == pytest.approx(
         result["workers_2_msgs_per_s"] / result["baseline_msgs_per_s"], rel=0.01
     )

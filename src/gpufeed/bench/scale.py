@@ -9,16 +9,19 @@ The baseline, measured in the same run, is one worker with one ingest process
 on one server; setups run in turn, ``repeats`` times, and each reports its
 median throughput and the median of its per-round ratios to the baseline.
 
-Each setup also reports the Redis CPU time per message (``used_cpu_sys`` +
+Each setup also reports CPU time per message: Redis's (``used_cpu_sys`` +
 ``used_cpu_user`` from INFO, summed over the nodes, for the XADD, the read
-and the commit): what one message costs a Redis core, the figure that
-bounds one shard (docs/scaling.md).
+and the commit), all worker processes' together, and the busiest single
+worker process's (from /proc). A Redis core and one process are what one
+shard and one ingest process can never exceed, so these figures give the
+ceilings in docs/scaling.md on any machine, however busy this one is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -69,6 +72,33 @@ def _produce(url: str, stream: str, n: int, size: int) -> None:
     xadd_all(RedisTarget(url).connect(), stream, [bytes(size)] * n)
 
 
+def _process_cpu_s(roots: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of each process under ``roots``, roots included
+    (Linux /proc; the worker's children are spawned by its supervisor)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    found = set(roots)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return {pid: cpu[pid] for pid in found if pid in cpu}
+
+
 def _redis_cpu_s(nodes: list[redis.Redis]) -> float:
     total = 0.0
     for node in nodes:
@@ -89,11 +119,20 @@ def _servers(shards: int) -> Iterator[tuple[str, list[redis.Redis], list[str]]]:
         yield cluster.url, [redis.Redis(port=n.port) for n in cluster.nodes], names
 
 
-def _run(setup: Setup, cfg: ScaleBenchConfig, tmp: Path) -> tuple[float, float]:
-    """One round of ``setup``: (messages per second, Redis CPU µs per message)."""
+@dataclass(frozen=True)
+class _Round:
+    msgs_per_s: float
+    redis_cpu_us: float  # per message, all nodes
+    worker_cpu_us: float  # per message, all worker processes
+    busiest_cpu_us: float  # per message, the busiest single worker process
+
+
+def _run(setup: Setup, cfg: ScaleBenchConfig, tmp: Path) -> _Round:
+    """One round of ``setup``."""
     with _servers(setup.shards) as (url, nodes, names), contextlib.ExitStack() as stack:
         client = RedisTarget(url).connect()
         queues = names[: setup.queues]
+        worker_pids: list[int] = []
         for q in queues:
             for w in range(setup.workers):
                 log = tmp / f"{setup.name}-{q}-{w}.log"
@@ -101,10 +140,12 @@ def _run(setup: Setup, cfg: ScaleBenchConfig, tmp: Path) -> tuple[float, float]:
                         "--consumer", f"w{w}",
                         "--ingest-procs", str(setup.ingest_procs)]  # fmt: skip
                 proc = stack.enter_context(worker_process(args, log))
+                worker_pids.append(proc.pid)
                 wait_for_consumers(client, f"gpufeed:{{{q}}}:in", (w + 1) * setup.ingest_procs,
                                    proc, log)  # fmt: skip
         share = cfg.messages // len(queues)
         cpu_before = _redis_cpu_s(nodes)
+        procs_before = _process_cpu_s(worker_pids)
         start = time.perf_counter()
         jobs = [(url, f"gpufeed:{{{q}}}:in", share, cfg.payload_bytes) for q in queues]
         producers = [_CTX.Process(target=_produce, args=job, daemon=True) for job in jobs]
@@ -117,29 +158,36 @@ def _run(setup: Setup, cfg: ScaleBenchConfig, tmp: Path) -> tuple[float, float]:
                 raise TimeoutError(f"{setup.name}: results missing after {cfg.timeout_s} s")
             time.sleep(0.005)
         elapsed = time.perf_counter() - start
-        cpu_us = (_redis_cpu_s(nodes) - cpu_before) * 1e6 / (share * len(queues))
+        n = share * len(queues)
+        redis_cpu_us = (_redis_cpu_s(nodes) - cpu_before) * 1e6 / n
+        used = {
+            pid: s - procs_before.get(pid, 0.0) for pid, s in _process_cpu_s(worker_pids).items()
+        }
         for p in producers:
             p.join(30)
-        return share * len(queues) / elapsed, cpu_us
+        return _Round(n / elapsed, redis_cpu_us, sum(used.values()) * 1e6 / n,
+                      max(used.values()) * 1e6 / n)  # fmt: skip
 
 
 def run(cfg: ScaleBenchConfig, setups: tuple[Setup, ...] = SETUPS) -> dict[str, float | int]:
-    rates: dict[str, list[float]] = {s.name: [] for s in setups}
-    cpu: dict[str, list[float]] = {s.name: [] for s in setups}
+    rounds: dict[str, list[_Round]] = {s.name: [] for s in setups}
     with tempfile.TemporaryDirectory(prefix="gpufeed-bench-scale-") as tmp:
         for _ in range(cfg.repeats):  # setups in turn, so noise hits all of them alike
             for setup in setups:
-                rate, cpu_us = _run(setup, cfg, Path(tmp))
-                rates[setup.name].append(rate)
-                cpu[setup.name].append(cpu_us)
-    base = rates[setups[0].name]
+                rounds[setup.name].append(_run(setup, cfg, Path(tmp)))
+    base = [r.msgs_per_s for r in rounds[setups[0].name]]
     result: dict[str, float | int] = {
         "messages": cfg.messages, "payload_bytes": cfg.payload_bytes, "repeats": cfg.repeats,
         "cpu_count": mp.cpu_count(),
     }  # fmt: skip
     for s in setups:
-        result[f"{s.name}_msgs_per_s"] = round(median(rates[s.name]))
-        ratios = [r / b for r, b in zip(rates[s.name], base, strict=True)]
+        got = rounds[s.name]
+        result[f"{s.name}_msgs_per_s"] = round(median([r.msgs_per_s for r in got]))
+        ratios = [r.msgs_per_s / b for r, b in zip(got, base, strict=True)]
         result[f"{s.name}_ratio_vs_baseline"] = round(median(ratios), 3)
-        result[f"{s.name}_redis_cpu_us_per_msg"] = round(median(cpu[s.name]), 2)
+        result[f"{s.name}_redis_cpu_us_per_msg"] = round(median([r.redis_cpu_us for r in got]), 2)
+        result[f"{s.name}_worker_cpu_us_per_msg"] = round(median([r.worker_cpu_us for r in got]), 2)
+        result[f"{s.name}_busiest_process_cpu_us_per_msg"] = round(
+            median([r.busiest_cpu_us for r in got]), 2
+        )
     return result

@@ -3,8 +3,8 @@
 A worker under a least-privilege ACL user (docs/scaling.md) that lacks one
 permission would otherwise fail later, mid-batch, or restart forever. So
 before starting any process the supervisor runs every command the worker
-needs once, in a form that changes nothing: an id no entry can have, an idle
-time no entry reaches, an XADD with the invalid id 0-0. Redis checks ACL
+needs once, in a form that changes nothing: a consumer group that does not
+exist, an XADD with the invalid id 0-0. Redis checks ACL
 permissions (command and keys) before it looks at the arguments, so a
 ``NOPERM`` reply means the permission is missing and any other reply, error
 or not, means it is there. All missing permissions are reported at once.
@@ -18,6 +18,7 @@ refused one into an error result (see commit.lua).
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 
 import redis
@@ -28,10 +29,6 @@ from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.connect import Client, RedisTarget
 
 COMMIT_SHA = hashlib.sha1(COMMIT_LUA.encode()).hexdigest()  # the id Redis gives the script
-# The greatest stream id: reading history after it returns nothing.
-_LAST_ID = "18446744073709551615-18446744073709551615"
-# An idle time no pending entry reaches (ten years, in ms).
-_NEVER_IDLE_MS = 10 * 365 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -43,20 +40,25 @@ class Probe:
 
 
 def probes(config: WorkerConfig) -> list[Probe]:
-    """Every command a worker with ``config`` runs, in a harmless form."""
+    """Every command a worker with ``config`` runs, in a form that changes nothing.
+
+    Group commands name a group that does not exist: Redis answers NOGROUP
+    after the ACL check, and no consumer is created (a consumer made here would
+    look like a worker that is already reading).
+    """
     cfg = config
     src, out, dead, group = cfg.in_key, cfg.out_key, cfg.dead_key, cfg.group
     consumer = cfg.consumer_name(0)
+    nogroup = f"gpufeed-access-check-{secrets.token_hex(8)}"
     found = [
         Probe("xgroup|create", src, "create the consumer group",
-              ("XGROUP", "CREATE", src, group, cfg.start_id, "MKSTREAM")),
+              ("XGROUP", "CREATE", src, nogroup, "not-an-id", "MKSTREAM")),
         Probe("xreadgroup", src, "read entries",
-              ("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "STREAMS", src, _LAST_ID)),
+              ("XREADGROUP", "GROUP", nogroup, consumer, "COUNT", 1, "STREAMS", src, ">")),
         Probe("xautoclaim", src, "take over entries idle past the visibility timeout",
-              ("XAUTOCLAIM", src, group, consumer, _NEVER_IDLE_MS, "0-0", "COUNT", 1)),
-        Probe("xpending", src, "read delivery counts",
-              ("XPENDING", src, group)),
-        Probe("xack", src, "acknowledge answered entries", ("XACK", src, group, "0-0")),
+              ("XAUTOCLAIM", src, nogroup, consumer, 0, "0-0", "COUNT", 1)),
+        Probe("xpending", src, "read delivery counts", ("XPENDING", src, nogroup)),
+        Probe("xack", src, "acknowledge answered entries", ("XACK", src, nogroup, "0-0")),
         Probe("xrange", src, "copy a failed entry into its dead letter",
               ("XRANGE", src, "0-0", "0-0")),
         Probe("xadd", out, "write results", ("XADD", out, "NOMKSTREAM", "0-0", "src", "-")),

@@ -47,10 +47,18 @@ def find_server_binary() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all bound at once, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 class RedisServer:
@@ -63,6 +71,7 @@ class RedisServer:
         fsync: str = "everysec",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        port: int | None = None,
     ) -> None:
         """``extra_args`` are more server options (``--cluster-enabled yes``, TLS, …)."""
         self.binary = binary or find_server_binary()
@@ -71,7 +80,7 @@ class RedisServer:
         self.extra_args = list(extra_args)
         self._tmp = tempfile.TemporaryDirectory(prefix="gpufeed-redis-")
         self.dir = Path(self._tmp.name)
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -156,10 +165,13 @@ class LocalCluster:
 
     def __init__(self, masters: int = 3, *, binary: str | None = None) -> None:
         # An explicit bus port: the default, port + 10000, fails for ports above 55535.
-        self.bus_ports = [free_port() for _ in range(masters)]
+        ports = free_ports(2 * masters)
+        self.bus_ports = ports[masters:]
         self.nodes = [
-            RedisServer(binary=binary, extra_args=(*CLUSTER_ARGS, "--cluster-port", str(bus)))
-            for bus in self.bus_ports
+            RedisServer(
+                binary=binary, port=port, extra_args=(*CLUSTER_ARGS, "--cluster-port", str(bus))
+            )
+            for port, bus in zip(ports[:masters], self.bus_ports, strict=True)
         ]
 
     @property

@@ -92,3 +92,5 @@ def test_bench_scale_measures_setups_against_one_worker_on_one_server() -> None:
         result["workers_2_msgs_per_s"] / result["baseline_msgs_per_s"], rel=0.01
     )
     assert "workers_4_msgs_per_s" not in result  # --only left it out
+    assert 0 < result["workers_2_spread_min_over_max"] <= 1  # both workers answered some
+    assert "baseline_spread_min_over_max" not in result  # one consumer: no spread

@@ -12,14 +12,19 @@ median throughput and the median of its per-round ratios to the baseline.
 Each setup also reports CPU time per message: Redis's (``used_cpu_sys`` +
 ``used_cpu_user`` from INFO, summed over the nodes, for the XADD, the read
 and the commit), all worker processes' together, and the busiest single
-worker process's (from /proc). A Redis core and one process are what one
-shard and one ingest process can never exceed, so these figures give the
-ceilings in docs/scaling.md on any machine, however busy this one is.
+worker process's (from /proc). Setups with several consumers per queue report
+the spread: the least-loaded consumer's answered count over the busiest's
+(from each ingest process's drain log; 1.0 is perfectly even). A Redis core
+and one process are what one shard and one ingest process can never exceed,
+so these figures give the ceilings in docs/scaling.md on any machine, however
+busy this one is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import multiprocessing as mp
 import os
 import tempfile
@@ -125,10 +130,33 @@ class _Round:
     redis_cpu_us: float  # per message, all nodes
     worker_cpu_us: float  # per message, all worker processes
     busiest_cpu_us: float  # per message, the busiest single worker process
+    spread: float = 1.0  # least-loaded consumer's answered count over the busiest's
+
+
+def _answered(log: Path) -> list[int]:
+    """Messages each ingest process of a drained worker answered, from its JSON log."""
+    events = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
+    return [int(e["answered"]) for e in events if e.get("event") == "ingest drained"]
+
+
+def _spread(logs: dict[str, list[Path]]) -> float:
+    """The least-loaded consumer's share over the busiest's, on the least even queue."""
+    evenness: list[float] = []
+    for paths in logs.values():
+        counts: list[int] = [n for path in paths for n in _answered(path)]
+        busiest = max(counts, default=0)
+        evenness.append(min(counts) / busiest if busiest else 0.0)
+    return min(evenness)
 
 
 def _run(setup: Setup, cfg: ScaleBenchConfig, tmp: Path) -> _Round:
-    """One round of ``setup``."""
+    """One round of ``setup``; the workers' logs give the spread once they drained."""
+    logs: dict[str, list[Path]] = {}
+    measured = _measure(setup, cfg, tmp, logs)
+    return dataclasses.replace(measured, spread=_spread(logs))
+
+
+def _measure(setup: Setup, cfg: ScaleBenchConfig, tmp: Path, logs: dict[str, list[Path]]) -> _Round:
     with _servers(setup.shards) as (url, nodes, names), contextlib.ExitStack() as stack:
         client = RedisTarget(url).connect()
         queues = names[: setup.queues]
@@ -136,6 +164,7 @@ def _run(setup: Setup, cfg: ScaleBenchConfig, tmp: Path) -> _Round:
         for q in queues:
             for w in range(setup.workers):
                 log = tmp / f"{setup.name}-{q}-{w}.log"
+                logs.setdefault(q, []).append(log)
                 args = ["--redis-url", url, "--queue", q, "--op", "echo", "--backend", "cpu",
                         "--consumer", f"w{w}",
                         "--ingest-procs", str(setup.ingest_procs)]  # fmt: skip
@@ -187,6 +216,8 @@ def run(cfg: ScaleBenchConfig, setups: tuple[Setup, ...] = SETUPS) -> dict[str, 
         result[f"{s.name}_ratio_vs_baseline"] = round(median(ratios), 3)
         result[f"{s.name}_redis_cpu_us_per_msg"] = round(median([r.redis_cpu_us for r in got]), 2)
         result[f"{s.name}_worker_cpu_us_per_msg"] = round(median([r.worker_cpu_us for r in got]), 2)
+        if s.workers * s.ingest_procs > 1:
+            result[f"{s.name}_spread_min_over_max"] = round(median([r.spread for r in got]), 3)
         result[f"{s.name}_busiest_process_cpu_us_per_msg"] = round(
             median([r.busiest_cpu_us for r in got]), 2
         )

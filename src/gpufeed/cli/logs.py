@@ -57,7 +57,10 @@ def configure_logging(log_format: str = "auto", process: str = "main", level: st
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per event, newline included: several processes share the
+        # same stderr, and print()'s separate write of the newline let another
+        # process's line land in between, breaking JSON lines.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
 

@@ -21,7 +21,7 @@ from gpufeed.packing import ResultEntry
 from gpufeed.worker.commit import Committer
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.produce import xadd_all
-from gpufeed.worker.redis_server import RedisServer
+from gpufeed.worker.redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.chaos]
 
@@ -208,3 +208,18 @@ def test_backpressure_keeps_memory_and_pending_bounded(client, queue, start_work
     assert max(samples) - samples[0] < 20 * 1024, samples  # no growth with the backlog
     assert client.xlen(keys(queue)[1]) < 100_000
     assert results_by_src(client, queue)  # it is making progress, just slowly
+
+
+def test_a_worker_started_before_redis_waits_for_it(queue, tmp_path: Path) -> None:
+    port = free_port()
+    worker = WorkerProcess(f"redis://127.0.0.1:{port}/0", queue, tmp_path, "--log-format", "json")
+    try:
+        time.sleep(2)  # the worker is up, Redis is not
+        assert worker.proc.poll() is None, worker.log()
+        assert '"waiting for redis"' in worker.log()
+        with RedisServer(port=port) as server:
+            client = redis.Redis.from_url(server.url)
+            ids = xadd_all(client, keys(queue)[0], [b"late"] * 200)
+            assert_one_result_each(wait_for_results(client, queue, 200, worker=worker), ids)
+    finally:
+        worker.stop()

@@ -29,6 +29,7 @@ import redis
 
 from gpufeed.bench import median, percentile
 from gpufeed.packing.forward import id_ms
+from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.launch import wait_for_consumers, worker_process
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import RedisServer
@@ -55,9 +56,9 @@ class E2EBenchConfig:
     timeout_s: float = 300.0
 
 
-def _produce(url: str, stream: str, n: int, size: int, rate: float) -> None:
-    client = redis.Redis.from_url(url)
-    xadd_all(client, stream, [bytes(size)] * n, rate=rate)
+def produce(url: str, stream: str, n: int, size: int, rate: float = 0.0) -> None:
+    """Write ``n`` messages of ``size`` zero bytes (a producer process's target)."""
+    xadd_all(RedisTarget(url).connect(), stream, [bytes(size)] * n, rate=rate)
 
 
 def _floor(url: str, queue: str, n: int) -> None:
@@ -107,7 +108,7 @@ def _measure(
     _warm_up(client, stream, out, cfg)
     start = time.perf_counter()
     producer = _CTX.Process(
-        target=_produce, args=(url, stream, n, cfg.payload_bytes, rate), daemon=True
+        target=produce, args=(url, stream, n, cfg.payload_bytes, rate), daemon=True
     )
     producer.start()
     end = _wait_len(client, out, n + WARMUP, cfg.timeout_s)

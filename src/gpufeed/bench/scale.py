@@ -37,9 +37,9 @@ from typing import Any
 import redis
 
 from gpufeed.bench import median
+from gpufeed.bench.e2e import produce
 from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.launch import wait_for_consumers, worker_process
-from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import LocalCluster, RedisServer
 
 _CTX = mp.get_context("spawn")
@@ -71,10 +71,6 @@ class ScaleBenchConfig:
     payload_bytes: int = 64
     repeats: int = 3
     timeout_s: float = 300.0
-
-
-def _produce(url: str, stream: str, n: int, size: int) -> None:
-    xadd_all(RedisTarget(url).connect(), stream, [bytes(size)] * n)
 
 
 def _process_cpu_s(roots: list[int]) -> dict[int, float]:
@@ -177,7 +173,7 @@ def _measure(setup: Setup, cfg: ScaleBenchConfig, tmp: Path, logs: dict[str, lis
         procs_before = _process_cpu_s(worker_pids)
         start = time.perf_counter()
         jobs = [(url, f"gpufeed:{{{q}}}:in", share, cfg.payload_bytes) for q in queues]
-        producers = [_CTX.Process(target=_produce, args=job, daemon=True) for job in jobs]
+        producers = [_CTX.Process(target=produce, args=job, daemon=True) for job in jobs]
         for p in producers:
             p.start()
         deadline = time.monotonic() + cfg.timeout_s

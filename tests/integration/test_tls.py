@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import trustme
 from conftest import keys, wait_for_results
-from tls_server import TlsFiles, make_tls_files, tls_redis
+from tls_server import TlsFiles, make_tls_files, server_tls_args, tls_binary, tls_redis
 
 from gpufeed.worker.connect import RedisTarget
-from gpufeed.worker.redis_server import RedisServer
+from gpufeed.worker.produce import xadd_all
+from gpufeed.worker.redis_server import LocalCluster, RedisServer, free_ports
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -74,3 +75,24 @@ def test_tls_options_are_checked_before_connecting() -> None:
     assert run.returncode == 2 and "need a rediss:// URL" in run.stderr
     run = gpufeed("produce", "--redis-url", "rediss://127.0.0.1:1/0", "--tls-cert", "c.pem")
     assert run.returncode == 2 and "--tls-cert and --tls-key go together" in run.stderr
+
+
+def test_a_tls_cluster(tmp_path, start_worker) -> None:
+    files = make_tls_files(tmp_path)
+    binary = tls_binary(files)
+    if binary is None:  # only the embedded server, built without TLS, is at hand
+        pytest.skip("no Redis server binary built with TLS (Debian's redis-server is)")
+    tls_ports = free_ports(3)
+    node_args = lambda i: [*server_tls_args(tls_ports[i], files), "--tls-cluster", "yes"]  # noqa: E731
+    with LocalCluster(3, binary=binary, node_args=node_args) as cluster:
+        queue = cluster.queue_per_master("tls")[1]
+        url = f"rediss+cluster://127.0.0.1:{tls_ports[0]}"
+        options = ["--tls-ca-cert", str(files.ca), "--tls-cert", str(files.client_cert),
+                   "--tls-key", str(files.client_key)]  # fmt: skip
+        client = RedisTarget(url, *options[1::2]).connect()
+        # with tls-cluster on, the cluster announces its TLS ports: every connection is TLS
+        assert {n.port for n in client.get_primaries()} == set(tls_ports)
+        worker = start_worker(*options, url=url, queue_name=queue)
+        ids = xadd_all(client, keys(queue)[0], [b"t%d" % i for i in range(2000)])
+        results = wait_for_results(client, queue, len(ids), worker=worker)
+        assert set(results) == set(ids) and all(len(r) == 1 for r in results.values())

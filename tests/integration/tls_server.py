@@ -46,25 +46,34 @@ def make_tls_files(directory: Path) -> TlsFiles:
     return files
 
 
-def _tls_args(port: int, files: TlsFiles) -> list[str]:
+def server_tls_args(port: int, files: TlsFiles) -> list[str]:
     return ["--tls-port", str(port), "--tls-cert-file", str(files.server_cert),
             "--tls-key-file", str(files.server_key), "--tls-ca-cert-file", str(files.ca),
             "--tls-auth-clients", "yes"]  # fmt: skip
 
 
-@contextlib.contextmanager
-def tls_redis(files: TlsFiles) -> Iterator[tuple[RedisServer, int, str]]:
-    """(server, TLS port, how TLS is served): the plain port stays open for set-up."""
+def tls_binary(files: TlsFiles) -> str | None:
+    """A server binary built with TLS, or None (tried by starting it with TLS on)."""
     candidates = [find_server_binary(), shutil.which("redis-server"), shutil.which("valkey-server")]
     for binary in dict.fromkeys(c for c in candidates if c):
-        port = free_port()
-        server = RedisServer(binary=binary, extra_args=_tls_args(port, files))
+        server = RedisServer(binary=binary, extra_args=server_tls_args(free_port(), files))
         try:
             server.start()
         except RuntimeError:
-            server.__exit__(None, None, None)
             continue  # built without TLS
-        with server:
+        finally:
+            server.__exit__(None, None, None)
+        return binary
+    return None
+
+
+@contextlib.contextmanager
+def tls_redis(files: TlsFiles) -> Iterator[tuple[RedisServer, int, str]]:
+    """(server, TLS port, how TLS is served): the plain port stays open for set-up."""
+    binary = tls_binary(files)
+    if binary is not None:
+        port = free_port()
+        with RedisServer(binary=binary, extra_args=server_tls_args(port, files)) as server:
             yield server, port, f"{Path(binary).name} TLS"
         return
     with RedisServer() as server, _Terminator(server.port, files) as port:

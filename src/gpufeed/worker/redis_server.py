@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -163,15 +163,24 @@ class LocalCluster:
 
     SLOTS = 16384
 
-    def __init__(self, masters: int = 3, *, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        *,
+        binary: str | None = None,
+        node_args: Callable[[int], Sequence[str]] | None = None,
+    ) -> None:
+        """``node_args(i)``: more server options for node ``i`` (TLS ports, …)."""
         # An explicit bus port: the default, port + 10000, fails for ports above 55535.
         ports = free_ports(2 * masters)
         self.bus_ports = ports[masters:]
+
+        def args(i: int, bus: int) -> tuple[str, ...]:
+            return (*CLUSTER_ARGS, "--cluster-port", str(bus), *(node_args(i) if node_args else ()))
+
         self.nodes = [
-            RedisServer(
-                binary=binary, port=port, extra_args=(*CLUSTER_ARGS, "--cluster-port", str(bus))
-            )
-            for port, bus in zip(ports[:masters], self.bus_ports, strict=True)
+            RedisServer(binary=binary, port=port, extra_args=args(i, bus))
+            for i, (port, bus) in enumerate(zip(ports[:masters], self.bus_ports, strict=True))
         ]
 
     @property

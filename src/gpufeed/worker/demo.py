@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import re
+import json
 import secrets
 import tempfile
 import time
@@ -117,6 +117,14 @@ def check_op(
     )  # fmt: skip
 
 
+def _backend_chosen(log_path: Path) -> str:
+    """The backend the worker's compute process reports in its JSON log."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"compute started"' in line:
+            return str(json.loads(line).get("backend", "unknown"))
+    return "unknown"
+
+
 def run_demo(
     *,
     messages_per_op: int = 100_000,
@@ -139,6 +147,7 @@ def run_demo(
         args = [
             "--redis-url", url, "--queue", queue, "--op", "echo", "--backend", backend,
             "--ingest-procs", str(ingest_procs), "--slot-bytes", str(DEMO_SLOT_BYTES),
+            "--log-format", "json",
         ]  # fmt: skip
         out_key = f"gpufeed:{{{queue}}}:out"
         in_key = f"gpufeed:{{{queue}}}:in"
@@ -154,8 +163,6 @@ def run_demo(
             results = collect_results(client, out_key, total, timeout_s)
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{log_path.read_text()[-4000:]}")
-        log_text = log_path.read_text()
-        match = re.search(r"compute started.*?backend=(\w+)", log_text)
-        chosen = match.group(1) if match else "unknown"
+        chosen = _backend_chosen(log_path)
         reports = [check_op(name, ids, p, results) for name, (ids, p) in sent.items()]
         return reports, chosen

@@ -1,0 +1,23 @@
+"""``gpufeed demo``, the command behind ``make demo``, end to end on an embedded server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.timeout(240)
+def test_the_demo_checks_every_result_and_names_its_backend() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufeed", "demo", "--messages-per-op", "500"],
+        capture_output=True, text=True, timeout=220, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED: every message has exactly one correct result" in done.stdout
+    # auto picks the backend; the demo reports the one the worker chose
+    assert re.search(r"backend: (cpu|batched|persistent)\)", done.stdout), done.stdout
+    for op in ("dense", "echo", "sha256", "vector_add"):
+        assert f"│ {op}" in done.stdout

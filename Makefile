@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: venv demo test lint typecheck bench clean
+.PHONY: venv demo test lint typecheck bench clean chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+
+# The chaos suite at full size (200,000-message kill storm, ...); writes docs/reliability.md.
+chaos: $(STAMP)
+	GPUFEED_CHAOS_SCALE=long GPUFEED_CHAOS_REPORT=docs/reliability.md $(BIN)/pytest -m chaos tests/chaos

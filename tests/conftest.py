@@ -1,4 +1,4 @@
-"""Real Redis servers and real worker processes for the integration tests."""
+"""Real Redis servers and real worker processes for the integration and chaos tests."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ import redis
 
 from gpufeed.worker.redis_server import RedisServer
 
-TESTS_DIR = Path(__file__).parent
+# Ops the worker subprocesses load (--op user_ops:NAME) live beside the integration tests.
+TESTS_DIR = Path(__file__).parent / "integration"
 
 
 @pytest.fixture(scope="session")
@@ -156,3 +157,12 @@ def spawned_children(pid: int) -> list[int]:
                     if b"spawn_main" in f.read():  # not the resource tracker
                         found.append(int(entry))
     return found
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """After a run with chaos scenarios, print their report (and write it if asked)."""
+    report = sys.modules.get("report")  # tests/chaos/report.py, imported by the scenarios
+    if report is not None and report.ROWS:
+        terminalreporter.write_line("")
+        terminalreporter.write(report.render())
+        report.write_if_asked()

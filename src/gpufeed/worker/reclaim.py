@@ -30,8 +30,14 @@ class Reclaimer:
         self.consumer = consumer
         self.cursor = "0-0"
         self.last = time.monotonic()
+        self.more = False  # the last claim was full: more idle entries may be waiting
 
     def due(self) -> bool:
+        """Time for a claim: every reclaim interval, and at once after a full claim,
+        so a backlog of idle entries (a dead consumer's, or a server rolled back to
+        an older AOF) comes back at batch speed, not one batch per interval."""
+        if self.more:
+            return True
         return (time.monotonic() - self.last) * 1000 >= self.config.reclaim_interval_ms
 
     def claim(self, room: int) -> tuple[list[Entry], list[ResultEntry]]:
@@ -49,6 +55,7 @@ class Reclaimer:
         cursor = reply[0]
         self.cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
         claimed: list[Entry] = [(e[0], e[1]) for e in reply[1]]
+        self.more = len(claimed) >= room
         if not claimed:
             return [], []
         metrics.RECLAIMED.inc(len(claimed))

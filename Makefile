@@ -29,8 +29,8 @@ demo: $(DEMO_STAMP)
 	$(BIN)/gpufeed demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check --no-cache src tests
+	$(BIN)/ruff format --no-cache --check src tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -9,8 +9,8 @@ import time
 
 import pytest
 import redis
-from conftest import keys, wait_for_results
 
+from conftest import keys, wait_for_results
 from gpufeed.worker.access import acl_rules, check_worker_access
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.redis_server import RedisServer

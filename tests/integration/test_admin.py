@@ -6,9 +6,9 @@ import json
 
 import pytest
 import redis
-from conftest import keys, results_by_src, wait_for_results
 from typer.testing import CliRunner
 
+from conftest import keys, results_by_src, wait_for_results
 from gpufeed import __version__
 from gpufeed.cli import app
 from gpufeed.worker.produce import xadd_all

@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import keys
 
+from conftest import keys
 from gpufeed.worker.redis_server import find_server_binary
 
 pytestmark = pytest.mark.timeout(180)

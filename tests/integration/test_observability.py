@@ -7,9 +7,9 @@ import time
 import urllib.request
 
 import pytest
-from conftest import keys, wait_for_results
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import keys, wait_for_results
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import free_port
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from conftest import (
     WorkerProcess,
     keys,
@@ -16,7 +17,6 @@ from conftest import (
     spawned_children,
     wait_for_results,
 )
-
 from gpufeed.packing import ResultEntry
 from gpufeed.worker.commit import Committer
 from gpufeed.worker.config import WorkerConfig

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import WorkerProcess, keys, wait_for_results
 
+from conftest import WorkerProcess, keys, wait_for_results
 from gpufeed.worker.access import acl_rules
 from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.produce import xadd_all

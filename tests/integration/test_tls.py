@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import keys, wait_for_results
 from tls_server import TlsFiles, make_tls_files, server_tls_args, tls_binary, tls_redis
 
+from conftest import keys, wait_for_results
 from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import LocalCluster, RedisServer, free_ports

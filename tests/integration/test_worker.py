@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 import redis
-from conftest import keys, spawned_children, wait_for_results
 
+from conftest import keys, spawned_children, wait_for_results
 from gpufeed.gpu.ops import load_op
 from gpufeed.worker.payloads import sample_payloads
 from gpufeed.worker.produce import xadd_all

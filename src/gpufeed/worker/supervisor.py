@@ -151,10 +151,7 @@ class Supervisor:
                 )  # fmt: skip
                 gen.close()
                 self.restarts += 1
-                pause = min(MAX_RESTART_PAUSE_S, 0.1 * 2 ** min(self.restarts, 7))
-                end = time.monotonic() + pause
-                while time.monotonic() < end and not self.stopping:
-                    time.sleep(0.05)
+                self._pause(min(MAX_RESTART_PAUSE_S, 0.1 * 2 ** min(self.restarts, 7)))
                 if self.stopping:
                     return 0
         finally:
@@ -190,10 +187,14 @@ class Supervisor:
                 pause = backoff.compute(failures)
                 log.warning("waiting for redis", url=target.safe_url, error=str(exc),
                             pause_s=round(pause, 2))  # fmt: skip
-                end = time.monotonic() + pause
-                while time.monotonic() < end and not self.stopping:
-                    time.sleep(0.05)
+                self._pause(pause)
         return False
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, waking early when a stop is requested."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not self.stopping:
+            time.sleep(0.05)
 
     def _watch(self, gen: _Generation) -> Any | None:
         """Wait for a stop request (None) or a child that ended on its own (that child)."""

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import random
 import time
 
 import pytest
+from harness import losses_and_duplicates, settle, start_producer
 from report import Row, record, sized
 
-from conftest import WorkerProcess, keys, results_by_src
-from gpufeed.worker.connect import RedisTarget
-from gpufeed.worker.produce import xadd_all
+from conftest import WorkerProcess, keys
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
-_CTX = mp.get_context("spawn")
-
-
-def produce(url: str, stream: str, n: int, rate: float, ids_out) -> None:  # type: ignore[no-untyped-def]
-    ids = xadd_all(RedisTarget(url).connect(), stream, [b"m%d" % i for i in range(n)], rate=rate)
-    ids_out.put(len(ids))
-
-
-def losses_and_duplicates(client, queue: str, ids: list[bytes]) -> tuple[int, int]:
-    results = results_by_src(client, queue)
-    lost = sum(1 for i in ids if i not in results)
-    duplicated = sum(len(r) - 1 for r in results.values())
-    return lost, duplicated
 
 
 def test_sigkill_storm_of_the_whole_worker(client, redis_server, queue, tmp_path) -> None:
@@ -34,11 +19,8 @@ def test_sigkill_storm_of_the_whole_worker(client, redis_server, queue, tmp_path
     stream = keys(queue)[0]
     rng = random.Random(8)
     started = time.monotonic()
-    done: mp.Queue = _CTX.Queue()
     # Paced so the run lasts long enough for the kills to land mid-stream.
-    rate = n / (kills * 2.0 + 2.0)
-    producer = _CTX.Process(target=produce, args=(redis_server.url, stream, n, rate, done))
-    producer.start()
+    producer = start_producer(redis_server.url, queue, n, kills * 2.0 + 2.0)
     worker = WorkerProcess(redis_server.url, queue, tmp_path, "--max-batch", "256")
     try:
         for _ in range(kills):
@@ -46,13 +28,9 @@ def test_sigkill_storm_of_the_whole_worker(client, redis_server, queue, tmp_path
             worker.kill_group()  # supervisor and children at once: no drain, no goodbye
             worker = WorkerProcess(redis_server.url, queue, tmp_path, "--max-batch", "256")
         producer.join(300)
-        assert done.get(timeout=10) == n
+        assert producer.exitcode == 0
         ids = [entry_id for entry_id, _ in client.xrange(stream)]
-        deadline = time.monotonic() + 300
-        while client.xlen(keys(queue)[1]) < n and time.monotonic() < deadline:
-            assert worker.proc.poll() is None, worker.log()[-3000:]
-            time.sleep(0.1)
-        time.sleep(1.0)  # would a duplicate still arrive?
+        settle(client, queue, n, worker)
         lost, duplicated = losses_and_duplicates(client, queue, ids)
     finally:
         worker.stop()

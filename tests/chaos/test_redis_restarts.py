@@ -17,8 +17,8 @@ import time
 
 import pytest
 import redis
+from harness import losses_and_duplicates, settle
 from report import Row, record, sized
-from test_kill_storm import losses_and_duplicates
 
 from conftest import WorkerProcess, keys
 from gpufeed.worker.produce import xadd_all
@@ -27,20 +27,6 @@ from gpufeed.worker.redis_server import RedisServer
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 # A slow op stretches the run, so the server dies while batches are in flight.
 ARGS = ("--op", "user_ops:slow_echo", "--max-batch", "64")
-
-
-def wait_answered(client: redis.Redis, queue: str, n: int, worker: WorkerProcess) -> None:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        assert worker.proc.poll() is None, worker.log()[-3000:]
-        try:
-            if client.xlen(keys(queue)[1]) >= n:
-                time.sleep(1.0)  # would a duplicate still arrive?
-                return
-        except redis.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not all {n} answered:\n{worker.log()[-3000:]}")
 
 
 def test_redis_killed_twice_with_appendfsync_always(queue, tmp_path) -> None:
@@ -55,7 +41,7 @@ def test_redis_killed_twice_with_appendfsync_always(queue, tmp_path) -> None:
                 time.sleep(pause)
                 server.kill()  # SIGKILL: no shutdown save, only what was fsynced
                 server.start()
-            wait_answered(client, queue, n, worker)
+            settle(client, queue, n, worker, timeout=600)
             lost, duplicated = losses_and_duplicates(client, queue, ids)
         finally:
             worker.stop()
@@ -88,7 +74,7 @@ def test_a_machine_crash_with_appendfsync_everysec(queue, tmp_path) -> None:
             shutil.copytree(tmp_path / "on-disk", server.dir / "appendonlydir")
             server.start()
             survivors = [i for i, _ in client.xrange(keys(queue)[0])]
-            wait_answered(client, queue, len(survivors), worker)
+            settle(client, queue, len(survivors), worker, timeout=600)
             lost, duplicated = losses_and_duplicates(client, queue, survivors)
         finally:
             worker.stop()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import multiprocessing as mp
 import os
 import tempfile
@@ -39,7 +38,7 @@ import redis
 from gpufeed.bench import median
 from gpufeed.bench.e2e import produce
 from gpufeed.worker.connect import RedisTarget
-from gpufeed.worker.launch import wait_for_consumers, worker_process
+from gpufeed.worker.launch import log_events, wait_for_consumers, worker_process
 from gpufeed.worker.redis_server import LocalCluster, RedisServer
 
 _CTX = mp.get_context("spawn")
@@ -129,17 +128,12 @@ class _Round:
     spread: float = 1.0  # least-loaded consumer's answered count over the busiest's
 
 
-def _answered(log: Path) -> list[int]:
-    """Messages each ingest process of a drained worker answered, from its JSON log."""
-    events = (json.loads(line) for line in log.read_text().splitlines() if line.startswith("{"))
-    return [int(e["answered"]) for e in events if e.get("event") == "ingest drained"]
-
-
 def _spread(logs: dict[str, list[Path]]) -> float:
     """The least-loaded consumer's share over the busiest's, on the least even queue."""
     evenness: list[float] = []
     for paths in logs.values():
-        counts: list[int] = [n for path in paths for n in _answered(path)]
+        # what each ingest process of a drained worker answered
+        counts = [int(e["answered"]) for p in paths for e in log_events(p, "ingest drained")]
         busiest = max(counts, default=0)
         evenness.append(min(counts) / busiest if busiest else 0.0)
     return min(evenness)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import secrets
 import tempfile
 import time
@@ -20,7 +19,7 @@ from gpufeed.gpu.ops import BUILTINS, load_op
 from gpufeed.packing.forward import id_ms
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.worker.connect import RedisTarget
-from gpufeed.worker.launch import wait_for_consumers, worker_process
+from gpufeed.worker.launch import log_events, wait_for_consumers, worker_process
 from gpufeed.worker.payloads import sample_payloads
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import RedisServer
@@ -117,14 +116,6 @@ def check_op(
     )  # fmt: skip
 
 
-def _backend_chosen(log_path: Path) -> str:
-    """The backend the worker's compute process reports in its JSON log."""
-    for line in log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{") and '"compute started"' in line:
-            return str(json.loads(line).get("backend", "unknown"))
-    return "unknown"
-
-
 def run_demo(
     *,
     messages_per_op: int = 100_000,
@@ -163,6 +154,7 @@ def run_demo(
             results = collect_results(client, out_key, total, timeout_s)
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited early:\n{log_path.read_text()[-4000:]}")
-        chosen = _backend_chosen(log_path)
+        started = next(log_events(log_path, "compute started"), {})
+        chosen = str(started.get("backend", "unknown"))
         reports = [check_op(name, ids, p, results) for name, (ids, p) in sent.items()]
         return reports, chosen

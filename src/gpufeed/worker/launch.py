@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,16 @@ def worker_process(args: list[str], log_path: Path) -> Iterator[subprocess.Popen
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+def log_events(log_path: Path, event: str) -> Iterator[dict[str, Any]]:
+    """The ``event`` records of a worker's JSON log (``--log-format json``, or the
+    default when its output is a file), in order."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and f'"{event}"' in line:
+            record: dict[str, Any] = json.loads(line)
+            if record.get("event") == event:
+                yield record
 
 
 def wait_for_consumers(

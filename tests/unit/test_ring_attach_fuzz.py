@@ -1,4 +1,4 @@
-"""Attach fuzzing: every damaged header is refused with ``RingCorrupt``.
+"""Header fuzzing: every damaged header is refused with ``RingCorrupt``, at attach or mid-run.
 
 The damage is written through a file descriptor, never through a mapping, so a
 segment truncated by the harness cannot SIGBUS the harness itself.
@@ -14,6 +14,7 @@ import pytest
 
 from gpufeed.ring import RingConsumer, RingCorrupt, RingNotFound, RingProducer, RingSegment
 from gpufeed.ring import _layout as L
+from gpufeed.ring.spsc import HEADER_CHECK_EVERY
 
 CASES_PER_KIND = 2500  # four kinds: 10,000 corrupted headers in all
 
@@ -105,6 +106,34 @@ def test_cursor_damage_after_attach_is_caught_on_the_next_read() -> None:
     producer.segment.words[L.W_HEAD] = 2
     consumer.close()
     producer.close()
+
+
+def test_header_damage_on_a_busy_ring_is_caught_within_a_few_batches(segment_file) -> None:
+    name, fd, original = segment_file
+    producer, consumer = RingProducer.attach(name), RingConsumer.attach(name)
+    os.pwrite(fd, b"SCRIBBLE", 0)  # another process overwrites the magic mid-run
+    with pytest.raises(RingCorrupt, match="magic") as info:
+        for _ in range(2 * HEADER_CHECK_EVERY):  # a busy ring: data every round
+            producer.reserve(1)
+            producer.commit(1)
+            consumer.peek(1)
+            consumer.release(1)
+    assert info.value.field == "magic"
+    os.pwrite(fd, original[:64], 0)
+    consumer.close()
+    producer.close()
+
+
+def test_header_damage_on_an_idle_ring_wakes_a_waiting_reader(segment_file) -> None:
+    name, fd, _ = segment_file
+    consumer = RingConsumer.attach(name, wait_slice_s=0.01)
+    damaged = bytearray(os.pread(fd, 64, 0))
+    damaged[40] ^= 1  # creator_pid: still plausible, so only the CRC can tell
+    os.pwrite(fd, bytes(damaged), 0)
+    with pytest.raises(RingCorrupt) as info:
+        consumer.peek(1, timeout=5.0)
+    assert info.value.field == "crc"
+    consumer.close()
 
 
 def test_attaching_a_missing_name_says_so() -> None:

@@ -49,6 +49,7 @@ class RingSegment:
             self._header: memoryview = buf[: L.HEADER_LEN]
             self.words: memoryview[int] = self._header.cast("Q")
             L.check_cursors(self.words[L.W_HEAD], self.words[L.W_TAIL], self.geometry.capacity)
+            self._fixed = bytes(self._header[: L.FIXED_LEN + 8])
         except BaseException:
             self._release_views()
             _shm.release_segment(shm, unlink=False)
@@ -109,6 +110,19 @@ class RingSegment:
         head, tail = self.words[L.W_HEAD], self.words[L.W_TAIL]
         L.check_cursors(head, tail, self.capacity)
         return head, tail
+
+    def check_header(self) -> None:
+        """Raise ``RingCorrupt`` if the fixed header changed since it was validated.
+
+        Nothing legitimate ever writes those 64 bytes after creation, so any
+        change is damage (a stray write, a wrong segment mapped over ours). The
+        field named is the first that no longer validates; a change that still
+        validates (a rewritten pid or timestamp) is reported as ``header``.
+        """
+        if self._header[: L.FIXED_LEN + 8] == self._fixed:
+            return
+        L.decode_fixed(self._header, self.geometry.total_len)
+        raise RingCorrupt("header", "the fixed header changed while the ring was mapped")
 
     def _release_views(self) -> None:
         for attr in ("slots_readonly", "slots"):

@@ -45,11 +45,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-import weakref
 from typing import ClassVar, Self, TypedDict, Unpack
 
 from gpufeed.errors import PeerGone, RingBusy, RingClosed
 from gpufeed.ring import _layout as L
+from gpufeed.ring._heartbeat import heartbeat
 from gpufeed.ring._wait import (
     full_fence,
     futex_wait,
@@ -62,7 +62,11 @@ from gpufeed.ring.segment import RingSegment, SlotArray
 DEFAULT_SPIN = 200
 DEFAULT_WAIT_SLICE_S = 0.05
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
-HEARTBEAT_INTERVAL_S = 0.25
+# Cursor refreshes between two checks of the fixed header. The cursors are
+# range-checked on every refresh; the 64 fixed bytes (magic, geometry, CRC) are
+# compared only this often, and on every sleep slice, so damage is found within
+# a few batches on a busy ring and within one slice on an idle one.
+HEADER_CHECK_EVERY = 64
 _WAKE_ALL = 0x7FFFFFFF
 
 
@@ -78,44 +82,6 @@ class EndpointOptions(TypedDict, total=False):
     spin: int
     wait_slice_s: float
     heartbeat_timeout_s: float
-
-
-class _Heartbeat:
-    """One daemon thread per process that stamps every live endpoint's heartbeat.
-
-    A thread, rather than stamping on each ring call, because a side may
-    legitimately be busy for seconds (a slow op, a long GPU batch) without
-    touching its ring and must not be mistaken for dead.
-    """
-
-    def __init__(self) -> None:
-        self._endpoints: weakref.WeakSet[_Endpoint] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._pid = 0
-
-    def add(self, endpoint: _Endpoint) -> None:
-        with self._lock:
-            self._endpoints.add(endpoint)
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                threading.Thread(
-                    target=self._run, name="gpufeed-ring-heartbeat", daemon=True
-                ).start()
-
-    def discard(self, endpoint: _Endpoint) -> None:
-        with self._lock:
-            self._endpoints.discard(endpoint)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(HEARTBEAT_INTERVAL_S)
-            with self._lock:
-                endpoints = list(self._endpoints)
-            for endpoint in endpoints:
-                endpoint._beat()
-
-
-_heartbeat = _Heartbeat()
 
 
 class _Endpoint:
@@ -148,6 +114,7 @@ class _Endpoint:
         self._mask = segment.capacity - 1
         self._lock = threading.Lock()
         self._closed = False
+        self._until_check = HEADER_CHECK_EVERY
         self._my_event_addr = segment.base_address + self._MY_EVENT * 8
         self._peer_event_addr = segment.base_address + self._PEER_EVENT * 8
         try:
@@ -157,7 +124,7 @@ class _Endpoint:
                 segment.close()
             raise
         self._setup()
-        _heartbeat.add(self)
+        heartbeat.add(self)
 
     def _setup(self) -> None:
         """Role-specific state, read from the segment once registered."""
@@ -201,6 +168,10 @@ class _Endpoint:
             if not self._closed:
                 self._words[self._PID_WORD + 2] = time.monotonic_ns()
 
+    def _check_header(self) -> None:
+        self._until_check = HEADER_CHECK_EVERY
+        self.segment.check_header()
+
     def check_peer(self) -> None:
         """Raise ``PeerGone`` if the other side attached and has since died or gone silent."""
         words, w = self._words, self._PEER_PID_WORD
@@ -225,7 +196,7 @@ class _Endpoint:
             if self._closed:
                 return
             self._closed = True
-        _heartbeat.discard(self)
+        heartbeat.discard(self)
         words = self._words
         words[L.W_CLOSED] = 1
         words[self._PEER_EVENT] = (words[self._PEER_EVENT] + 1) & 0xFFFFFFFF
@@ -273,6 +244,7 @@ class _Endpoint:
             if ready():
                 return True
             self.check_peer()
+            self._check_header()
 
     def _wake_peer(self) -> None:
         """Called right after publishing our cursor: wake the peer only if it sleeps."""
@@ -309,6 +281,9 @@ class RingProducer(_Endpoint):
     def _refresh(self) -> int:
         tail = self._words[L.W_TAIL]
         L.check_cursors(self._head, tail, self._cap)
+        self._until_check -= 1
+        if not self._until_check:
+            self._check_header()
         self._tail_seen = tail
         return self._cap - (self._head - tail)
 
@@ -381,6 +356,9 @@ class RingConsumer(_Endpoint):
     def _refresh(self) -> int:
         head = self._words[L.W_HEAD]
         L.check_cursors(head, self._tail, self._cap)
+        self._until_check -= 1
+        if not self._until_check:
+            self._check_header()
         self._head_seen = head
         return head - self._tail
 

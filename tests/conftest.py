@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from gpufeed.worker.launch import log_events
 from gpufeed.worker.redis_server import RedisServer
 
 # Ops the worker subprocesses load (--op user_ops:NAME) live beside the integration tests.
@@ -59,6 +60,10 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """The ``event`` records of the log, oldest first (``--log-format json``)."""
+        return list(log_events(self.log_path, event))
 
     def wait_ready(self, client: redis.Redis, stream: str, consumers: int = 1) -> None:
         deadline = time.monotonic() + 60

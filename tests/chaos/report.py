@@ -71,10 +71,14 @@ NOTES = """
   call is one MULTI/EXEC in the AOF), so their messages are answered again,
   once. The suite emulates that crash by restoring an earlier copy of the
   append-only files.
-- Not yet in this suite: a ring header corrupted mid-run, a 10× faster
-  producer with per-process RSS bounds, and the 10-minute soak (no `make
-  soak` target yet). The memory bound under a fast producer is checked at
-  small scale by `tests/integration/test_reliability.py`
+- A ring header damaged by another process is found by the side reading
+  it (the magic within 64 cursor reads, a wild cursor on the next read); that
+  process exits with code 3 and the supervisor rebuilds every ring. What the
+  rings held is still pending in Redis and is read again.
+- Not yet in this suite: a 10× faster producer with per-process RSS bounds,
+  and the 10-minute soak (no `make soak` target yet). The memory bound under
+  a fast producer is checked at small scale by
+  `tests/integration/test_reliability.py`
   (`test_backpressure_keeps_memory_and_pending_bounded`).
 """
 

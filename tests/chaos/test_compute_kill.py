@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -12,15 +11,14 @@ import pytest
 from harness import losses_and_duplicates, settle, start_producer
 from report import Row, record, sized
 
-from conftest import keys
+from conftest import WorkerProcess, keys
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 
-def compute_pids(log: str) -> list[int]:
+def compute_pids(worker: WorkerProcess) -> list[int]:
     """Pids of every compute process the worker has started, oldest first."""
-    events = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
-    return [e["pid"] for e in events if e.get("event") == "compute started"]
+    return [e["pid"] for e in worker.events("compute started")]
 
 
 def test_compute_process_sigkill_with_the_supervisor_surviving(
@@ -35,9 +33,9 @@ def test_compute_process_sigkill_with_the_supervisor_surviving(
     for k in range(kills):
         time.sleep(rng.uniform(0.8, 2.0))
         deadline = time.monotonic() + 60
-        while len(compute_pids(worker.log())) <= k and time.monotonic() < deadline:
+        while len(compute_pids(worker)) <= k and time.monotonic() < deadline:
             time.sleep(0.05)  # the previous restart's compute process is not up yet
-        os.kill(compute_pids(worker.log())[k], signal.SIGKILL)
+        os.kill(compute_pids(worker)[k], signal.SIGKILL)
     producer.join(300)
     assert producer.exitcode == 0
     ids = [entry_id for entry_id, _ in client.xrange(keys(queue)[0])]

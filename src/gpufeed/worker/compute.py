@@ -18,6 +18,7 @@ from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
 from gpufeed.worker.backends import make_backend
 from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.exits import exit_on_ring_corruption
 
 log = structlog.get_logger()
 
@@ -55,6 +56,12 @@ def _write(pair: _Pair, done: Completed) -> None:
         row = end
 
 
+def _finish(pair: _Pair, ring: int, exc: RingClosed | PeerGone) -> None:
+    """Stop serving a pair whose ingest process closed its rings or died."""
+    pair.open = False
+    log.info("ring pair finished", ring=ring, reason=type(exc).__name__)
+
+
 def serve(pairs: list[_Pair], backend: Backend, max_batch: int) -> None:
     """Round-robin over the request rings until every one is closed and drained."""
     start = 0
@@ -69,8 +76,7 @@ def serve(pairs: list[_Pair], backend: Backend, max_batch: int) -> None:
             try:
                 first, second = pair.requests.peek(max_batch)
             except (RingClosed, PeerGone) as exc:
-                pair.open = False
-                log.info("request ring finished", ring=i, reason=type(exc).__name__)
+                _finish(pair, i, exc)
                 continue
             if len(first):
                 backend.submit(i, first)
@@ -80,7 +86,13 @@ def serve(pairs: list[_Pair], backend: Backend, max_batch: int) -> None:
                 worked = True
         start = (start + 1) % max(n, 1)
         for done in backend.poll(0.0 if worked else IDLE_SLICE_S):
-            _write(pairs[done.ring], done)
+            pair = pairs[done.ring]
+            if not pair.open:
+                continue  # its ingest process is gone; the messages wait in Redis
+            try:
+                _write(pair, done)
+            except (RingClosed, PeerGone) as exc:
+                _finish(pair, done.ring, exc)
         if not worked and not backend.in_flight():
             idle = [p for p in pairs if p.open]
             if idle:
@@ -102,15 +114,17 @@ def compute_main(
         config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
     )
     backend = make_backend(config.backend, table, config.slot_bytes, config.max_batch)
-    pairs = [_Pair(RingConsumer.attach(req), RingProducer.attach(resp)) for req, resp in rings]
-    log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
-    metrics.BACKEND.labels(backend.name, table.default.name).set(1)
-    started = time.monotonic()
-    try:
-        serve(pairs, backend, config.max_batch)
-    finally:
-        backend.close()
-        for pair in pairs:
-            pair.requests.close()
-            pair.responses.close()
+    names = [name for pair in rings for name in pair]
+    with exit_on_ring_corruption(*names):
+        pairs = [_Pair(RingConsumer.attach(req), RingProducer.attach(resp)) for req, resp in rings]
+        log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
+        metrics.BACKEND.labels(backend.name, table.default.name).set(1)
+        started = time.monotonic()
+        try:
+            serve(pairs, backend, config.max_batch)
+        finally:
+            backend.close()
+            for pair in pairs:
+                pair.requests.close()
+                pair.responses.close()
     log.info("compute stopped", uptime_s=round(time.monotonic() - started, 1))

@@ -32,6 +32,7 @@ from gpufeed.worker import metrics
 from gpufeed.worker.commit import REDIS_ERRORS, BackgroundCommitter, Committer
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.connect import Client, RedisTarget, slot_of
+from gpufeed.worker.exits import exit_on_ring_corruption
 from gpufeed.worker.reclaim import Reclaimer
 
 log = structlog.get_logger()
@@ -293,19 +294,20 @@ def ingest_main(
     # default 5 ms switch interval would add up to 5 ms to every result's latency.
     sys.setswitchinterval(0.0005)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains
-    requests = RingProducer.attach(requests_name)
-    responses = RingConsumer.attach(responses_name)
-    ingest = Ingest(config, index, requests, responses)
+    with exit_on_ring_corruption(requests_name, responses_name):
+        requests = RingProducer.attach(requests_name)
+        responses = RingConsumer.attach(responses_name)
+        ingest = Ingest(config, index, requests, responses)
 
-    def on_term(signum: int, frame: Any) -> None:
-        ingest.draining = True
+        def on_term(signum: int, frame: Any) -> None:
+            ingest.draining = True
 
-    signal.signal(signal.SIGTERM, on_term)
-    log.info("ingest started", consumer=ingest.consumer, stream=config.in_key)
-    try:
-        ingest.run(drain)
-    except RingClosed:
-        log.warning("ring closed under the ingest process; exiting")
-    finally:
-        requests.close()
-        responses.close()
+        signal.signal(signal.SIGTERM, on_term)
+        log.info("ingest started", consumer=ingest.consumer, stream=config.in_key)
+        try:
+            ingest.run(drain)
+        except RingClosed:
+            log.warning("ring closed under the ingest process; exiting")
+        finally:
+            requests.close()
+            responses.close()

@@ -4,10 +4,11 @@ Children are started with ``spawn`` (never ``fork``: a forked child of a
 process that initialised CUDA cannot use the GPU). The supervisor owns every
 ring segment, so they are removed whatever happens to the children.
 
-If a child dies, the supervisor logs why, stops the others, re-creates all
-rings and starts a fresh set. Killing the survivors loses nothing: whatever
-they held is still pending in Redis, and the new ingest processes re-read
-their pending history (same consumer names) before reading new entries.
+If a child dies (or exits because it found a ring corrupt), the supervisor
+logs why, stops the others, re-creates all rings and starts a fresh set.
+Killing the survivors loses nothing: whatever they held is still pending in
+Redis, and the new ingest processes re-read their pending history (same
+consumer names) before reading new entries.
 """
 
 from __future__ import annotations
@@ -32,22 +33,14 @@ from gpufeed.worker.commit import REDIS_ERRORS
 from gpufeed.worker.compute import compute_main
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.connect import is_tls_failure
+from gpufeed.worker.exits import describe_exit
 from gpufeed.worker.ingest import ingest_main
 
 log = structlog.get_logger()
 _CTX = mp.get_context("spawn")
 MAX_RESTART_PAUSE_S = 10.0
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
+# How long a child's clean exit waits for another child's to show what caused it.
+CAUSE_GRACE_S = 2.0
 
 
 @dataclass
@@ -94,6 +87,7 @@ class Supervisor:
             resp = RingSegment.create(capacity=capacity, slot_bytes=cfg.slot_bytes)
             gen.segments += [req, resp]
             names.append((req.name, resp.name))
+        log.info("rings created", rings=names, capacity=capacity, slot_bytes=cfg.slot_bytes)
         compute = _CTX.Process(
             target=compute_main, args=(cfg, names, self.child_setup), name="gpufeed-compute"
         )
@@ -197,12 +191,21 @@ class Supervisor:
             time.sleep(0.05)
 
     def _watch(self, gen: _Generation) -> Any | None:
-        """Wait for a stop request (None) or a child that ended on its own (that child)."""
+        """Wait for a stop request (None) or a child that ended on its own (the one
+        whose exit code tells why, when several ended)."""
         sentinels = {proc.sentinel: proc for proc in gen.children}
         while not self.stopping:
             ready = mp.connection.wait(list(sentinels), timeout=0.2)
             if ready:
-                child = sentinels[ready[0]]
-                child.join(5)  # reap it, so its exit code is known
-                return child
+                ended = [sentinels[r] for r in ready]
+                for child in ended:
+                    child.join(5)  # reap it, so its exit code is known
+                if all(child.exitcode == 0 for child in ended):
+                    # A clean exit is an echo: the compute process ends when the
+                    # other side closes its rings. Give the cause a moment to end.
+                    others = [s for s in sentinels if s not in ready]
+                    for r in mp.connection.wait(others, timeout=CAUSE_GRACE_S):
+                        sentinels[r].join(5)
+                        ended.append(sentinels[r])
+                return next((c for c in ended if c.exitcode != 0), ended[0])
         return None

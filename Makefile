@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: venv demo test lint typecheck bench clean chaos
+.PHONY: venv demo test lint typecheck bench clean chaos soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,8 @@ clean:
 # The chaos suite at full size (200,000-message kill storm, ...); writes docs/reliability.md.
 chaos: $(STAMP)
 	GPUFEED_CHAOS_SCALE=long GPUFEED_CHAOS_REPORT=docs/reliability.md $(BIN)/pytest -m chaos tests/chaos
+
+# Ten minutes at about 70% of the measured capacity, sampling RSS and latency
+# every 10 s (one JSON line each); fails on RSS growth or latency drift.
+soak: $(STAMP)
+	GPUFEED_CHAOS_SCALE=long $(BIN)/pytest -s -m chaos tests/chaos/test_soak.py

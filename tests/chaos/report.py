@@ -80,7 +80,14 @@ NOTES = """
   when the request ring is full), so its processes' memory stays flat (the
   stated bound: no process grows by more than 16 MiB after a 2 s warm-up) and
   the backlog waits in Redis as unread entries (the group's `lag`).
-- Not yet in this suite: the 10-minute soak (no `make soak` target yet).
+- The soak loads the worker at 70% of the capacity measured just before
+  (with a producer running, as during the soak). Inputs acknowledged are
+  deleted and results trimmed, so the accounting uses the streams'
+  `entries-added` counters: an input still in the stream at the end is lost,
+  a result beyond one per input a duplicate. It fails on RSS growth over 10%
+  after warm-up, or on a p99 in the last fifth of the run over twice that of
+  the first fifth after warm-up (latency is the result id time minus the
+  input id time, sampled from the newest results 20 times a second).
 """
 
 

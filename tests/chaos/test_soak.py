@@ -38,7 +38,7 @@ from gpufeed.packing.forward import id_ms
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1800)]
 
 SOAK_S = float(os.environ.get("GPUFEED_SOAK_S", sized(20, 600)))
-SAMPLE_S = sized(2, 10)
+SAMPLE_S = sized(1, 10)
 WARM_UP_S = sized(4, 60)
 LOAD = 0.7
 RSS_GROWTH_LIMIT = 0.10
@@ -109,6 +109,8 @@ def test_soak_at_seventy_percent_of_capacity(client, redis_server, queue, start_
         while time.monotonic() < end and producer.is_alive():
             window += _latencies_ms(client, out)
             time.sleep(PROBE_EVERY_S)
+        if time.monotonic() < end:
+            break  # the producer finished mid-window: a partial window is no sample
         sample = {"t_s": round(time.monotonic() - t0, 1),
                   "rss_kib": {pid: rss_kib(pid) for pid in pids},
                   "p50_ms": float(np.percentile(window, 50)),
@@ -125,7 +127,7 @@ def test_soak_at_seventy_percent_of_capacity(client, redis_server, queue, start_
     duplicated = max(0, _added(client, out) - total)
 
     steady = [s for s in samples if s["t_s"] > WARM_UP_S]
-    assert len(steady) >= 5, samples
+    assert len(steady) >= 10, samples
     fifth = max(1, len(steady) // 5)
     early, late = _pooled(steady[:fifth]), _pooled(steady[-fifth:])
     growth = {pid: max(s["rss_kib"][pid] for s in steady) / steady[0]["rss_kib"][pid] - 1

@@ -40,6 +40,19 @@ def settle(
     raise AssertionError(f"not all {n} answered:\n{worker.log()[-3000:]}")
 
 
+def finish(
+    client: redis.Redis, queue: str, n: int, producer: Any, worker: WorkerProcess
+) -> tuple[int, int]:
+    """After the havoc: the producer wrote all ``n`` inputs; wait for the results,
+    then count (lost, duplicated)."""
+    producer.join(300)
+    assert producer.exitcode == 0
+    ids = [entry_id for entry_id, _ in client.xrange(keys(queue)[0])]
+    assert len(ids) == n
+    settle(client, queue, n, worker)
+    return losses_and_duplicates(client, queue, ids)
+
+
 def losses_and_duplicates(client: redis.Redis, queue: str, ids: list[bytes]) -> tuple[int, int]:
     results = results_by_src(client, queue)
     lost = sum(1 for i in ids if i not in results)

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from harness import losses_and_duplicates, settle, start_producer
+from harness import finish, start_producer
 from report import Row, record, sized
 
 from conftest import WorkerProcess, keys
@@ -36,12 +36,7 @@ def test_compute_process_sigkill_with_the_supervisor_surviving(
         while len(compute_pids(worker)) <= k and time.monotonic() < deadline:
             time.sleep(0.05)  # the previous restart's compute process is not up yet
         os.kill(compute_pids(worker)[k], signal.SIGKILL)
-    producer.join(300)
-    assert producer.exitcode == 0
-    ids = [entry_id for entry_id, _ in client.xrange(keys(queue)[0])]
-    assert len(ids) == n
-    settle(client, queue, n, worker)
-    lost, duplicated = losses_and_duplicates(client, queue, ids)
+    lost, duplicated = finish(client, queue, n, producer, worker)
     restarts = worker.log().count('"child died; restarting all children"')
     record(Row("compute process SIGKILLed, supervisor restarts it", n, lost, duplicated,
                time.monotonic() - started, f"{kills} kills, {restarts} restarts"))  # fmt: skip

@@ -6,17 +6,16 @@ import random
 import time
 
 import pytest
-from harness import losses_and_duplicates, settle, start_producer
+from harness import finish, start_producer
 from report import Row, record, sized
 
-from conftest import WorkerProcess, keys
+from conftest import WorkerProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 
 def test_sigkill_storm_of_the_whole_worker(client, redis_server, queue, tmp_path) -> None:
     n, kills = sized(20_000, 200_000), sized(2, 5)
-    stream = keys(queue)[0]
     rng = random.Random(8)
     started = time.monotonic()
     # Paced so the run lasts long enough for the kills to land mid-stream.
@@ -27,14 +26,9 @@ def test_sigkill_storm_of_the_whole_worker(client, redis_server, queue, tmp_path
             time.sleep(rng.uniform(0.8, 2.0))
             worker.kill_group()  # supervisor and children at once: no drain, no goodbye
             worker = WorkerProcess(redis_server.url, queue, tmp_path, "--max-batch", "256")
-        producer.join(300)
-        assert producer.exitcode == 0
-        ids = [entry_id for entry_id, _ in client.xrange(stream)]
-        settle(client, queue, n, worker)
-        lost, duplicated = losses_and_duplicates(client, queue, ids)
+        lost, duplicated = finish(client, queue, n, producer, worker)
     finally:
         worker.stop()
     record(Row("worker process group SIGKILLed mid-run, restarted", n, lost, duplicated,
                time.monotonic() - started, f"{kills} kills"))  # fmt: skip
-    assert len(ids) == n
     assert (lost, duplicated) == (0, 0)

@@ -10,7 +10,7 @@ import struct
 import time
 
 import pytest
-from harness import losses_and_duplicates, settle, start_producer
+from harness import finish, start_producer
 from report import Row, record, sized
 
 from conftest import WorkerProcess, keys
@@ -60,12 +60,7 @@ def test_a_corrupted_ring_header_is_detected_and_the_rings_rebuilt(
                 assert time.monotonic() < deadline, worker.log()[-3000:]
                 _scribble(segment.fileno(), how)
                 time.sleep(0.005)
-    producer.join(300)
-    assert producer.exitcode == 0
-    ids = [entry_id for entry_id, _ in client.xrange(keys(queue)[0])]
-    assert len(ids) == n
-    settle(client, queue, n, worker)
-    lost, duplicated = losses_and_duplicates(client, queue, ids)
+    lost, duplicated = finish(client, queue, n, producer, worker)
     restarts = worker.events("child died; restarting all children")
     found = worker.events("ring corrupt; exiting so that the supervisor rebuilds the rings")
     record(Row("ring header corrupted by another process", n, lost, duplicated,

@@ -9,9 +9,12 @@ last fifth of the run is more than twice that of the first fifth after
 warm-up. ``make soak`` runs it for 10 minutes, ``make test`` for 20 seconds;
 ``GPUFEED_SOAK_S`` overrides.
 
-A p99 over a few seconds is decided by one or two scheduler stalls on a
-shared machine, so the 20-second run compares medians instead; the p99 drift
-is judged at the long scale, where each fifth spans minutes.
+The 20-second run is a smaller check of the same machinery: a p99 over a
+few seconds is decided by one or two scheduler stalls on a shared machine, so
+it compares medians, and it loads the worker at 50%, since the capacity a
+full backlog shows (full batches) overstates what a paced load of smaller
+batches sustains, which on two cores puts 70% close to saturation. The p99
+drift at 70% is judged at the long scale, where each fifth spans minutes.
 
 Millions of messages do not fit a per-message check, so the worker deletes
 acknowledged inputs (``--delete-acked``) and trims results, and the streams'
@@ -40,7 +43,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1800)]
 SOAK_S = float(os.environ.get("GPUFEED_SOAK_S", sized(20, 600)))
 SAMPLE_S = sized(1, 10)
 WARM_UP_S = sized(4, 60)
-LOAD = 0.7
+LOAD = float(sized(50, 70)) / 100
 RSS_GROWTH_LIMIT = 0.10
 DRIFT_LIMIT = 2.0
 DRIFT_PERCENTILE = sized(50, 99)
@@ -67,7 +70,12 @@ def _wait_answered(client: redis.Redis, queue: str, total: int, timeout: float) 
 
 
 def _capacity(client: redis.Redis, redis_url: str, queue: str, n: int) -> float:
-    """Messages per second the worker answers while an unpaced producer writes."""
+    """Messages per second the worker answers while an unpaced producer writes.
+
+    Timed only while the producer runs: the worker then competes with it for
+    the machine, as during the soak. A worker faster than the producer is
+    timed at the producer's rate, which only makes the soak's load lighter.
+    """
     out = keys(queue)[1]
     before = _added(client, out)
     producer = start_producer(redis_url, queue, n, 1e-6)
@@ -76,9 +84,10 @@ def _capacity(client: redis.Redis, redis_url: str, queue: str, n: int) -> float:
     time.sleep(0.5)  # past the first batches
     t0, done0 = time.monotonic(), _added(client, out)
     producer.join(120)
-    rate = (_added(client, out) - done0) / (time.monotonic() - t0)
+    t1, done1 = time.monotonic(), _added(client, out)
+    assert t1 - t0 > 1.0, "the producer finished too soon to time the worker"
     _wait_answered(client, queue, before + n, 120)
-    return rate
+    return (done1 - done0) / (t1 - t0)
 
 
 def _latencies_ms(client: redis.Redis, out: str) -> list[float]:
@@ -98,7 +107,7 @@ def test_soak_at_seventy_percent_of_capacity(client, redis_server, queue, start_
                           "--log-format", "json")  # fmt: skip
     worker.wait_ready(client, stream)
     pids = [worker.proc.pid, *spawned_children(worker.proc.pid)]
-    capacity = _capacity(client, redis_server.url, queue, sized(50_000, 300_000))
+    capacity = _capacity(client, redis_server.url, queue, sized(200_000, 600_000))
     n = int(LOAD * capacity * SOAK_S)
     producer = start_producer(redis_server.url, queue, n, SOAK_S)
     t0 = time.monotonic()

@@ -29,6 +29,7 @@ import redis
 
 from gpufeed.bench import median, percentile
 from gpufeed.packing.forward import id_ms
+from gpufeed.worker.config import queue_key
 from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.launch import wait_for_consumers, worker_process
 from gpufeed.worker.produce import xadd_all
@@ -132,7 +133,7 @@ def _run_gpufeed(
     url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float
 ) -> tuple[float, list[float]]:
     client = redis.Redis.from_url(url)
-    stream, out = f"gpufeed:{{{queue}}}:in", f"gpufeed:{{{queue}}}:out"
+    stream, out = queue_key(queue, "in"), queue_key(queue, "out")
     args = ["--redis-url", url, "--queue", queue, "--op", "echo", "--backend", "cpu"]
     with (
         tempfile.TemporaryDirectory(prefix="gpufeed-bench-") as tmp,

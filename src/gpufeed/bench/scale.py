@@ -37,6 +37,7 @@ import redis
 
 from gpufeed.bench import median
 from gpufeed.bench.e2e import produce
+from gpufeed.worker.config import queue_key
 from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.launch import log_events, wait_for_consumers, worker_process
 from gpufeed.worker.redis_server import LocalCluster, RedisServer
@@ -160,18 +161,18 @@ def _measure(setup: Setup, cfg: ScaleBenchConfig, tmp: Path, logs: dict[str, lis
                         "--ingest-procs", str(setup.ingest_procs)]  # fmt: skip
                 proc = stack.enter_context(worker_process(args, log))
                 worker_pids.append(proc.pid)
-                wait_for_consumers(client, f"gpufeed:{{{q}}}:in", (w + 1) * setup.ingest_procs,
+                wait_for_consumers(client, queue_key(q, "in"), (w + 1) * setup.ingest_procs,
                                    proc, log)  # fmt: skip
         share = cfg.messages // len(queues)
         cpu_before = _redis_cpu_s(nodes)
         procs_before = _process_cpu_s(worker_pids)
         start = time.perf_counter()
-        jobs = [(url, f"gpufeed:{{{q}}}:in", share, cfg.payload_bytes) for q in queues]
+        jobs = [(url, queue_key(q, "in"), share, cfg.payload_bytes) for q in queues]
         producers = [_CTX.Process(target=produce, args=job, daemon=True) for job in jobs]
         for p in producers:
             p.start()
         deadline = time.monotonic() + cfg.timeout_s
-        outs = [f"gpufeed:{{{q}}}:out" for q in queues]
+        outs = [queue_key(q, "out") for q in queues]
         while sum(int(client.xlen(o)) for o in outs) < share * len(queues):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{setup.name}: results missing after {cfg.timeout_s} s")

@@ -207,6 +207,7 @@ def produce(
 
     from gpufeed.gpu.ops import load_op
     from gpufeed.packing.layout import payload_capacity
+    from gpufeed.worker.config import queue_key
     from gpufeed.worker.payloads import sample_payloads
     from gpufeed.worker.produce import xadd_all
 
@@ -215,7 +216,7 @@ def produce(
     except (GpufeedError, ValueError) as exc:
         typer.echo(f"gpufeed produce: {exc}", err=True)
         raise typer.Exit(2) from exc
-    stream = f"gpufeed:{{{queue}}}:in"
+    stream = queue_key(queue, "in")
     client = redis_target("produce", redis_url, tls_ca_cert, tls_cert, tls_key).connect()
     with Progress(transient=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"XADD {stream}", total=count)

@@ -25,7 +25,7 @@ import redis
 
 from gpufeed.errors import ConfigError
 from gpufeed.worker.commit import COMMIT_LUA
-from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.config import WorkerConfig, queue_key
 from gpufeed.worker.connect import Client, RedisTarget
 
 COMMIT_SHA = hashlib.sha1(COMMIT_LUA.encode()).hexdigest()  # the id Redis gives the script
@@ -175,10 +175,10 @@ def acl_rules(
     base = ["resetkeys", "resetchannels", "-@all", "+ping"]
     extra = [f"+{c}" for c in CLUSTER_COMMANDS] if cluster else []
     if role == "worker":
-        return [*base, *(f"+{c}" for c in WORKER_COMMANDS[1:]), *extra, f"~gpufeed:{{{queue}}}:*"]
+        return [*base, *(f"+{c}" for c in WORKER_COMMANDS[1:]), *extra, f"~{queue_key(queue, '*')}"]
     if role == "producer":
-        rules = [*base, "+xadd", *extra, f"%W~gpufeed:{{{queue}}}:in"]
+        rules = [*base, "+xadd", *extra, f"%W~{queue_key(queue, 'in')}"]
         if reply:
-            rules += ["+xread", "+xrange", "+xlen", f"%R~gpufeed:{{{queue}}}:reply:{reply}"]
+            rules += ["+xread", "+xrange", "+xlen", f"%R~{queue_key(queue, f'reply:{reply}')}"]
         return rules
     raise ConfigError(f"role must be worker or producer, got {role!r}")

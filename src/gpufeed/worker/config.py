@@ -9,6 +9,16 @@ from gpufeed.errors import ConfigError
 from gpufeed.ring._layout import is_power_of_two
 from gpufeed.worker.connect import RedisTarget
 
+
+def queue_key(queue: str, name: str) -> str:
+    """The key ``gpufeed:{QUEUE}:NAME`` (in, out, dead, reply:..., or a * pattern).
+
+    Every key of a queue carries the hash tag {QUEUE}, so on Redis Cluster they
+    live in one slot and the commit script may touch all of them.
+    """
+    return f"gpufeed:{{{queue}}}:{name}"
+
+
 BACKENDS = ("auto", "cpu", "batched", "persistent")
 # Lua's unpack() takes at most ~8000 values; one XACK per batch must stay below.
 MAX_BATCH = 4096
@@ -71,19 +81,17 @@ class WorkerConfig:
         """Where the queue lives and how to connect."""
         return RedisTarget(self.redis_url, self.tls_ca_cert, self.tls_cert, self.tls_key)
 
-    # Every key of a queue carries the hash tag {queue}, so on Redis Cluster they
-    # live in one slot and the commit script may touch all of them.
     @property
     def in_key(self) -> str:
-        return f"gpufeed:{{{self.queue}}}:in"
+        return queue_key(self.queue, "in")
 
     @property
     def out_key(self) -> str:
-        return f"gpufeed:{{{self.queue}}}:out"
+        return queue_key(self.queue, "out")
 
     @property
     def dead_key(self) -> str:
-        return f"gpufeed:{{{self.queue}}}:dead"
+        return queue_key(self.queue, "dead")
 
     def consumer_name(self, index: int) -> str:
         return f"{self.consumer or socket.gethostname()}-{index}"

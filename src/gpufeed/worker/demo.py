@@ -18,6 +18,7 @@ from gpufeed.bench import percentile
 from gpufeed.gpu.ops import BUILTINS, load_op
 from gpufeed.packing.forward import id_ms
 from gpufeed.packing.layout import payload_capacity
+from gpufeed.worker.config import queue_key
 from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.launch import log_events, wait_for_consumers, worker_process
 from gpufeed.worker.payloads import sample_payloads
@@ -140,8 +141,7 @@ def run_demo(
             "--ingest-procs", str(ingest_procs), "--slot-bytes", str(DEMO_SLOT_BYTES),
             "--log-format", "json",
         ]  # fmt: skip
-        out_key = f"gpufeed:{{{queue}}}:out"
-        in_key = f"gpufeed:{{{queue}}}:in"
+        out_key, in_key = queue_key(queue, "out"), queue_key(queue, "in")
         with worker_process(args, log_path) as proc:
             wait_for_consumers(client, in_key, ingest_procs, proc, log_path)
             sent: dict[str, tuple[list[bytes], list[bytes]]] = {}

@@ -190,6 +190,7 @@ class LocalCluster:
     def queue_per_master(self, prefix: str) -> list[str]:
         """One queue name per master, in node order: ``prefix`` plus a number,
         chosen so that the queue's hash slot falls in that master's range."""
+        from gpufeed.worker.config import queue_key
         from gpufeed.worker.connect import slot_of
 
         masters, k = len(self.nodes), 0
@@ -197,7 +198,7 @@ class LocalCluster:
         per = self.SLOTS // masters
         while len(chosen) < masters:
             name = f"{prefix}{k}"
-            chosen.setdefault(min(slot_of(f"gpufeed:{{{name}}}:in") // per, masters - 1), name)
+            chosen.setdefault(min(slot_of(queue_key(name, "in")) // per, masters - 1), name)
             k += 1
         return [chosen[i] for i in range(masters)]
 

@@ -193,14 +193,24 @@ class LocalCluster:
         from gpufeed.worker.config import queue_key
         from gpufeed.worker.connect import slot_of
 
-        masters, k = len(self.nodes), 0
+        ranges, k = self.slot_ranges(), 0
         chosen: dict[int, str] = {}
-        per = self.SLOTS // masters
-        while len(chosen) < masters:
+        while len(chosen) < len(ranges):
             name = f"{prefix}{k}"
-            chosen.setdefault(min(slot_of(queue_key(name, "in")) // per, masters - 1), name)
+            slot = slot_of(queue_key(name, "in"))
+            chosen.setdefault(
+                next(i for i, (lo, hi) in enumerate(ranges) if lo <= slot <= hi), name
+            )
             k += 1
-        return [chosen[i] for i in range(masters)]
+        return [chosen[i] for i in range(len(ranges))]
+
+    def slot_ranges(self) -> list[tuple[int, int]]:
+        """The (first, last) hash slot each node serves, in node order: equal shares,
+        the last node taking the remainder."""
+        masters = len(self.nodes)
+        per = self.SLOTS // masters
+        return [(i * per, self.SLOTS - 1 if i == masters - 1 else (i + 1) * per - 1)
+                for i in range(masters)]  # fmt: skip
 
     def start(self) -> LocalCluster:
         try:
@@ -216,10 +226,8 @@ class LocalCluster:
         for node in self.nodes:
             node.start()
         clients = [redis.Redis(port=node.port) for node in self.nodes]
-        per = self.SLOTS // len(self.nodes)
-        for i, client in enumerate(clients):
-            last = self.SLOTS - 1 if i == len(clients) - 1 else (i + 1) * per - 1
-            client.cluster("ADDSLOTSRANGE", i * per, last)
+        for i, (client, (first, last)) in enumerate(zip(clients, self.slot_ranges(), strict=True)):
+            client.cluster("ADDSLOTSRANGE", first, last)
             if i:
                 client.cluster("MEET", "127.0.0.1", self.nodes[0].port, self.bus_ports[0])
         deadline = time.monotonic() + START_TIMEOUT_S

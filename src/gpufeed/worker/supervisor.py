@@ -124,14 +124,12 @@ class Supervisor:
             queue=cfg.queue, op=cfg.op, ingest_procs=cfg.ingest_procs, backend=cfg.backend,
             stream=cfg.in_key, group=cfg.group,
         )  # fmt: skip
-        if not self._preflight():
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            return 0 if self.stopping else 2
-        if cfg.metrics_port:
-            metrics.serve(cfg.metrics_port, cfg.metrics_host, metrics.QueueCollector(cfg))
-            log.info("metrics endpoint up", port=cfg.metrics_port, path="/metrics")
         try:
+            if not self._preflight():
+                return 0 if self.stopping else 2
+            if cfg.metrics_port:
+                metrics.serve(cfg.metrics_port, cfg.metrics_host, metrics.QueueCollector(cfg))
+                log.info("metrics endpoint up", port=cfg.metrics_port, path="/metrics")
             while True:
                 gen = self._start()
                 crashed = self._watch(gen)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from gpufeed.worker.metrics import LATENCY_BUCKETS, ids_ms, observe_many
+from gpufeed.worker.metrics import LATENCY_BUCKETS, observe_many
 
 
 def samples(h: Histogram) -> dict[tuple[str, str], float]:
@@ -39,7 +39,3 @@ def test_values_on_a_bucket_bound_count_in_that_bucket() -> None:
     assert (got[("b_bucket", "1.0")], got[("b_bucket", "2.0")], got[("b_bucket", "+Inf")]) == (
         1, 2, 3,
     )  # fmt: skip
-
-
-def test_ids_ms_reads_the_time_part_of_entry_ids() -> None:
-    assert ids_ms([b"1700000000123-0", b"5-17"]).tolist() == [1700000000123.0, 5.0]

@@ -15,14 +15,19 @@ from gpufeed.errors import ResultOutOfOrder
 from gpufeed.gpu import cpu
 from gpufeed.gpu.ops import Dense, OpTable, default_dense_model
 from gpufeed.packing import (
+    Columns,
     ResultEntry,
+    Results,
+    collect_results,
     headers,
     pack,
     payload_capacity,
+    plain_columns,
     reply_entries,
     unpack_results,
     write_error_results,
 )
+from gpufeed.packing.forward import id_ms, ids_ms
 from gpufeed.worker.connect import slot_of
 
 SLOT_SIZES = [64, 128, 256, 1024]
@@ -194,6 +199,82 @@ def test_reply_entries_reads_resp2_and_resp3_shapes() -> None:
     assert reply_entries([[b"q", [e1, e2]]]) == [e1, e2]
     assert reply_entries({b"q": [[b"1-0", {b"data": b"a"}], [b"2-0", None]]}) == [e1, e2]
     assert reply_entries([]) == reply_entries(None) == reply_entries({}) == []
+
+
+def test_plain_columns_take_only_reads_where_every_entry_is_data_alone() -> None:
+    plain = [[b"1-0", [b"data", b"a"]], [b"2-0", [b"data", b"b"]]]
+    assert plain_columns([[b"q", plain]]) == Columns([b"1-0", b"2-0"], [b"a", b"b"])
+    with_cid = [*plain, [b"3-0", [b"data", b"c", b"cid", b"x"]]]
+    not_data = [*plain, [b"3-0", [b"date", b"c"]]]
+    deleted = [*plain, [b"3-0", None]]
+    for entries in (with_cid, not_data, deleted):
+        assert plain_columns([[b"q", entries]]) is None
+        assert len(reply_entries([[b"q", entries]])) == 3  # the general path reads them
+    assert plain_columns({b"q": plain}) is None  # RESP3, as a cluster node replies
+    assert plain_columns(None) is None and plain_columns([]) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(10**12, 10**13 - 1), st.integers(0, 2**52)), max_size=60),
+       st.integers(0, 2**64 - 1))  # fmt: skip
+def test_ids_ms_reads_the_time_part_of_any_entry_id(times, seq) -> None:
+    ids = [b"%d-%d" % (ms, (seq + i) % 2**64) for i, ms in enumerate(times)]
+    assert ids_ms(ids).tolist() == [float(id_ms(i)) for i in ids] == [float(t) for t in times]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 80), min_size=1, max_size=40),
+    split=st.integers(0, 41),
+    first_seq=st.sampled_from([0, 2**32 - 3]),
+    fail=st.sets(st.integers(0, 39), max_size=3),
+)
+def test_plain_reads_pack_and_answer_exactly_like_the_general_path(
+    sizes, split, first_seq, fail
+) -> None:
+    """Columns (data-only reads) and ``Results`` (plain results kept as columns)
+    are shortcuts: same slots, same rejects, same results as entry by entry."""
+    table = OpTable.for_worker("vector_add", payload_capacity(64))  # 8-byte multiples, <= 48
+    datas = [bytes([i % 251]) * size for i, size in enumerate(sizes)]
+    ids = [b"17000000%05d-%d" % (i // 3, i % 3) for i in range(len(datas))]
+    general_slots, plain_slots = (np.zeros((len(datas) + 1, 64), np.uint8) for _ in "ab")
+
+    def run(entries, slots):
+        parts = (slots[:split], slots[split:])
+        batch = pack(entries, parts, table=table, first_seq=first_seq, now_ms=0)
+        results = np.zeros_like(slots)
+        cpu.process(table, (slots[: batch.count],), (results[: batch.count],), reference=True)
+        headers(results)["flags"][[i for i in fail if i < batch.count]] = 1  # some fail
+        parts = (results[: batch.count // 2], results[batch.count // 2 : batch.count])
+        collected = Results()
+        assert collect_results(parts, batch, 0, collected) == batch.count
+        return batch, unpack_results(parts, batch), collected
+
+    general = run(list(zip(ids, ({b"data": d} for d in datas), strict=True)), general_slots)
+    plain = run(Columns(ids, datas), plain_slots)
+    assert np.array_equal(general_slots, plain_slots)
+    assert general[0].ids == plain[0].ids
+    assert [(r.entry_id, r.status, r.reason) for r in general[0].rejects] == [
+        (r.entry_id, r.status, r.reason) for r in plain[0].rejects
+    ]
+    assert general[1] == plain[1]
+    for collected in (general[2], plain[2]):
+        entries = sorted(collected.entries())
+        assert entries == sorted(general[1])
+        assert collected.ids == [r.src for r in general[1] if r.plain]
+
+
+def test_results_keep_plain_results_as_columns_and_chunk_them_first() -> None:
+    mixed = [ResultEntry(b"%d-0" % i, "ok", b"r%d" % i) for i in range(5)]
+    mixed.insert(2, ResultEntry(b"9-0", "error", b"bad"))
+    mixed.insert(4, ResultEntry(b"8-0", "ok", b"r", cid=b"c"))
+    results = Results.of(mixed)
+    assert results.ids == [b"%d-0" % i for i in range(5)]
+    assert [r.src for r in results.other] == [b"9-0", b"8-0"]
+    chunks = list(results.chunks(3))
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    assert [r for c in chunks for r in c.entries()] == results.entries()
+    assert sorted(results.entries()) == sorted(mixed)
 
 
 def test_results_with_the_wrong_sequence_number_are_refused() -> None:

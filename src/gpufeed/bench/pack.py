@@ -1,5 +1,8 @@
 """``gpufeed bench pack``: packing XREADGROUP replies into ring-shaped slot arrays,
-against a straightforward per-message loop doing the same job."""
+against a straightforward per-message loop doing the same job.
+
+Both take the reply the ingest process reads: RESP2, unparsed, so each
+entry's fields are a flat ``[name, value, ...]`` list."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import numpy as np
 
 from gpufeed.bench import median
 from gpufeed.gpu.ops import OpTable
-from gpufeed.packing import pack, payload_capacity, reply_entries
+from gpufeed.packing import pack, payload_capacity, read_entries
 
 
 @dataclass(frozen=True)
@@ -25,16 +28,16 @@ class PackBenchConfig:
 
 
 def make_replies(cfg: PackBenchConfig) -> list[Any]:
-    """Replies shaped like redis-py's RESP2 XREADGROUP result, with distinct payloads."""
+    """Unparsed RESP2 XREADGROUP replies, with distinct payloads."""
     rng = np.random.default_rng(0)
     replies = []
     for b in range(cfg.batches):
         blob = rng.integers(0, 256, cfg.batch * cfg.payload_bytes, dtype=np.uint8).tobytes()
         entries = [
-            (
+            [
                 f"{b}-{i}".encode(),
-                {b"data": blob[i * cfg.payload_bytes : (i + 1) * cfg.payload_bytes]},
-            )
+                [b"data", blob[i * cfg.payload_bytes : (i + 1) * cfg.payload_bytes]],
+            ]
             for i in range(cfg.batch)
         ]
         replies.append([[b"gpufeed:{bench}:in", entries]])
@@ -45,11 +48,12 @@ _HEADER = struct.Struct("<IHHII")
 
 
 def naive_pack(reply: Any, slots: np.ndarray, first_seq: int) -> int:
-    """The obvious per-message loop: one header pack and one payload copy per message."""
+    """The obvious per-message loop: fields to a dict (as redis-py parses them), one
+    header pack and one payload copy per message."""
     i = 0
     for _stream, entries in reply:
-        for _id, fields in entries:
-            data = fields[b"data"]
+        for _id, flat in entries:
+            data = dict(zip(flat[::2], flat[1::2], strict=True))[b"data"]
             _HEADER.pack_into(slots[i], 0, len(data), 0, 0, (first_seq + i) & 0xFFFFFFFF, 0)
             slots[i, 16 : 16 + len(data)] = np.frombuffer(data, dtype=np.uint8)
             i += 1
@@ -73,7 +77,7 @@ def run(cfg: PackBenchConfig) -> dict[str, float | int]:
     replies = make_replies(cfg)
 
     def gpufeed_pack(reply: Any, out: np.ndarray, first_seq: int) -> int:
-        return pack(reply_entries(reply), out, table=table, first_seq=first_seq, now_ms=0).count
+        return pack(read_entries(reply), out, table=table, first_seq=first_seq, now_ms=0).count
 
     # Interleave the two so that machine noise hits both alike.
     ours, naive = [], []

@@ -3,7 +3,15 @@
 NumPy only: no Redis client and no GPU here.
 """
 
-from gpufeed.packing.forward import PackedBatch, Reject, pack, reply_entries
+from gpufeed.packing.forward import (
+    Columns,
+    PackedBatch,
+    Reject,
+    pack,
+    plain_columns,
+    read_entries,
+    reply_entries,
+)
 from gpufeed.packing.layout import (
     HEADER_BYTES,
     HEADER_DTYPE,
@@ -15,6 +23,8 @@ from gpufeed.packing.layout import (
 )
 from gpufeed.packing.results import (
     ResultEntry,
+    Results,
+    collect_results,
     unpack_results,
     write_error_results,
     write_results,
@@ -25,13 +35,18 @@ __all__ = [
     "HEADER_DTYPE",
     "STATUS_ERROR",
     "STATUS_OK",
+    "Columns",
     "PackedBatch",
     "Reject",
     "ResultEntry",
+    "Results",
+    "collect_results",
     "headers",
     "pack",
     "payload_area",
     "payload_capacity",
+    "plain_columns",
+    "read_entries",
     "reply_entries",
     "unpack_results",
     "write_error_results",

@@ -1,17 +1,20 @@
 """Forward packing: one XREADGROUP reply → request slots plus the side table.
 
 Per message, Python does only what the reply format forces: a few dict
-lookups. Lengths, validation, headers and the payload copy are vectorised over
-the batch: the payloads are joined into one bytes object and scattered into
-the slots with a single boolean-mask assignment (rows of the mask are filled
-in order, which is exactly the order of the joined bytes), or a plain 2-D copy
-when every payload has the same length.
+lookups, and none at all for a read whose entries carry only ``data`` (nearly
+every read), which is taken as two lists (``Columns``). Lengths, validation,
+headers and the payload copy are vectorised over the batch: the payloads are
+joined into one bytes object and scattered into the slots with a single
+boolean-mask assignment (rows of the mask are filled in order, which is
+exactly the order of the joined bytes), or a plain 2-D copy when every
+payload has the same length.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -63,15 +66,75 @@ class PackedBatch:
     reply_to: list[bytes | None] = field(default_factory=list)
     ops: npt.NDArray[np.uint16] = field(default_factory=lambda: np.empty(0, np.uint16))
     rejects: list[Reject] = field(default_factory=list)
+    # True when no packed message has a cid or a reply_to: its ok results are plain.
+    plain: bool = True
 
     @property
     def count(self) -> int:
         return len(self.ids)
 
 
+@dataclass
+class Columns:
+    """A read whose every entry carries only ``data``: entry ids and payloads.
+
+    Nearly every read looks like this; kept as two lists, it is packed without
+    a dict or a tuple per message.
+    """
+
+    ids: list[bytes]
+    datas: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+_first, _second = itemgetter(0), itemgetter(1)
+
+
+def plain_columns(reply: Any) -> Columns | None:
+    """The entries of an unparsed RESP2 XREADGROUP reply as ``Columns``, or None
+    when the reply is another shape or any entry has other fields than ``data``."""
+    if not isinstance(reply, list) or len(reply) != 1:
+        return None
+    entries = reply[0][1]
+    fields = list(map(_second, entries))
+    try:
+        if set(map(len, fields)) != {2} or set(map(_first, fields)) != {b"data"}:
+            return None
+    except TypeError:  # an entry deleted while pending has no field list
+        return None
+    return Columns(list(map(_first, entries)), list(map(_second, fields)))
+
+
+def read_entries(reply: Any) -> list[Entry] | Columns:
+    """What ``pack`` takes from an XREADGROUP reply: ``Columns`` where it can."""
+    return plain_columns(reply) or reply_entries(reply)
+
+
 def id_ms(entry_id: bytes) -> int:
     """The millisecond part of a stream entry id: when Redis added the entry."""
     return int(entry_id.split(b"-", 1)[0])
+
+
+_MS_DIGITS = 13  # Unix milliseconds from September 2001 to 2286
+_POWERS = 10 ** np.arange(_MS_DIGITS - 1, -1, -1, dtype=np.int64)
+
+
+def ids_ms(entry_ids: Sequence[bytes]) -> npt.NDArray[np.float64]:
+    """``id_ms`` of each entry id, as one array.
+
+    Ids stamped by a real clock have 13 millisecond digits, so their first 13
+    bytes are read as digits in one vectorised step; anything else (hand-made
+    ids such as ``5-0``) goes through ``id_ms`` one by one.
+    """
+    n = len(entry_ids)
+    if n == 0:
+        return np.empty(0, np.float64)
+    raw = np.array(entry_ids, dtype=f"S{_MS_DIGITS + 1}").view(np.uint8).reshape(n, -1)
+    if bool((raw[:, _MS_DIGITS] == ord("-")).all()):
+        return ((raw[:, :_MS_DIGITS] - ord("0")).astype(np.int64) @ _POWERS).astype(np.float64)
+    return np.fromiter(map(id_ms, entry_ids), dtype=np.float64, count=n)
 
 
 def _as_fields(raw: Any) -> Fields | None:
@@ -110,7 +173,7 @@ def _parse_deadline(raw: bytes) -> int:
 
 
 def pack(
-    entries: Sequence[Entry],
+    entries: Sequence[Entry] | Columns,
     out: SlotArray | Sequence[SlotArray],
     *,
     table: OpTable,
@@ -129,15 +192,64 @@ def pack(
     parts = slot_parts(out)
     capacity = table.payload_capacity
     batch = PackedBatch(first_seq=first_seq % SEQ_MOD)
+    if isinstance(entries, Columns):
+        # Only data: no op, no deadline, nothing to look up per message.
+        ids, datas = entries.ids, entries.datas
+        kept_fields: list[Fields] | None = None
+        op_ids = np.zeros(len(ids), np.uint16)
+        deadlines = None
+    else:
+        ids, datas, kept_fields, ops, deadline_list = _triage(entries, table, reply_slot, batch)
+        op_ids = np.array(ops, dtype=np.uint16)
+        deadlines = np.array(deadline_list, np.int64)
+
+    n = len(ids)
+    lens = np.fromiter(map(len, datas), dtype=np.int64, count=n)
+    bad = _invalid(lens, op_ids, table, capacity, deadlines, now_ms)
+    if bad is not None:
+        for i in np.flatnonzero(bad).tolist():
+            code = int(bad[i])
+            reason = _reason(code, int(lens[i]), table.ops[int(op_ids[i])], capacity)
+            status = STATUS_EXPIRED_NAME if code == _EXPIRED else STATUS_ERROR_NAME
+            fields = {b"data": datas[i]} if kept_fields is None else kept_fields[i]
+            batch.rejects.append(_reject(ids[i], reason, fields, status))
+        keep = np.flatnonzero(bad == 0)
+        kept = keep.tolist()
+        ids = [ids[i] for i in kept]
+        datas = [datas[i] for i in kept]
+        if kept_fields is not None:
+            kept_fields = [kept_fields[i] for i in kept]
+        lens = lens[keep]
+        op_ids = op_ids[keep]
+        n = len(ids)
+
+    room = sum(len(p) for p in parts)
+    if n > room:
+        raise ValueError(f"{n} messages to pack but only {room} slots given")
+    _write(parts, datas, lens, op_ids, batch.first_seq)
+    batch.ids = ids
+    batch.ops = op_ids
+    if kept_fields is None:
+        batch.cids, batch.reply_to = [None] * n, [None] * n
+    else:
+        batch.cids = [f.get(b"cid") if len(f) > 1 else None for f in kept_fields]
+        batch.reply_to = [f.get(b"reply_to") if len(f) > 1 else None for f in kept_fields]
+        batch.plain = not any(batch.cids) and not any(batch.reply_to)
+    return batch
+
+
+def _triage(
+    entries: Sequence[Entry], table: OpTable, reply_slot: int | None, batch: PackedBatch
+) -> tuple[list[bytes], list[bytes], list[Fields], list[int], list[int]]:
+    """Per message: its payload, op and deadline, or a reject (added to ``batch``)
+    when its fields are unusable."""
     rejects = batch.rejects
     ids_by_name = table.ids_by_bytes
-
     ids: list[bytes] = []
     datas: list[bytes] = []
     kept_fields: list[Fields] = []
     ops: list[int] = []
     deadlines: list[int] = []
-
     for entry_id, fields in entries:
         data = fields.get(b"data") if fields else None
         if data is None:
@@ -177,35 +289,7 @@ def pack(
         kept_fields.append(fields)
         ops.append(op_id)
         deadlines.append(deadline)
-
-    n = len(ids)
-    lens = np.fromiter(map(len, datas), dtype=np.int64, count=n)
-    op_ids = np.array(ops, dtype=np.uint16)
-    bad = _invalid(lens, op_ids, table, capacity, np.array(deadlines, np.int64), now_ms)
-    if bad is not None:
-        for i in np.flatnonzero(bad).tolist():
-            code = int(bad[i])
-            reason = _reason(code, int(lens[i]), table.ops[int(op_ids[i])], capacity)
-            status = STATUS_EXPIRED_NAME if code == _EXPIRED else STATUS_ERROR_NAME
-            rejects.append(_reject(ids[i], reason, kept_fields[i], status))
-        keep = np.flatnonzero(bad == 0)
-        kept = keep.tolist()
-        ids = [ids[i] for i in kept]
-        datas = [datas[i] for i in kept]
-        kept_fields = [kept_fields[i] for i in kept]
-        lens = lens[keep]
-        op_ids = op_ids[keep]
-        n = len(ids)
-
-    room = sum(len(p) for p in parts)
-    if n > room:
-        raise ValueError(f"{n} messages to pack but only {room} slots given")
-    _write(parts, datas, lens, op_ids, batch.first_seq)
-    batch.ids = ids
-    batch.cids = [f.get(b"cid") if len(f) > 1 else None for f in kept_fields]
-    batch.reply_to = [f.get(b"reply_to") if len(f) > 1 else None for f in kept_fields]
-    batch.ops = op_ids
-    return batch
+    return ids, datas, kept_fields, ops, deadlines
 
 
 def _reject(
@@ -254,7 +338,7 @@ def _invalid(
     op_ids: npt.NDArray[np.uint16],
     table: OpTable,
     capacity: int,
-    deadlines: npt.NDArray[np.int64],
+    deadlines: npt.NDArray[np.int64] | None,
     now_ms: int,
 ) -> npt.NDArray[np.uint8] | None:
     """Per message: 0 fine, else why not; None when every message is fine."""
@@ -265,8 +349,9 @@ def _invalid(
         for op_id in np.unique(op_ids).tolist():
             sel = op_ids == op_id
             bad[sel & ~_valid_for(table, op_id, lens, sel)] = _WRONG_LENGTH
-    expired = (deadlines >= 0) & (deadlines < now_ms)
-    bad[expired & (bad == 0)] = _EXPIRED
+    if deadlines is not None:
+        expired = (deadlines >= 0) & (deadlines < now_ms)
+        bad[expired & (bad == 0)] = _EXPIRED
     bad[lens > capacity] = _TOO_LARGE
     return bad if bad.any() else None
 

@@ -8,7 +8,8 @@ desynchronised pair of rings is caught instead of answering the wrong message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import NamedTuple
 
@@ -50,6 +51,58 @@ class ResultEntry(NamedTuple):
     def from_reject(cls, reject: Reject) -> ResultEntry:
         return cls(reject.entry_id, reject.status, reject.reason.encode(), reject.cid,
                    reject.reply_to)  # fmt: skip
+
+    @property
+    def plain(self) -> bool:
+        """An ok result for the queue's output stream, without a cid."""
+        return self.status == STATUS_OK_NAME and self.cid is None and self.reply_to is None
+
+
+@dataclass
+class Results:
+    """Results on their way to one commit.
+
+    Plain results (``ResultEntry.plain``: nearly all of them) are kept as two
+    columns, their entry ids and bodies; a tuple per message, taken apart
+    again for the script's arguments, would cost more than the rest of the
+    ingest loop. Everything else is a ``ResultEntry`` in ``other``.
+    """
+
+    ids: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    other: list[ResultEntry] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, entries: Iterable[ResultEntry]) -> Results:
+        results = cls()
+        results.extend(entries)
+        return results
+
+    def __len__(self) -> int:
+        return len(self.ids) + len(self.other)
+
+    def extend(self, entries: Iterable[ResultEntry]) -> None:
+        for e in entries:
+            if e.plain:
+                self.ids.append(e.src)
+                self.bodies.append(e.body)
+            else:
+                self.other.append(e)
+
+    def entries(self) -> list[ResultEntry]:
+        """Every result as a ``ResultEntry``, the plain ones first."""
+        return [*map(ResultEntry, self.ids, repeat(STATUS_OK_NAME), self.bodies), *self.other]
+
+    def chunks(self, size: int) -> Iterator[Results]:
+        """Consecutive pieces of at most ``size`` results, the plain ones first."""
+        n_plain = len(self.ids)
+        for start in range(0, len(self), size):
+            end = start + size
+            yield Results(
+                self.ids[start:end],
+                self.bodies[start:end],
+                self.other[max(start - n_plain, 0) : max(end - n_plain, 0)],
+            )
 
 
 def write_results(
@@ -121,6 +174,47 @@ def unpack_results(
     Raises ``ResultOutOfOrder`` if a slot's ``seq`` is not the expected one.
     """
     entries: list[ResultEntry] = []
+    for row, end, bodies, flags in _answers(slots, batch, start):
+        entries += _entries(batch, row, end, bodies, flags)
+    return entries
+
+
+def collect_results(
+    slots: SlotArray | Sequence[SlotArray], batch: PackedBatch, start: int, into: Results
+) -> int:
+    """``unpack_results`` into ``into``; returns how many results were added.
+
+    A batch without cids or reply_to whose results are all ok, the common
+    case, goes straight into the columns.
+    """
+    added = 0
+    for row, end, bodies, flags in _answers(slots, batch, start):
+        if batch.plain and not flags.any():
+            into.ids += batch.ids[row:end]
+            into.bodies += bodies
+        else:
+            into.extend(_entries(batch, row, end, bodies, flags))
+        added += end - row
+    return added
+
+
+def _entries(
+    batch: PackedBatch, row: int, end: int, bodies: list[bytes], flags: npt.NDArray[np.uint16]
+) -> Iterable[ResultEntry]:
+    if not flags.any():  # all ok: no per-message status lookup
+        names: Iterable[str] = repeat(STATUS_OK_NAME, end - row)
+    else:
+        names = [_STATUS_NAMES.get(f, STATUS_ERROR_NAME) for f in flags.tolist()]
+    return map(
+        ResultEntry, batch.ids[row:end], names, bodies, batch.cids[row:end],
+        batch.reply_to[row:end],
+    )  # fmt: skip
+
+
+def _answers(
+    slots: SlotArray | Sequence[SlotArray], batch: PackedBatch, start: int
+) -> Iterator[tuple[int, int, list[bytes], npt.NDArray[np.uint16]]]:
+    """Per slot part: the batch rows it answers, their bodies and status flags."""
     row = start
     for part in slot_parts(slots):
         count = len(part)
@@ -139,19 +233,8 @@ def unpack_results(
         lens = header["len"].astype(np.int64)
         capacity = part.shape[1] - HEADER_BYTES
         lens = np.minimum(lens, capacity)  # never read past a slot, whatever a header says
-        bodies = _bodies(part[:, HEADER_BYTES:], lens)
-        flags = header["flags"]
-        end = row + count
-        if not flags.any():  # all ok, the common case: no per-message status lookup
-            names: Iterable[str] = repeat(STATUS_OK_NAME, count)
-        else:
-            names = [_STATUS_NAMES.get(f, STATUS_ERROR_NAME) for f in flags.tolist()]
-        entries += map(
-            ResultEntry, batch.ids[row:end], names, bodies, batch.cids[row:end],
-            batch.reply_to[row:end],
-        )  # fmt: skip
-        row = end
-    return entries
+        yield row, row + count, _bodies(part[:, HEADER_BYTES:], lens), header["flags"]
+        row += count
 
 
 def _bodies(area: SlotArray, lens: npt.NDArray[np.int64]) -> list[bytes]:

@@ -14,7 +14,7 @@ import redis
 import structlog
 from redis.backoff import ExponentialBackoff
 
-from gpufeed.packing import ResultEntry
+from gpufeed.packing import ResultEntry, Results
 from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
 
@@ -70,21 +70,22 @@ class Committer:
         """Load the script now, so the first commit does not pay a NOSCRIPT round trip."""
         self._script.sha = self._script.registered_client.script_load(COMMIT_LUA)
 
-    def commit(self, entries: Sequence[ResultEntry]) -> CommitCounts:
-        """Write and acknowledge ``entries``."""
+    def commit(self, results: Results | Sequence[ResultEntry]) -> CommitCounts:
+        """Write and acknowledge ``results``."""
+        if not isinstance(results, Results):
+            results = Results.of(results)
         counts = CommitCounts()
-        for start in range(0, len(entries), COMMIT_CHUNK):
-            counts = counts.plus(self._commit_chunk(entries[start : start + COMMIT_CHUNK]))
+        for chunk in results.chunks(COMMIT_CHUNK):
+            counts = counts.plus(self._commit_chunk(chunk))
         return counts
 
-    def _commit_chunk(self, entries: Sequence[ResultEntry]) -> CommitCounts:
+    def _commit_chunk(self, results: Results) -> CommitCounts:
         replies: dict[bytes, int] = {}  # reply_to stream -> its 1-based index
-        plain: list[Any] = []
+        plain: list[Any] = [None] * (2 * len(results.ids))
+        plain[0::2] = results.ids
+        plain[1::2] = results.bodies
         other: list[Any] = []
-        for e in entries:
-            if e.status == "ok" and e.cid is None and e.reply_to is None:
-                plain += (e.src, e.body)
-                continue
+        for e in results.other:
             dest = 0
             if e.reply_to is not None:
                 dest = replies.setdefault(e.reply_to, len(replies) + 1)
@@ -96,7 +97,7 @@ class Committer:
         return CommitCounts(*map(int, self._script(keys=self._keys, args=args)))
 
 
-_Work = tuple[list[ResultEntry], Any]  # entries, their entry-id times (NumPy) or ()
+_Work = tuple[Results, Any]  # results, their entry-id times (NumPy) or ()
 
 
 class BackgroundCommitter:
@@ -131,11 +132,11 @@ class BackgroundCommitter:
         """Load the commit script now (see ``Committer.load``)."""
         self._committer.load()
 
-    def submit(self, entries: list[ResultEntry], born_ms: Any = ()) -> None:
-        """Queue ``entries`` for commit; ``born_ms`` (entry-id times of computed
+    def submit(self, results: Results, born_ms: Any = ()) -> None:
+        """Queue ``results`` for commit; ``born_ms`` (entry-id times of computed
         results) feed the end-to-end latency histogram once they are committed."""
         self.check()
-        self._queue.put((entries, born_ms))
+        self._queue.put((results, born_ms))
 
     def busy(self) -> bool:
         """Whether commits are queued or running."""
@@ -156,12 +157,12 @@ class BackgroundCommitter:
         if self._error is not None:
             raise self._error
 
-    def _commit(self, entries: list[ResultEntry]) -> CommitCounts:
+    def _commit(self, results: Results) -> CommitCounts:
         backoff = ExponentialBackoff(cap=2.0, base=0.05)
         failures = 0
         while True:
             try:
-                return self._committer.commit(entries)
+                return self._committer.commit(results)
             except REDIS_ERRORS as exc:
                 failures += 1
                 pause = backoff.compute(failures)
@@ -170,10 +171,10 @@ class BackgroundCommitter:
 
     def _run(self) -> None:
         while True:
-            entries, born_ms = self._queue.get()
+            results, born_ms = self._queue.get()
             try:
                 started = time.perf_counter()
-                counts = self._commit(entries)
+                counts = self._commit(results)
                 metrics.COMMIT.observe(time.perf_counter() - started)
                 metrics.record_commit(counts, born_ms)
                 self.counts = self.counts.plus(counts)

@@ -24,8 +24,17 @@ from redis.retry import Retry
 
 from gpufeed.errors import RingClosed
 from gpufeed.gpu.ops.registry import OpTable
-from gpufeed.packing import PackedBatch, ResultEntry, pack, reply_entries, unpack_results
-from gpufeed.packing.forward import Entry
+from gpufeed.packing import (
+    Columns,
+    PackedBatch,
+    ResultEntry,
+    Results,
+    collect_results,
+    pack,
+    read_entries,
+    reply_entries,
+)
+from gpufeed.packing.forward import Entry, ids_ms
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
@@ -44,9 +53,9 @@ NEW = ">"
 def make_client(target: RedisTarget) -> Client:
     """A client that retries lost connections with capped exponential backoff.
 
-    XREADGROUP replies are left unparsed (``reply_entries`` reads them); a
-    cluster client parses them on the node anyway, which ``reply_entries``
-    reads as well.
+    XREADGROUP replies are left unparsed (``read_entries`` reads them: a
+    data-only read becomes two lists, with no dict per message); a cluster
+    client parses them on the node anyway, which ``reply_entries`` reads as well.
     """
     client = target.connect(
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
@@ -98,7 +107,7 @@ class Ingest:
         self.committer = BackgroundCommitter(Committer(self.client, config, self.consumer))
         self.reclaimer = Reclaimer(self.client, config, self.consumer)
         self.in_flight: deque[_InFlight] = deque()
-        self.to_commit: list[ResultEntry] = []
+        self.to_commit = Results()
         self.to_commit_born: list[Any] = []
         self.summary_at = time.monotonic()
         self.summary_answered = 0
@@ -118,12 +127,12 @@ class Ingest:
             got = len(first) + len(second)
             if got == 0:
                 return
-            results = unpack_results((first, second), head.batch, head.answered)
-            self.to_commit += results
+            failed = len(self.to_commit.other)
+            collect_results((first, second), head.batch, head.answered, self.to_commit)
             self.to_commit_born.append(head.born_ms[head.answered : head.answered + got])
             self.responses.release(got)
             metrics.RING_OCCUPANCY.dec(got)
-            for r in results:
+            for r in self.to_commit.other[failed:]:
                 if r.status != "ok":
                     self._log_failed(r.src, r.body.decode(errors="replace"), r.status)
             head.answered += got
@@ -137,7 +146,7 @@ class Ingest:
         if self.to_commit:
             born = np.concatenate(self.to_commit_born) if self.to_commit_born else ()
             self.committer.submit(self.to_commit, born)
-            self.to_commit = []
+            self.to_commit = Results()
             self.to_commit_born = []
 
     def _log_failed(self, entry_id: bytes, reason: str, status: str) -> None:
@@ -163,7 +172,7 @@ class Ingest:
 
     # -- reading -----------------------------------------------------------------------
 
-    def read(self, room: int) -> list[Entry]:
+    def read(self, room: int) -> list[Entry] | Columns:
         block: int | None = None if self.in_flight else max(1, self.config.max_wait_ms)
         reply: Any = self.client.xreadgroup(
             self.config.group,
@@ -172,15 +181,16 @@ class Ingest:
             count=room,
             block=block,
         )
+        if self.read_id == NEW:
+            return read_entries(reply)
+        # Pending history comes back in id order; page through it, then go live.
         entries = reply_entries(reply)
-        if self.read_id != NEW:
-            # Pending history comes back in id order; page through it, then go live.
-            if entries:
-                self.read_id = entries[-1][0].decode()
-                in_flight = {i for f in self.in_flight for i in f.batch.ids}
-                entries = [e for e in entries if e[0] not in in_flight]
-            else:
-                self.read_id = NEW
+        if entries:
+            self.read_id = entries[-1][0].decode()
+            in_flight = {i for f in self.in_flight for i in f.batch.ids}
+            entries = [e for e in entries if e[0] not in in_flight]
+        else:
+            self.read_id = NEW
         return entries
 
     def fill(self) -> bool:
@@ -189,9 +199,10 @@ class Ingest:
         room = len(first) + len(second)
         if room == 0:
             return False  # ring full: leave the messages in Redis
+        entries: list[Entry] | Columns
         if self.reclaimer.due():
             entries, dead = self.reclaimer.claim(room)
-            self.to_commit += dead
+            self.to_commit.extend(dead)
             for d in dead:
                 self._log_failed(d.src, d.body.decode(errors="replace"), d.status)
         else:
@@ -216,11 +227,11 @@ class Ingest:
         metrics.BATCH_SIZE.observe(len(entries))
         for r in batch.rejects:
             self._log_failed(r.entry_id, r.reason, r.status)
-        self.to_commit += [ResultEntry.from_reject(r) for r in batch.rejects]
+        self.to_commit.extend(map(ResultEntry.from_reject, batch.rejects))
         log.debug("batch read", stream=self.config.in_key, read=len(entries),
                   packed=batch.count, rejected=len(batch.rejects))  # fmt: skip
         if batch.count:
-            born = metrics.ids_ms(batch.ids)
+            born = ids_ms(batch.ids)
             metrics.observe_many(metrics.QUEUE_WAIT, np.maximum(read_ms - born, 0.0) / 1000)
             metrics.RING_OCCUPANCY.inc(batch.count)
             self.seq = (self.seq + batch.count) % (1 << 32)

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-
-from gpufeed.packing.forward import id_ms
 
 log = structlog.get_logger()
 
@@ -111,11 +109,6 @@ def record_commit(counts: Any, born_ms: Any) -> None:
     if len(born_ms):
         now_ms = time.time() * 1000
         observe_many(END_TO_END, np.maximum(now_ms - np.asarray(born_ms), 0.0) / 1000)
-
-
-def ids_ms(entry_ids: Sequence[bytes]) -> npt.NDArray[np.float64]:
-    """``id_ms`` of each entry id, as one array."""
-    return np.fromiter(map(id_ms, entry_ids), dtype=np.float64, count=len(entry_ids))
 
 
 def serve(port: int, host: str, queue_collector: Any | None) -> Any:

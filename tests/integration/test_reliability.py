@@ -18,7 +18,7 @@ from conftest import (
     wait_for_results,
 )
 from gpufeed.packing import ResultEntry
-from gpufeed.worker.commit import Committer
+from gpufeed.worker.commit import COMMIT_LUA, Committer
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.produce import xadd_all
 from gpufeed.worker.redis_server import RedisServer, free_port
@@ -140,6 +140,38 @@ def test_a_reply_to_key_that_cannot_take_a_result_gets_an_error_on_the_output(
     assert dead[b"src"] == ids[0] and dead[b"data"] == b"a"
     assert client.get(not_a_stream) == b"x"
     assert client.xpending(config.in_key, "gpufeed")["pending"] == 0
+
+
+def test_a_commit_answers_hand_made_ids_of_any_width(client, queue) -> None:
+    """The ownership check reads one range of ids; ids whose millisecond parts
+    have different widths (hand-made, up to the largest) must all fall in it."""
+    config = WorkerConfig(queue=queue)
+    ids = [b"5-0", b"1750-3", b"1700000000000-0", b"1800000000000-12", b"18446744073709551615-7"]
+    for entry_id in ids:
+        client.xadd(config.in_key, {"data": b"x"}, id=entry_id)
+    assert read_as(client, queue, "me", 10) == ids
+    entries = [ResultEntry(i, "ok", b"r") for i in ids[:3]]
+    entries += [ResultEntry(ids[3], "ok", b"r", cid=b"c"), ResultEntry(ids[4], "error", b"bad")]
+    assert Committer(client, config, "me").commit(entries) == (5, 0, 1, 0)
+    assert sorted(f[b"src"] for _, f in client.xrange(config.out_key)) == sorted(ids)
+    assert client.xpending(config.in_key, "gpufeed")["pending"] == 0
+
+
+def test_the_commit_script_answers_entries_outside_the_range_it_is_given(client, queue) -> None:
+    """The caller's id range only saves time: an entry outside it is still
+    answered if pending for us, and still skipped if not."""
+    config = WorkerConfig(queue=queue)
+    ids = xadd_all(client, config.in_key, [b"a", b"b", b"c"])
+    read_as(client, queue, "me", 2)
+    read_as(client, queue, "other", 1)
+    script = client.register_script(COMMIT_LUA)
+    wrong = [ids[1], ids[1]]  # holds only the second entry
+    args = ["gpufeed", "me", 0, "0", 3, 0, *wrong, 0, ids[0], b"r0", ids[1], b"r1", ids[2], b"r2"]
+    answered, skipped, *_ = script(keys=list(keys(queue)), args=args)
+    assert (answered, skipped) == (2, 1)
+    assert sorted(f[b"src"] for _, f in client.xrange(config.out_key)) == ids[:2]
+    (row,) = client.xpending_range(config.in_key, "gpufeed", "-", "+", 10)
+    assert (row["message_id"], row["consumer"]) == (ids[2], b"other")
 
 
 def test_result_streams_are_trimmed_to_about_out_maxlen(client, queue) -> None:

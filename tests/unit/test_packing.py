@@ -27,7 +27,7 @@ from gpufeed.packing import (
     unpack_results,
     write_error_results,
 )
-from gpufeed.packing.forward import id_ms, ids_ms
+from gpufeed.packing.forward import id_ms, id_range, ids_ms
 from gpufeed.worker.connect import slot_of
 
 SLOT_SIZES = [64, 128, 256, 1024]
@@ -220,6 +220,15 @@ def test_plain_columns_take_only_reads_where_every_entry_is_data_alone() -> None
 def test_ids_ms_reads_the_time_part_of_any_entry_id(times, seq) -> None:
     ids = [b"%d-%d" % (ms, (seq + i) % 2**64) for i, ms in enumerate(times)]
     assert ids_ms(ids).tolist() == [float(id_ms(i)) for i in ids] == [float(t) for t in times]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.integers(10**12, 10**13 - 1), st.integers(0, 2**64 - 1)),
+                          st.integers(0, 2**64 - 1)), min_size=1, max_size=40))  # fmt: skip
+def test_id_range_bounds_every_id_by_whole_milliseconds(parts) -> None:
+    lowest, highest = id_range([b"%d-%d" % p for p in parts])
+    assert lowest == b"%d-0" % min(ms for ms, _ in parts)
+    assert highest == b"%d-18446744073709551615" % max(ms for ms, _ in parts)
 
 
 @settings(max_examples=150, deadline=None)

@@ -3,8 +3,10 @@
 -- KEYS[1] input stream, KEYS[2] output stream, KEYS[3] dead-letter stream.
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] MAXLEN ~ for written streams (0: none),
 -- ARGV[4] '1' to XDEL acknowledged entries, ARGV[5] count of plain entries,
--- ARGV[6] count of other entries, ARGV[7] count R of reply_to streams, then the
--- R reply_to stream names, then two values per entry, plain ones first:
+-- ARGV[6] count of other entries, ARGV[7] and ARGV[8] the lowest and highest
+-- entry ids (or any ids bounding every entry's), ARGV[9] count R of reply_to
+-- streams, then the R reply_to stream names, then two values per entry, plain
+-- ones first:
 --   plain: id, body              ok, to KEYS[2], no cid (the common case)
 --   other: id, record            record = status(1) .. dest(2) .. cid_field(2) .. cid .. body
 -- where cid_field is 0 without a cid, else the cid's length + 1, status is
@@ -32,8 +34,9 @@ local maxlen = tonumber(ARGV[3])
 local delete = ARGV[4] == '1'
 local n_plain = tonumber(ARGV[5])
 local n = n_plain + tonumber(ARGV[6])
-local n_reply = tonumber(ARGV[7])
-local FIRST = 8 + n_reply
+local lowest, highest = ARGV[7], ARGV[8]
+local n_reply = tonumber(ARGV[9])
+local FIRST = 10 + n_reply
 local STATUS = {[111] = 'ok', [101] = 'error', [120] = 'expired'}
 local MAX_DEAD_FIELDS = 2000  -- stay far below Lua's unpack() limit
 
@@ -47,33 +50,21 @@ end
 
 -- Which of the entries are still pending for this consumer, with their delivery
 -- counts: one ranged XPENDING over the consumer's own PEL instead of one call
--- per entry. IDs are "ms-seq"; both parts are below 2^53, so Lua numbers
--- compare them exactly.
-local function parse(id)
-  local dash = string.find(id, '-', 1, true)
-  return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
-end
-local lo_ms, lo_seq, hi_ms, hi_seq
-for i = 0, n - 1 do
-  local ms, seq = parse(ARGV[FIRST + i * 2])
-  if lo_ms == nil or ms < lo_ms or (ms == lo_ms and seq < lo_seq) then lo_ms, lo_seq = ms, seq end
-  if hi_ms == nil or ms > hi_ms or (ms == hi_ms and seq > hi_seq) then hi_ms, hi_seq = ms, seq end
-end
+-- per entry. The caller computes the range (Lua would parse every id to find
+-- it, on the one core Redis has; the worker has more).
 local deliveries = {}
-local complete = true
 if n > 0 then
-  local limit = 2 * n + 64
-  local rows = redis.call('XPENDING', KEYS[1], group,
-    string.format('%.0f-%.0f', lo_ms, lo_seq), string.format('%.0f-%.0f', hi_ms, hi_seq),
-    limit, consumer)
+  local rows = redis.call('XPENDING', KEYS[1], group, lowest, highest, 2 * n + 64, consumer)
   for _, row in ipairs(rows) do deliveries[row[1]] = row[4] end
-  complete = #rows < limit  -- else the range held more of ours than we listed
 end
 
--- The delivery count of an entry pending for this consumer, or nil.
+-- The delivery count of an entry pending for this consumer, or nil. An entry
+-- the ranged call did not list is asked about on its own: that is rare (work
+-- another consumer reclaimed, a retried commit, a range holding more of ours
+-- than the limit), and it keeps a wrong range from costing more than time.
 local function pending(id)
   local times = deliveries[id]
-  if times == nil and not complete then
+  if times == nil then
     local row = redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer)
     if #row > 0 then times = row[1][4] end
   end
@@ -140,7 +131,7 @@ for at = FIRST + 2 * n_plain, FIRST + 2 * n - 1, 2 do
     end
     local dest = d1 * 256 + d2
     if dest > 0 then
-      local reply_to = ARGV[7 + dest]
+      local reply_to = ARGV[9 + dest]
       -- A reply_to stream is the producer's choice: it may be another type or a key
       -- the worker's ACL user may not write. pcall keeps that from aborting the
       -- script half-way (scripts are not rolled back); the message is answered on
@@ -169,10 +160,10 @@ for at = FIRST + 2 * n_plain, FIRST + 2 * n - 1, 2 do
 end
 
 for first = 1, #acked, 1000 do
-  local chunk = {unpack(acked, first, math.min(first + 999, #acked))}
-  redis.call('XACK', KEYS[1], group, unpack(chunk))
+  local last = math.min(first + 999, #acked)
+  redis.call('XACK', KEYS[1], group, unpack(acked, first, last))
   if delete then
-    redis.call('XDEL', KEYS[1], unpack(chunk))
+    redis.call('XDEL', KEYS[1], unpack(acked, first, last))
   end
 end
 if #acked > 0 and n_plain > 0 then written[KEYS[2]] = true end

@@ -15,6 +15,7 @@ import structlog
 from redis.backoff import ExponentialBackoff
 
 from gpufeed.packing import ResultEntry, Results
+from gpufeed.packing.forward import id_range
 from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
 
@@ -92,8 +93,10 @@ class Committer:
             cid_field = 0 if e.cid is None else len(e.cid) + 1
             head = _RECORD.pack(_STATUS_CODES[e.status], dest, cid_field)
             other += (e.src, head + (e.cid or b"") + e.body)
-        args = [*self._static, len(plain) // 2, len(other) // 2, len(replies), *replies,
-                *plain, *other]  # fmt: skip
+        ids = [*results.ids, *(e.src for e in results.other)] if results.other else results.ids
+        lowest, highest = id_range(ids)
+        args = [*self._static, len(plain) // 2, len(other) // 2, lowest, highest, len(replies),
+                *replies, *plain, *other]  # fmt: skip
         return CommitCounts(*map(int, self._script(keys=self._keys, args=args)))
 
 

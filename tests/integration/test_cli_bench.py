@@ -73,6 +73,10 @@ def test_bench_e2e_measures_the_worker_and_the_floor() -> None:
         result["msgs_per_s"] / result["floor_msgs_per_s"], rel=0.01
     )
     assert 0 <= result["p50_ms"] <= result["p99_ms"]
+    # CPU accounting saw the consuming processes and the server do the work
+    for key in ("worker_cpu_us_per_msg", "floor_cpu_us_per_msg", "redis_cpu_us_per_msg",
+                "floor_redis_cpu_us_per_msg"):  # fmt: skip
+        assert result[key] > 0, key
 
 
 @pytest.mark.timeout(240)

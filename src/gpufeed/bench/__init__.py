@@ -3,8 +3,13 @@ in the same run and returns one flat dict that the CLI prints as a JSON line."""
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
 
 
 def median(values: Sequence[float]) -> float:
@@ -18,3 +23,39 @@ def percentile(values: Sequence[float], q: float) -> float:
         raise ValueError("percentile of no values")
     rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
     return float(ordered[rank])
+
+
+def process_tree_cpu_s(roots: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of each process under ``roots``, roots included
+    (Linux /proc; a worker's children are spawned by its supervisor)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    found = set(roots)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return {pid: cpu[pid] for pid in found if pid in cpu}
+
+
+def redis_cpu_s(nodes: list[redis.Redis]) -> float:
+    """CPU seconds the servers have used (INFO cpu, summed over ``nodes``)."""
+    total = 0.0
+    for node in nodes:
+        info: Any = node.info("cpu")
+        total += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    return total

@@ -14,6 +14,12 @@ reported. Latency (input
 entry id to result entry id, Redis clock, 1 ms resolution) is measured in a
 second, paced run at half the floor's throughput, so it is not queueing
 behind a backlog the producer built on purpose.
+
+The throughput runs also report CPU time per message: the consuming side's
+processes (the floor loop; the worker's supervisor, ingest and compute
+processes) and the server's (``INFO cpu``, which includes the producer's
+XADDs alike for both). Where every process has a core of its own, these, not
+the shared cores of a small machine, decide the throughput.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 import redis
 
-from gpufeed.bench import median, percentile
+from gpufeed.bench import median, percentile, process_tree_cpu_s, redis_cpu_s
 from gpufeed.packing.forward import id_ms
 from gpufeed.worker.config import queue_key
 from gpufeed.worker.connect import RedisTarget
@@ -62,12 +68,13 @@ def produce(url: str, stream: str, n: int, size: int, rate: float = 0.0) -> None
     xadd_all(RedisTarget(url).connect(), stream, [bytes(size)] * n, rate=rate)
 
 
-def _floor(url: str, queue: str, n: int) -> None:
+def _floor(url: str, queue: str, stop: Any) -> None:
+    """Serve ``queue`` until ``stop`` is set (it outlives the measurement, so
+    its CPU time can be read while it runs)."""
     client = redis.Redis.from_url(url)
     stream, out = f"{queue}:in", f"{queue}:out"
     commit = client.register_script(FLOOR_LUA)
-    done = 0
-    while done < n:
+    while not stop.is_set():
         reply: Any = client.xreadgroup("floor", "c", {stream: ">"}, count=1000, block=5)
         for _stream, entries in reply or []:
             args: list[Any] = []
@@ -75,7 +82,6 @@ def _floor(url: str, queue: str, n: int) -> None:
                 args += (entry_id, fields[b"data"])
             if args:
                 commit(keys=[stream, out], args=args)
-                done += len(entries)
 
 
 WARMUP = 2000
@@ -102,36 +108,56 @@ def _wait_len(client: redis.Redis, key: str, n: int, timeout_s: float) -> float:
     return time.perf_counter()
 
 
+@dataclass(frozen=True)
+class _Run:
+    msgs_per_s: float
+    latencies_ms: list[float]
+    cpu_us: float  # per message, the consuming side's processes
+    redis_cpu_us: float  # per message, the server
+
+
 def _measure(
-    client: redis.Redis, url: str, stream: str, out: str, n: int, cfg: E2EBenchConfig, rate: float
-) -> tuple[float, list[float]]:
-    """Warm up, then time ``n`` messages from a producer process to their last result."""
+    client: redis.Redis,
+    url: str,
+    queues: tuple[str, str],
+    n: int,
+    cfg: E2EBenchConfig,
+    rate: float,
+    consumer_pid: int,
+) -> _Run:
+    """Warm up, then time ``n`` messages from a producer process to their last
+    result; ``consumer_pid`` is the root of the processes whose CPU is counted."""
+    stream, out = queues
     _warm_up(client, stream, out, cfg)
+    cpu_before, redis_before = process_tree_cpu_s([consumer_pid]), redis_cpu_s([client])
     start = time.perf_counter()
     producer = _CTX.Process(
         target=produce, args=(url, stream, n, cfg.payload_bytes, rate), daemon=True
     )
     producer.start()
     end = _wait_len(client, out, n + WARMUP, cfg.timeout_s)
+    cpu_after, redis_after = process_tree_cpu_s([consumer_pid]), redis_cpu_s([client])
     producer.join(30)
-    return n / (end - start), _latencies(client, out)
+    cpu_s = sum(s - cpu_before.get(pid, 0.0) for pid, s in cpu_after.items())
+    return _Run(n / (end - start), _latencies(client, out), cpu_s * 1e6 / n,
+                (redis_after - redis_before) * 1e6 / n)  # fmt: skip
 
 
-def _run_floor(
-    url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float
-) -> tuple[float, list[float]]:
+def _run_floor(url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float) -> _Run:
     client = redis.Redis.from_url(url)
     client.xgroup_create(f"{queue}:in", "floor", id="0", mkstream=True)
-    loop = _CTX.Process(target=_floor, args=(url, queue, n + WARMUP), daemon=True)
+    stop = _CTX.Event()
+    loop = _CTX.Process(target=_floor, args=(url, queue, stop), daemon=True)
     loop.start()
-    measured = _measure(client, url, f"{queue}:in", f"{queue}:out", n, cfg, rate)
-    loop.join(30)
-    return measured
+    try:
+        assert loop.pid is not None
+        return _measure(client, url, (f"{queue}:in", f"{queue}:out"), n, cfg, rate, loop.pid)
+    finally:
+        stop.set()
+        loop.join(30)
 
 
-def _run_gpufeed(
-    url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float
-) -> tuple[float, list[float]]:
+def _run_gpufeed(url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float) -> _Run:
     client = redis.Redis.from_url(url)
     stream, out = queue_key(queue, "in"), queue_key(queue, "out")
     args = ["--redis-url", url, "--queue", queue, "--op", "echo", "--backend", "cpu"]
@@ -140,7 +166,7 @@ def _run_gpufeed(
         worker_process(args, Path(tmp) / "worker.log") as worker,
     ):
         wait_for_consumers(client, stream, 1, worker, Path(tmp) / "worker.log")
-        return _measure(client, url, stream, out, n, cfg, rate)
+        return _measure(client, url, (stream, out), n, cfg, rate, worker.pid)
 
 
 def server_flush(url: str) -> None:
@@ -152,16 +178,18 @@ def run(cfg: E2EBenchConfig) -> dict[str, float | int]:
     with RedisServer() as server:
         url = server.url
         # Alternate the two, so that the machine's mood swings hit both alike.
-        floor_rates, ours_rates = [], []
+        floor_runs, ours_runs = [], []
         for r in range(cfg.repeats):
-            floor_rates.append(_run_floor(url, f"floor-{r}", cfg.messages, cfg, 0.0)[0])
-            ours_rates.append(_run_gpufeed(url, f"bench-{r}", cfg.messages, cfg, 0.0)[0])
+            floor_runs.append(_run_floor(url, f"floor-{r}", cfg.messages, cfg, 0.0))
+            ours_runs.append(_run_gpufeed(url, f"bench-{r}", cfg.messages, cfg, 0.0))
             server_flush(url)
-        floor_rate, ours_rate = median(floor_rates), median(ours_rates)
-        ratio = median([o / f for o, f in zip(ours_rates, floor_rates, strict=True)])
+        floor_rate = median([f.msgs_per_s for f in floor_runs])
+        ours_rate = median([o.msgs_per_s for o in ours_runs])
+        pairs = zip(ours_runs, floor_runs, strict=True)
+        ratio = median([o.msgs_per_s / f.msgs_per_s for o, f in pairs])
         paced = round(floor_rate / 2)
-        _, floor_lat = _run_floor(url, "floor-b", cfg.latency_messages, cfg, paced)
-        _, ours_lat = _run_gpufeed(url, "bench-b", cfg.latency_messages, cfg, paced)
+        floor_lat = _run_floor(url, "floor-b", cfg.latency_messages, cfg, paced).latencies_ms
+        ours_lat = _run_gpufeed(url, "bench-b", cfg.latency_messages, cfg, paced).latencies_ms
     return {
         "messages": cfg.messages,
         "payload_bytes": cfg.payload_bytes,
@@ -174,4 +202,8 @@ def run(cfg: E2EBenchConfig) -> dict[str, float | int]:
         "p99_ms": percentile(ours_lat, 99),
         "floor_p50_ms": percentile(floor_lat, 50),
         "floor_p99_ms": percentile(floor_lat, 99),
+        "worker_cpu_us_per_msg": round(median([o.cpu_us for o in ours_runs]), 2),
+        "floor_cpu_us_per_msg": round(median([f.cpu_us for f in floor_runs]), 2),
+        "redis_cpu_us_per_msg": round(median([o.redis_cpu_us for o in ours_runs]), 2),
+        "floor_redis_cpu_us_per_msg": round(median([f.redis_cpu_us for f in floor_runs]), 2),
     }

@@ -25,17 +25,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import multiprocessing as mp
-import os
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 
-from gpufeed.bench import median
+from gpufeed.bench import median, process_tree_cpu_s, redis_cpu_s
 from gpufeed.bench.e2e import produce
 from gpufeed.worker.config import queue_key
 from gpufeed.worker.connect import RedisTarget
@@ -71,41 +69,6 @@ class ScaleBenchConfig:
     payload_bytes: int = 64
     repeats: int = 3
     timeout_s: float = 300.0
-
-
-def _process_cpu_s(roots: list[int]) -> dict[int, float]:
-    """CPU seconds (user + system) of each process under ``roots``, roots included
-    (Linux /proc; the worker's children are spawned by its supervisor)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        parent[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
-    found = set(roots)
-    grew = True
-    while grew:
-        grew = False
-        for pid, ppid in parent.items():
-            if ppid in found and pid not in found:
-                found.add(pid)
-                grew = True
-    return {pid: cpu[pid] for pid in found if pid in cpu}
-
-
-def _redis_cpu_s(nodes: list[redis.Redis]) -> float:
-    total = 0.0
-    for node in nodes:
-        info: Any = node.info("cpu")
-        total += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-    return total
 
 
 @contextlib.contextmanager
@@ -164,8 +127,8 @@ def _measure(setup: Setup, cfg: ScaleBenchConfig, tmp: Path, logs: dict[str, lis
                 wait_for_consumers(client, queue_key(q, "in"), (w + 1) * setup.ingest_procs,
                                    proc, log)  # fmt: skip
         share = cfg.messages // len(queues)
-        cpu_before = _redis_cpu_s(nodes)
-        procs_before = _process_cpu_s(worker_pids)
+        cpu_before = redis_cpu_s(nodes)
+        procs_before = process_tree_cpu_s(worker_pids)
         start = time.perf_counter()
         jobs = [(url, queue_key(q, "in"), share, cfg.payload_bytes) for q in queues]
         producers = [_CTX.Process(target=produce, args=job, daemon=True) for job in jobs]
@@ -179,10 +142,9 @@ def _measure(setup: Setup, cfg: ScaleBenchConfig, tmp: Path, logs: dict[str, lis
             time.sleep(0.005)
         elapsed = time.perf_counter() - start
         n = share * len(queues)
-        redis_cpu_us = (_redis_cpu_s(nodes) - cpu_before) * 1e6 / n
-        used = {
-            pid: s - procs_before.get(pid, 0.0) for pid, s in _process_cpu_s(worker_pids).items()
-        }
+        redis_cpu_us = (redis_cpu_s(nodes) - cpu_before) * 1e6 / n
+        procs_after = process_tree_cpu_s(worker_pids)
+        used = {pid: s - procs_before.get(pid, 0.0) for pid, s in procs_after.items()}
         for p in producers:
             p.join(30)
         return _Round(n / elapsed, redis_cpu_us, sum(used.values()) * 1e6 / n,

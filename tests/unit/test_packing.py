@@ -211,6 +211,8 @@ def test_plain_columns_take_only_reads_where_every_entry_is_data_alone() -> None
         assert plain_columns([[b"q", entries]]) is None
         assert len(reply_entries([[b"q", entries]])) == 3  # the general path reads them
     assert plain_columns({b"q": plain}) is None  # RESP3, as a cluster node replies
+    parsed = [(b"1-0", {b"data": b"a"}), (b"2-0", {b"data": b"b", b"op": b"echo"})]
+    assert plain_columns([[b"q", parsed]]) is None  # redis-py's parsed RESP2
     assert plain_columns(None) is None and plain_columns([]) is None
 
 

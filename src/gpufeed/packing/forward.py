@@ -99,10 +99,9 @@ def plain_columns(reply: Any) -> Columns | None:
         return None
     entries = reply[0][1]
     fields = list(map(_second, entries))
-    try:
-        if set(map(len, fields)) != {2} or set(map(_first, fields)) != {b"data"}:
-            return None
-    except TypeError:  # an entry deleted while pending has no field list
+    if set(map(type, fields)) != {list}:  # parsed (dicts), or deleted (None)
+        return None
+    if set(map(len, fields)) != {2} or set(map(_first, fields)) != {b"data"}:
         return None
     return Columns(list(map(_first, entries)), list(map(_second, fields)))
 

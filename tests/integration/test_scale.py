@@ -80,7 +80,9 @@ def test_three_queues_on_a_three_master_cluster_two_workers_each(cluster, start_
     sent = {}
     for q in queues:
         stream = keys(q)[0]
-        ids = xadd_all(client, stream, [f"{q}-{i}".encode() for i in range(3000)])
+        # data and op on every entry: a cluster client hands the ingest parsed
+        # entries, and two fields each must not be mistaken for a flat pair list
+        ids = xadd_all(client, stream, [f"{q}-{i}".encode() for i in range(3000)], op="echo")
         good = client.xadd(stream, {"data": "r", "reply_to": f"gpufeed:{{{q}}}:reply:me"})
         bad = client.xadd(stream, {"data": "r", "reply_to": "replies:me"})
         sent[q] = (ids, good, bad)

@@ -36,7 +36,7 @@ from harness import start_producer
 from report import Row, record, sized
 
 from conftest import keys, rss_kib, spawned_children
-from gpufeed.packing.forward import id_ms
+from gpufeed.packing.ids import id_ms
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1800)]
 

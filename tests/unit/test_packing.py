@@ -27,7 +27,7 @@ from gpufeed.packing import (
     unpack_results,
     write_error_results,
 )
-from gpufeed.packing.forward import id_ms, id_range, ids_ms
+from gpufeed.packing.ids import id_ms, id_range, ids_ms
 from gpufeed.worker.connect import slot_of
 
 SLOT_SIZES = [64, 128, 256, 1024]

@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from gpufeed.bench import median, percentile, process_tree_cpu_s, redis_cpu_s
-from gpufeed.packing.forward import id_ms
+from gpufeed.packing.ids import id_ms
 from gpufeed.worker.config import queue_key
 from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.launch import wait_for_consumers, worker_process

@@ -111,55 +111,6 @@ def read_entries(reply: Any) -> list[Entry] | Columns:
     return plain_columns(reply) or reply_entries(reply)
 
 
-def id_ms(entry_id: bytes) -> int:
-    """The millisecond part of a stream entry id: when Redis added the entry."""
-    return int(entry_id.split(b"-", 1)[0])
-
-
-_MS_DIGITS = 13  # Unix milliseconds from September 2001 to 2286
-_POWERS = 10 ** np.arange(_MS_DIGITS - 1, -1, -1, dtype=np.int64)
-
-
-def _ms13(entry_ids: Sequence[bytes]) -> npt.NDArray[np.int64] | None:
-    """The millisecond parts in one vectorised step when every id has 13 of them
-    (ids stamped by a real clock), else None."""
-    n = len(entry_ids)
-    if n == 0:
-        return np.empty(0, np.int64)
-    raw = np.array(entry_ids, dtype=f"S{_MS_DIGITS + 1}").view(np.uint8).reshape(n, -1)
-    if not bool((raw[:, _MS_DIGITS] == ord("-")).all()):
-        return None
-    return (raw[:, :_MS_DIGITS] - ord("0")).astype(np.int64) @ _POWERS
-
-
-def ids_ms(entry_ids: Sequence[bytes]) -> npt.NDArray[np.float64]:
-    """``id_ms`` of each entry id, as one array.
-
-    Ids stamped by a real clock have 13 millisecond digits, so their first 13
-    bytes are read as digits in one vectorised step; anything else (hand-made
-    ids such as ``5-0``) goes through ``id_ms`` one by one.
-    """
-    ms = _ms13(entry_ids)
-    if ms is not None:
-        return ms.astype(np.float64)
-    return np.fromiter(map(id_ms, entry_ids), dtype=np.float64, count=len(entry_ids))
-
-
-_MAX_SEQ = 2**64 - 1
-
-
-def id_range(entry_ids: Sequence[bytes]) -> tuple[bytes, bytes]:
-    """The narrowest whole-millisecond range of stream ids holding every id given
-    (``entry_ids`` must not be empty), exact for any id, hand-made ones included."""
-    ms = _ms13(entry_ids)
-    if ms is not None:
-        lo, hi = int(ms.min()), int(ms.max())
-    else:  # Python ints: a hand-made id may have more ms digits than a float holds
-        every = list(map(id_ms, entry_ids))
-        lo, hi = min(every), max(every)
-    return b"%d-0" % lo, b"%d-%d" % (hi, _MAX_SEQ)
-
-
 def _as_fields(raw: Any) -> Fields | None:
     """Fields as a mapping: a dict as redis-py parses it, or the raw flat list."""
     if raw is None or isinstance(raw, dict):

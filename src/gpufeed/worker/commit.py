@@ -15,7 +15,7 @@ import structlog
 from redis.backoff import ExponentialBackoff
 
 from gpufeed.packing import ResultEntry, Results
-from gpufeed.packing.forward import id_range
+from gpufeed.packing.ids import id_range
 from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
 

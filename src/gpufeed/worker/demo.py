@@ -16,7 +16,7 @@ import redis
 
 from gpufeed.bench import percentile
 from gpufeed.gpu.ops import BUILTINS, load_op
-from gpufeed.packing.forward import id_ms
+from gpufeed.packing.ids import id_ms
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.worker.config import queue_key
 from gpufeed.worker.connect import RedisTarget

@@ -34,7 +34,8 @@ from gpufeed.packing import (
     read_entries,
     reply_entries,
 )
-from gpufeed.packing.forward import Entry, ids_ms
+from gpufeed.packing.forward import Entry
+from gpufeed.packing.ids import ids_ms
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics

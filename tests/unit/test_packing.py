@@ -275,6 +275,19 @@ def test_plain_reads_pack_and_answer_exactly_like_the_general_path(
         assert collected.ids == [r.src for r in general[1] if r.plain]
 
 
+def test_an_empty_cid_is_still_echoed_on_the_result() -> None:
+    table = table_for(64)
+    slots = np.zeros((2, 64), np.uint8)
+    entries = [(b"1-0", {b"data": b"a", b"cid": b""}), (b"2-0", {b"data": b"b"})]
+    batch = pack(entries, slots, table=table, first_seq=0, now_ms=0)
+    results = np.zeros_like(slots)
+    cpu.process(table, (slots,), (results,))
+    collected = Results()
+    collect_results(results, batch, 0, collected)
+    assert [(r.src, r.cid) for r in collected.other] == [(b"1-0", b"")]
+    assert collected.ids == [b"2-0"]
+
+
 def test_results_keep_plain_results_as_columns_and_chunk_them_first() -> None:
     mixed = [ResultEntry(b"%d-0" % i, "ok", b"r%d" % i) for i in range(5)]
     mixed.insert(2, ResultEntry(b"9-0", "error", b"bad"))

@@ -66,12 +66,17 @@ class PackedBatch:
     reply_to: list[bytes | None] = field(default_factory=list)
     ops: npt.NDArray[np.uint16] = field(default_factory=lambda: np.empty(0, np.uint16))
     rejects: list[Reject] = field(default_factory=list)
-    # True when no packed message has a cid or a reply_to: its ok results are plain.
-    plain: bool = True
 
     @property
     def count(self) -> int:
         return len(self.ids)
+
+    @property
+    def plain(self) -> bool:
+        """No packed message has a cid or a reply_to (an empty cid counts), so its
+        ok results are plain."""
+        n = len(self.ids)
+        return self.cids.count(None) == n and self.reply_to.count(None) == n
 
 
 @dataclass
@@ -208,7 +213,6 @@ def pack(
     else:
         batch.cids = [f.get(b"cid") if len(f) > 1 else None for f in kept_fields]
         batch.reply_to = [f.get(b"reply_to") if len(f) > 1 else None for f in kept_fields]
-        batch.plain = not any(batch.cids) and not any(batch.reply_to)
     return batch
 
 

@@ -83,3 +83,59 @@ class BackendError(GpufeedError):
     """A compute backend failed on a batch."""
 
     retryable = True
+
+
+class DeviceLost(BackendError):
+    """The GPU can no longer be used by this process.
+
+    A kernel that traps or faults leaves its CUDA context unusable ("sticky"
+    errors); only a new process gets a working one. The worker's compute
+    process exits on this so that the supervisor starts a fresh one; nothing
+    is lost, because every message it held is still pending in Redis.
+    """
+
+    retryable = False
+
+
+class KernelStalled(BackendError):
+    """A persistent kernel stopped making progress (the queue's watchdog saw no
+    completion, or no heartbeat, for longer than its stall timeout)."""
+
+    retryable = False
+
+
+# --- the persistent queue (gpufeed.gpu.persistent.GpuQueue) -----------------------------
+
+
+class QueueError(GpufeedError):
+    """A GpuQueue call could not be done; the subclasses mirror the seed API's statuses."""
+
+
+class QueueFull(QueueError):
+    """No free slot, and the call was not to wait (``timeout_ms=0``)."""
+
+    retryable = True
+
+
+class QueueTimeout(QueueError):
+    """No free slot came within ``timeout_ms``."""
+
+    retryable = True
+
+
+class QueueShutdown(QueueError):
+    """The queue was shut down; create a new one."""
+
+
+class NotReady(QueueError):
+    """The message is still being processed; ask again later."""
+
+    retryable = True
+
+
+class NotFound(QueueError):
+    """No such message: never enqueued, or its result was already taken."""
+
+
+class MessageFailed(QueueError):
+    """The op reported an error for this message; the text says what it was."""

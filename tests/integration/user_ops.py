@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from gpufeed.errors import DeviceLost
 from gpufeed.gpu.ops import Echo
 
 
@@ -32,3 +33,44 @@ class PoisonAware(Echo):
 
 slow_echo = SlowEcho()
 poison_echo = PoisonAware()
+
+
+POISON = b"poison"
+
+
+class TrapEcho(Echo):
+    """Echo that takes the GPU down on a payload starting with b"poison".
+
+    On the device it executes ``__trap()``, which leaves the CUDA context
+    unusable. On the CPU it raises ``DeviceLost``, which is what the GPU
+    backends raise after such a trap, so the quarantine path (compute exits,
+    the supervisor restarts it, the poison is isolated) runs without a GPU.
+    """
+
+    name = "trap_echo"
+    cuda_function = "gpufeed_test_trap_echo"
+
+    def cpu(self, payloads, lens):
+        if (payloads[:, :6] == np.frombuffer(POISON, np.uint8)).all(axis=1).any():
+            raise DeviceLost("emulated: a kernel trapped (CUDA error 719: launch failure)")
+        return self.reference(payloads, lens)
+
+    @property
+    def cuda_source(self):
+        return r"""
+GPUFEED_OP(gpufeed_test_trap_echo) {
+  (void)params;
+  const char* poison = "poison";
+  bool bad = in.len >= 6;
+  for (int i = 0; i < 6 && bad; ++i) bad = in.payload[i] == static_cast<uint8_t>(poison[i]);
+  if (bad) __trap();
+  for (uint32_t i = lane; i < in.len; i += lanes) out.out[i] = in.payload[i];
+  if (lane == 0) {
+    *out.out_len = in.len;
+    *out.status = gpufeed::STATUS_OK;
+  }
+}
+"""
+
+
+trap_echo = TrapEcho()

@@ -2,7 +2,7 @@
 
 from gpufeed.gpu.ops.base import Op, cuda_file
 from gpufeed.gpu.ops.builtin import Dense, Echo, VectorAdd, default_dense_model
-from gpufeed.gpu.ops.program import batch_program, kernel_name
+from gpufeed.gpu.ops.program import BATCH_KERNEL, PERSISTENT_KERNEL, batch_program, table_program
 from gpufeed.gpu.ops.registry import (
     BUILTINS,
     ENTRY_POINT_GROUP,
@@ -13,8 +13,10 @@ from gpufeed.gpu.ops.registry import (
 from gpufeed.gpu.ops.sha256 import Sha256, sha256_batch
 
 __all__ = [
+    "BATCH_KERNEL",
     "BUILTINS",
     "ENTRY_POINT_GROUP",
+    "PERSISTENT_KERNEL",
     "Dense",
     "Echo",
     "Op",
@@ -24,8 +26,8 @@ __all__ = [
     "batch_program",
     "cuda_file",
     "default_dense_model",
-    "kernel_name",
     "load_import_path",
     "load_op",
     "sha256_batch",
+    "table_program",
 ]

@@ -11,6 +11,7 @@ reaches an op, so ``reference`` may assume every length passed
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -72,9 +73,15 @@ class Op(ABC):
         """Integers the device function reads through ``OpParams.dims`` (up to 4)."""
         return []
 
-    def batch_gpu(self) -> Any | None:
-        """An optional whole-batch GPU implementation (see the GPU backends); None: use
-        the device function."""
+    def batch_gpu(self) -> Callable[[Any, Any, Any], None] | None:
+        """An optional whole-batch GPU path for the batched backend; None: the device function.
+
+        It is called as ``path(cupy, requests, results)`` with two CuPy uint8
+        arrays of shape ``(n, slot_bytes)`` in device memory, on the stream
+        CuPy has current, and must write complete result slots (header and
+        payload), like the batch kernel. The persistent kernel always uses the
+        device function.
+        """
         return None
 
     def check_capacity(self, payload_capacity: int) -> str | None:

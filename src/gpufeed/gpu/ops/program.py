@@ -1,51 +1,71 @@
-"""Whole CUDA translation units built around an op's device function.
+"""The CUDA translation unit the GPU backends compile for a worker's op table.
 
-The batched backend launches one warp per slot over a contiguous run of
-request slots and writes the matching result slots; this module is the one
-place that knows how a ``GPUFEED_OP`` is wrapped into such a kernel, so the
+One program serves both GPU modes: the contract header, each op's device
+function (each distinct source once), a ``gpufeed::dispatch`` that calls the
+op a slot header names, then the batch kernel (``gpufeed_batch``: one warp
+per slot over a run of slots) and the persistent kernel
+(``gpufeed_persistent``). So an op's logic exists once on the device, and the
 backends and the compile test build exactly the same source.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
+from gpufeed.errors import ConfigError
 from gpufeed.gpu.ops.base import Op, cuda_file
 
+BATCH_KERNEL = "gpufeed_batch"
+PERSISTENT_KERNEL = "gpufeed_persistent"
 WARP = 32
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*\Z")
 
-_BATCH_KERNEL = r"""
-extern "C" __global__ void {kernel}(const uint8_t* __restrict__ in_slots,
-                                    uint8_t* __restrict__ out_slots, uint32_t n,
-                                    uint32_t slot_bytes, gpufeed::OpParams params) {{
-  const unsigned lanes = {warp};
-  const unsigned lane = threadIdx.x % lanes;
-  const uint64_t slot = (static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / lanes;
-  if (slot >= n) return;
-  const uint8_t* in = in_slots + slot * slot_bytes;
-  uint8_t* res = out_slots + slot * slot_bytes;
-  const auto* ih = reinterpret_cast<const gpufeed::SlotHeader*>(in);
-  auto* rh = reinterpret_cast<gpufeed::SlotHeader*>(res);
-  const gpufeed::MsgView msg{{in + sizeof(gpufeed::SlotHeader), ih->len, ih->seq}};
-  const gpufeed::ResultView out{{res + sizeof(gpufeed::SlotHeader),
-                                 slot_bytes - static_cast<uint32_t>(sizeof(gpufeed::SlotHeader)),
-                                 &rh->len, &rh->flags}};
-  {function}(msg, out, params, lane, lanes);
+
+def _dispatch(functions: Sequence[str]) -> str:
+    cases = "\n".join(
+        f"    case {op_id}: {fn}(in, out, params[{op_id}], lane, lanes); return;"
+        for op_id, fn in enumerate(functions)
+    )
+    return f"""
+namespace gpufeed {{
+// Op ids are the worker's OpTable ids (the slot header's `op`); an id outside
+// the table cannot come from the host, but is answered with an error anyway.
+__device__ void dispatch(uint16_t op, const MsgView& in, const ResultView& out,
+                         const OpParams* params, uint32_t n_ops, unsigned lane, unsigned lanes) {{
+  if (op < n_ops) {{
+    switch (op) {{
+{cases}
+    default: break;
+    }}
+  }}
   if (lane == 0) {{
-    rh->op = ih->op;
-    rh->seq = ih->seq;
-    rh->reserved = 0;
+    *out.out_len = 0;
+    *out.status = STATUS_ERROR;
   }}
 }}
+}}  // namespace gpufeed
 """
 
 
-def kernel_name(op: Op) -> str:
-    """A C identifier for ``op``'s batch kernel (op names may hold any characters)."""
-    return "gpufeed_batch_" + re.sub(r"\W", "_", op.name)
+def table_program(ops: Sequence[Op]) -> str:
+    """Complete CUDA source for ``ops`` (an OpTable's ops, in id order)."""
+    sources: dict[str, str] = {}  # device function name -> the source defining it
+    for op in ops:
+        fn = op.cuda_function
+        if not _IDENTIFIER.match(fn or ""):
+            raise ConfigError(f"op {op.name!r}: cuda_function {fn!r} is not a C identifier")
+        if sources.setdefault(fn, op.cuda_source) != op.cuda_source:
+            raise ConfigError(
+                f"op {op.name!r} defines device function {fn!r} differently from another "
+                "op of this worker; give one of them another cuda_function name"
+            )
+    parts = [cuda_file("gpufeed_op.cuh"), *dict.fromkeys(sources.values())]
+    parts += [_dispatch([op.cuda_function for op in ops]), cuda_file("slot.cuh")]
+    parts += [cuda_file("batch.cu"), cuda_file("persistent.cu")]
+    return "\n".join(parts)
 
 
 def batch_program(op: Op) -> str:
-    """Complete CUDA source: the contract header, the op's device function, its batch kernel."""
-    kernel = _BATCH_KERNEL.format(kernel=kernel_name(op), function=op.cuda_function, warp=WARP)
-    return "\n".join([cuda_file("gpufeed_op.cuh"), op.cuda_source, kernel])
+    """``table_program`` for a table of one op (op id 0)."""
+    return table_program([op])

@@ -11,6 +11,7 @@ from gpufeed.packing.forward import (
     plain_columns,
     read_entries,
     reply_entries,
+    write_requests,
 )
 from gpufeed.packing.layout import (
     HEADER_BYTES,
@@ -50,5 +51,6 @@ __all__ = [
     "reply_entries",
     "unpack_results",
     "write_error_results",
+    "write_requests",
     "write_results",
 ]

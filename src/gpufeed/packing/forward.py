@@ -205,7 +205,7 @@ def pack(
     room = sum(len(p) for p in parts)
     if n > room:
         raise ValueError(f"{n} messages to pack but only {room} slots given")
-    _write(parts, datas, lens, op_ids, batch.first_seq)
+    write_requests(parts, datas, lens, op_ids, batch.first_seq)
     batch.ids = ids
     batch.ops = op_ids
     if kept_fields is None:
@@ -350,13 +350,19 @@ def _reason(code: int, length: int, op: Any, capacity: int) -> str:
     return "deadline_ms passed before the message was processed"
 
 
-def _write(
+def write_requests(
     parts: list[SlotArray],
-    datas: list[bytes],
+    datas: list[bytes] | SlotArray,
     lens: npt.NDArray[np.int64],
     op_ids: npt.NDArray[np.uint16],
     first_seq: int,
 ) -> None:
+    """Write request slots for ``datas`` (already validated) into ``parts``, in order.
+
+    ``parts`` are one or two slot arrays (a ring reservation) with room for
+    every message; slot ``i`` gets sequence number ``(first_seq + i) % 2**32``.
+    ``datas`` may also be a 2-D uint8 array, one payload per row.
+    """
     n = len(datas)
     if n == 0:
         return
@@ -367,7 +373,10 @@ def _write(
         np.uint32
     )
     header_bytes = header.view(np.uint8).reshape(n, HEADER_BYTES)
-    blob = np.frombuffer(b"".join(datas), dtype=np.uint8)
+    if isinstance(datas, np.ndarray):
+        blob = np.ascontiguousarray(datas).reshape(-1)
+    else:
+        blob = np.frombuffer(b"".join(datas), dtype=np.uint8)
     uniform = int(lens[0]) if bool((lens == lens[0]).all()) else -1
     row = offset = 0
     for part in parts:

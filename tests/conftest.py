@@ -118,6 +118,19 @@ def start_worker(redis_server: RedisServer, tmp_path: Path, queue: str):
         worker.stop()
 
 
+def send_around_poison(
+    client: redis.Redis, stream: str, before: int, after: int
+) -> tuple[list[bytes], bytes]:
+    """``before`` good messages, one whose payload starts with b"poison", ``after`` more:
+    (the good ones' ids, the poison's id)."""
+    from gpufeed.worker.produce import xadd_all
+
+    ids = xadd_all(client, stream, [b"fine %d" % i for i in range(before)])
+    poison: bytes = client.xadd(stream, {"data": b"poison pill"})
+    ids += xadd_all(client, stream, [b"fine again %d" % i for i in range(after)])
+    return ids, poison
+
+
 def results_by_src(client: redis.Redis, queue: str) -> dict[bytes, list[dict[bytes, bytes]]]:
     out: dict[bytes, list[dict[bytes, bytes]]] = {}
     for _id, fields in client.xrange(keys(queue)[1]):

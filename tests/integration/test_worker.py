@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from conftest import keys, spawned_children, wait_for_results
+from conftest import keys, send_around_poison, spawned_children, wait_for_results
 from gpufeed.gpu.ops import load_op
 from gpufeed.worker.payloads import sample_payloads
 from gpufeed.worker.produce import xadd_all
@@ -136,9 +136,7 @@ def test_a_poison_message_is_isolated_and_the_rest_of_its_batch_succeeds(
     client, queue, start_worker
 ) -> None:
     stream, _, dead_key = keys(queue)
-    ids = xadd_all(client, stream, [b"fine %d" % i for i in range(200)])
-    poison = client.xadd(stream, {"data": b"poison pill"})
-    ids += xadd_all(client, stream, [b"fine again %d" % i for i in range(200)])
+    ids, poison = send_around_poison(client, stream, 200, 200)
     worker = start_worker("--op", "user_ops:poison_echo", "--max-batch", "512")
     results = wait_for_results(client, queue, 401, worker=worker)
     assert all(results[i][0][b"status"] == b"ok" for i in ids)

@@ -107,6 +107,26 @@ def worker(
     metrics_host: Annotated[
         str, _opt("Address the metrics endpoint listens on.", "METRICS_HOST")
     ] = "0.0.0.0",
+    device: Annotated[int, _opt("CUDA device for the GPU backends.", "DEVICE")] = 0,
+    cuda_streams: Annotated[
+        int, _opt("batched: CUDA streams, one batch in flight on each.", "CUDA_STREAMS")
+    ] = 4,
+    staging: Annotated[
+        str,
+        _opt("batched: copy requests via pinned buffers, or DMA from registered rings.", "STAGING"),
+    ] = "pinned",
+    persistent_payload: Annotated[
+        str,
+        _opt("persistent: requests in mapped host memory or device memory.", "PERSISTENT_PAYLOAD"),
+    ] = "mapped",
+    emulate_device: Annotated[
+        bool,
+        typer.Option(
+            "--emulate-device/--no-emulate-device",
+            help="persistent: run the device side as a CPU thread (tests; no GPU needed).",
+            envvar="GPUFEED_EMULATE_DEVICE",
+        ),
+    ] = False,
 ) -> None:
     """Serve a queue: read, batch, compute, write one result per message.
 
@@ -121,6 +141,8 @@ def worker(
       gpufeed worker --redis-url redis+cluster://node-1:6379 --queue images --op sha256
 
       gpufeed worker --redis-url rediss://gpufeed:PASSWORD@redis:6380/0 --tls-ca-cert ca.pem
+
+      gpufeed worker --queue ticks --op echo --backend persistent --max-batch 64
     """
     from gpufeed.cli.logs import LOG_FORMATS, LOG_LEVELS, LogSetup
     from gpufeed.worker.config import WorkerConfig
@@ -139,9 +161,12 @@ def worker(
             delete_acked=delete_acked, drain_timeout_s=drain_timeout_s,
             group=group, consumer=consumer, start_id=start_id, out_maxlen=out_maxlen,
             dense_model=dense_model, metrics_port=metrics_port, metrics_host=metrics_host,
-            tls_ca_cert=tls_ca_cert, tls_cert=tls_cert, tls_key=tls_key,
+            tls_ca_cert=tls_ca_cert, tls_cert=tls_cert, tls_key=tls_key, device=device,
+            cuda_streams=cuda_streams, staging=staging, persistent_payload=persistent_payload,
+            emulate_device=emulate_device,
         )  # fmt: skip
         _check_op(config)
+        _check_backend(config)
     except GpufeedError as exc:
         typer.echo(f"gpufeed worker: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -181,6 +206,15 @@ def _check_op(config: object) -> None:
     OpTable.for_worker(
         config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
     )
+
+
+def _check_backend(config: object) -> None:
+    """A GPU backend on a machine that cannot run it fails here, not in a restart loop."""
+    from gpufeed.worker.backends import check_backend
+    from gpufeed.worker.config import WorkerConfig
+
+    assert isinstance(config, WorkerConfig)
+    check_backend(config)
 
 
 def produce(

@@ -5,6 +5,10 @@ The compute process hands each backend contiguous runs of request slots and
 collects finished batches; it never looks inside. A backend may keep several
 batches in flight (the GPU backends do), but must return each ring's batches
 in the order they were submitted.
+
+The arrays of a ``Completed`` may be views of a backend's buffers: they stay
+valid until the next ``submit``, and the compute process writes them into the
+response ring before submitting again.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gpufeed.gpu.ops.registry import OpTable
-from gpufeed.packing.layout import Headers, SlotArray
+from gpufeed.packing.layout import HEADER_BYTES, STATUS_OK, Headers, SlotArray, headers
 
 
 @dataclass
@@ -61,3 +65,34 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook; the cpu backend holds nothing
         """Release devices and buffers."""
+
+    def attach_request_rings(self, rings: list[SlotArray]) -> None:  # noqa: B027 - optional
+        """Called once with every request ring's slot array, before the first submit
+        (the batched backend can page-lock them for direct copies)."""
+
+    def in_flight_requests(self) -> list[SlotArray]:
+        """After ``DeviceLost``: host copies of the request slots the device held,
+        for the compute process's quarantine. Empty when the backend cannot tell."""
+        return []
+
+
+def completed_from_slots(
+    table: OpTable, ring: int, requests: Headers, results: SlotArray
+) -> Completed:
+    """A ``Completed`` from result slots a device wrote (header and payload each).
+
+    A device function reports failure with an error status and, having no
+    way to say more, an empty body; such results get a reason naming the op.
+    """
+    header = headers(results)
+    out = results[:, HEADER_BYTES:]
+    out_lens = header["len"].astype(np.int64)
+    status = header["flags"].astype(np.uint16)
+    mute = np.flatnonzero((status != STATUS_OK) & (out_lens == 0))
+    for i in mute.tolist():
+        op_id = int(requests["op"][i])
+        name = table[op_id].name if op_id < len(table) else f"#{op_id}"
+        text = f"op {name!r} reported an error on the GPU".encode()[: out.shape[1]]
+        out[i, : len(text)] = np.frombuffer(text, np.uint8)
+        out_lens[i] = len(text)
+    return Completed(ring, requests, out, out_lens, status)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from gpufeed.errors import DeviceLost
 from gpufeed.gpu.backend import Backend, Completed
 from gpufeed.gpu.ops.registry import OpTable
 from gpufeed.packing.layout import (
@@ -63,6 +64,8 @@ def compute_isolating(table: OpTable, requests: SlotArray) -> Outputs:
     width = payload_capacity(requests.shape[1])
     try:
         out, out_lens = compute(table, requests)
+    except DeviceLost:
+        raise  # not one message's fault: the process must go (see worker/quarantine.py)
     except Exception as exc:
         if n == 1:
             op = table[int(headers(requests)["op"][0])]
@@ -105,9 +108,12 @@ class CpuBackend(Backend):
     def __init__(self, table: OpTable, slot_bytes: int, max_batch: int) -> None:
         super().__init__(table, slot_bytes, max_batch)
         self._done: list[Completed] = []
+        self._current: SlotArray | None = None
 
     def submit(self, ring: int, requests: SlotArray) -> None:
+        self._current = requests
         out, out_lens, status = compute_isolating(self.table, requests)
+        self._current = None
         if np.may_share_memory(out, requests):  # a user op returned a view of its input
             out = out.copy()
         self._done.append(Completed(ring, headers(requests).copy(), out, out_lens, status))
@@ -118,3 +124,6 @@ class CpuBackend(Backend):
 
     def in_flight(self) -> int:
         return len(self._done)
+
+    def in_flight_requests(self) -> list[SlotArray]:
+        return [] if self._current is None else [self._current.copy()]

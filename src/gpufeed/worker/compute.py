@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
-from gpufeed.errors import PeerGone, RingClosed
+from gpufeed.errors import DeviceLost, PeerGone, RingClosed
 from gpufeed.gpu.backend import Backend, Completed
 from gpufeed.gpu.ops.registry import OpTable
 from gpufeed.packing.layout import payload_capacity
@@ -18,7 +21,8 @@ from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
 from gpufeed.worker.backends import make_backend
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.exits import exit_on_ring_corruption
+from gpufeed.worker.exits import EXIT_DEVICE_LOST, exit_on_ring_corruption
+from gpufeed.worker.quarantine import Quarantine, QuarantinedBackend, lost_device
 
 log = structlog.get_logger()
 
@@ -103,8 +107,13 @@ def compute_main(
     config: WorkerConfig,
     rings: list[tuple[str, str]],
     setup: Callable[[str], None] | None = None,
+    quarantine_path: str | None = None,
 ) -> None:
-    """Entry point of the compute process (started with ``spawn``)."""
+    """Entry point of the compute process (started with ``spawn``).
+
+    ``quarantine_path`` is the supervisor's quarantine file, which outlives
+    this process (``worker/quarantine.py``).
+    """
     # The supervisor coordinates shutdown; this process ends when its rings close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -113,15 +122,30 @@ def compute_main(
     table = OpTable.for_worker(
         config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
     )
-    backend = make_backend(config.backend, table, config.slot_bytes, config.max_batch)
+    backend = make_backend(config, table)
+    quarantine = Quarantine(Path(quarantine_path)) if quarantine_path else None
+    if quarantine is not None:
+        backend = QuarantinedBackend(backend, quarantine)
     names = [name for pair in rings for name in pair]
     with exit_on_ring_corruption(*names):
         pairs = [_Pair(RingConsumer.attach(req), RingProducer.attach(resp)) for req, resp in rings]
+        backend.attach_request_rings([p.requests.segment.slots_readonly for p in pairs])
         log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
         metrics.BACKEND.labels(backend.name, table.default.name).set(1)
         started = time.monotonic()
         try:
             serve(pairs, backend, config.max_batch)
+        except DeviceLost as exc:
+            held = lost_device(backend, quarantine, exc) if quarantine is not None else 0
+            log.error("GPU lost; exiting so that the supervisor starts a fresh compute process",
+                      error=str(exc), quarantined=held)  # fmt: skip
+            # No backend.close(): a lost context cannot free anything; exit does.
+            for pair in pairs:
+                pair.requests.close()
+                pair.responses.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_DEVICE_LOST)
         finally:
             backend.close()
             for pair in pairs:

@@ -20,6 +20,8 @@ def queue_key(queue: str, name: str) -> str:
 
 
 BACKENDS = ("auto", "cpu", "batched", "persistent")
+STAGINGS = ("pinned", "registered")
+PERSISTENT_PAYLOADS = ("mapped", "device")
 # Lua's unpack() takes at most ~8000 values; one XACK per batch must stay below.
 MAX_BATCH = 4096
 
@@ -46,6 +48,10 @@ class WorkerConfig:
     reclaim_interval_ms: int = 1000
     dense_model: str | None = None
     cuda_streams: int = 4
+    device: int = 0  # CUDA device ordinal for the GPU backends
+    staging: str = "pinned"  # batched: "pinned" staging buffers or "registered" request rings
+    persistent_payload: str = "mapped"  # persistent: requests in "mapped" host or "device" memory
+    emulate_device: bool = False  # persistent: the device side as a CPU thread (no GPU needed)
     metrics_port: int = 0  # Prometheus endpoint of the supervisor; 0: none
     metrics_host: str = "0.0.0.0"
     tls_ca_cert: str | None = None
@@ -58,6 +64,14 @@ class WorkerConfig:
 
         if self.backend not in BACKENDS:
             raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.emulate_device and self.backend != "persistent":
+            raise bad("emulate_device", "only --backend persistent has a CPU emulation")
+        if not 1 <= self.cuda_streams <= 64 or self.device < 0:
+            raise bad("cuda_streams", "must be between 1 and 64, and --device >= 0")
+        if self.staging not in STAGINGS:
+            raise bad("staging", f"must be one of {', '.join(STAGINGS)}")
+        if self.persistent_payload not in PERSISTENT_PAYLOADS:
+            raise bad("persistent_payload", f"must be one of {', '.join(PERSISTENT_PAYLOADS)}")
         if not 0 <= self.metrics_port <= 65535:
             raise bad("metrics_port", "must be a TCP port, or 0 for no metrics endpoint")
         if not 1 <= self.ingest_procs <= 64:

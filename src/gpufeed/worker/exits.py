@@ -17,6 +17,9 @@ log = structlog.get_logger()
 # supervisor then rebuilds every ring, as after any crash: nothing is lost,
 # because whatever was in the rings is still pending in Redis.
 EXIT_RING_CORRUPT = 3
+# The compute process lost its GPU (a kernel faulted or trapped, which leaves
+# the CUDA context unusable) and recorded what it held in the quarantine.
+EXIT_DEVICE_LOST = 4
 
 
 @contextmanager
@@ -41,6 +44,8 @@ def describe_exit(code: int | None) -> str:
         return "still running"
     if code == EXIT_RING_CORRUPT:
         return "found a ring corrupt"
+    if code == EXIT_DEVICE_LOST:
+        return "lost its GPU (its messages are quarantined)"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

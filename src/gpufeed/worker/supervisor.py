@@ -16,9 +16,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import multiprocessing.connection
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -71,6 +73,9 @@ class Supervisor:
         self.child_setup = child_setup
         self.stopping = False
         self.restarts = 0
+        # Outlives every compute process, not the worker (worker/quarantine.py).
+        self._quarantine_dir = tempfile.TemporaryDirectory(prefix="gpufeed-quarantine-")
+        self.quarantine_path = Path(self._quarantine_dir.name) / "quarantine"
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if not self.stopping:
@@ -89,7 +94,9 @@ class Supervisor:
             names.append((req.name, resp.name))
         log.info("rings created", rings=names, capacity=capacity, slot_bytes=cfg.slot_bytes)
         compute = _CTX.Process(
-            target=compute_main, args=(cfg, names, self.child_setup), name="gpufeed-compute"
+            target=compute_main,
+            args=(cfg, names, self.child_setup, str(self.quarantine_path)),
+            name="gpufeed-compute",
         )
         gen.children.append(compute)
         for i, (req_name, resp_name) in enumerate(names):
@@ -149,6 +156,7 @@ class Supervisor:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            self._quarantine_dir.cleanup()
 
     def _preflight(self) -> bool:
         """Wait for Redis, then check the user may do all a worker does.

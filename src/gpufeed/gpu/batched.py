@@ -140,15 +140,18 @@ class BatchedBackend(Backend):
         lane_id = self._free_lane()
         lane = self._lanes[lane_id]
         header = headers(requests).copy()
+        # In flight before it starts: if starting it reveals a lost context, it
+        # is among the suspects (in_flight_requests) with the batches before it.
+        lane.state = "flight"
+        self._flight.append(_InFlight(ring, header, lane_id, len(requests)))
         try:
             self._start(lane, requests)
         except Exception as exc:
             if is_sticky(exc):
                 raise lost(exc, "a batch could not be started") from exc
-            self._ready.append(self._recover(ring, header, lane_id, len(requests), exc))
-            return
-        lane.state = "flight"
-        self._flight.append(_InFlight(ring, header, lane_id, len(requests)))
+            self._flight.pop()
+            lane.state = "free"
+            self._ready.append(self._recover(ring, header, requests.copy(), exc))
 
     def poll(self, timeout: float = 0.0) -> list[Completed]:
         self._release_handed()
@@ -220,9 +223,8 @@ class BatchedBackend(Backend):
                     raise lost(exc, "a batch failed on the GPU") from exc
                 self._flight.popleft()
                 lane.state = "free"
-                self._ready.append(
-                    self._recover(batch.ring, batch.requests, batch.lane, batch.count, exc)
-                )
+                inputs = self._inputs_of(lane, batch.count)
+                self._ready.append(self._recover(batch.ring, batch.requests, inputs, exc))
                 continue
             self._flight.popleft()
             done = completed_from_slots(self.table, batch.ring, batch.requests,
@@ -267,16 +269,23 @@ class BatchedBackend(Backend):
 
     # --- recovery -------------------------------------------------------------------------
 
+    def _inputs_of(self, lane: _Lane, n: int) -> SlotArray:
+        """A failed batch's requests: the pinned staging copy, or (registered staging:
+        the ring has moved on) the lane's device input, which the kernel only read."""
+        if lane.host_in is not None:
+            return lane.host_in[:n].copy()
+        inputs: SlotArray = self._cp.asnumpy(lane.device_in[:n], stream=lane.stream)
+        lane.stream.synchronize()
+        return inputs
+
     def _recover(
-        self, ring: int, requests: Headers, lane_id: int, n: int, exc: Exception
+        self, ring: int, requests: Headers, inputs: SlotArray, exc: Exception
     ) -> Completed:
         """A batch whose launch or run failed with the context intact: recreate the
         lanes, retry it once, then isolate the failing messages by halving."""
+        n = len(inputs)
         log.warning("GPU batch failed; recreating streams and buffers, retrying once",
                     error=str(exc), messages=n)  # fmt: skip
-        # The ring may already hold other messages: read the batch back from the
-        # lane's device input buffer, which the failed run only ever read.
-        inputs: SlotArray = self._cp.asnumpy(self._lanes[lane_id].device_in[:n])
         while self._flight:  # finish the others before their lanes are replaced
             self._collect(wait=True)
         for lane in self._lanes:

@@ -43,8 +43,18 @@ __device__ __forceinline__ uint32_t tag(uint64_t id, uint32_t capacity_log2, uin
 }
 
 // The warp copies `bytes` (rounded up to 16) from src to dst in 16-byte words.
-__device__ __forceinline__ void copy_slot(uint8_t* dst, const uint8_t* src, uint32_t bytes,
-                                          unsigned lane) {
+// A request is read with volatile loads (__ldcv: fetched again, never served
+// from a cache line this SM kept from the slot's previous message).
+__device__ __forceinline__ void copy_request(uint8_t* dst, const uint8_t* src, uint32_t bytes,
+                                             unsigned lane) {
+  const uint32_t words = (bytes + 15) / 16;
+  const uint4* s = reinterpret_cast<const uint4*>(src);
+  uint4* d = reinterpret_cast<uint4*>(dst);
+  for (uint32_t i = lane; i < words; i += 32) d[i] = __ldcv(s + i);
+}
+
+__device__ __forceinline__ void copy_result(uint8_t* dst, const uint8_t* src, uint32_t bytes,
+                                            unsigned lane) {
   const uint32_t words = (bytes + 15) / 16;
   const uint4* s = reinterpret_cast<const uint4*>(src);
   uint4* d = reinterpret_cast<uint4*>(dst);
@@ -132,13 +142,13 @@ __device__ void worker(const uint8_t* requests, uint8_t* results, volatile uint3
     // Stage the request in device memory with wide, coalesced reads: ops read
     // bytes one at a time (sha256), which across PCIe would cost a bus round
     // trip each.
-    const uint32_t in_len = reinterpret_cast<const gpufeed::SlotHeader*>(request)->len;
-    copy_slot(scratch_in, request, 16 + (in_len <= cap ? in_len : cap), lane);
+    const uint32_t in_len = *reinterpret_cast<volatile const uint32_t*>(request);  // header len
+    copy_request(scratch_in, request, 16 + (in_len <= cap ? in_len : cap), lane);
     __syncwarp();
     gpufeed::run_slot(scratch_in, scratch_out, slot_bytes, params, n_ops, lane, 32);
     __syncwarp();
     const uint32_t out_len = reinterpret_cast<const gpufeed::SlotHeader*>(scratch_out)->len;
-    copy_slot(result, scratch_out, 16 + (out_len <= cap ? out_len : cap), lane);
+    copy_result(result, scratch_out, 16 + (out_len <= cap ? out_len : cap), lane);
     // Release: every lane's result writes reach the host before DONE does.
     __threadfence_system();
     __syncwarp();

@@ -98,3 +98,30 @@ def test_bench_scale_measures_setups_against_one_worker_on_one_server() -> None:
     assert "workers_4_msgs_per_s" not in result  # --only left it out
     assert 0 < result["workers_2_spread_min_over_max"] <= 1  # both workers answered some
     assert "baseline_spread_min_over_max" not in result  # one consumer: no spread
+
+
+@pytest.mark.timeout(180)
+def test_bench_gpu_persistent_runs_on_the_emulated_device_and_prints_its_keys() -> None:
+    out = run_cli(
+        "bench", "gpu", "--backend", "persistent", "--emulate-device", "--json", "--op", "echo",
+        "--messages", "20000", "--samples", "300", "--batch", "256", timeout=160,
+    )  # fmt: skip
+    (line,) = out.strip().splitlines()  # nothing but the JSON line on stdout
+    result = json.loads(line)
+    assert result["op"] == "echo" and result["device"] == "emulated"
+    assert 0 < result["roundtrip_p50_us"] <= result["roundtrip_p99_us"]
+    assert result["msgs_per_s"] > 0
+    assert result["batched_roundtrip_p50_us"] is None  # no GPU: no batched baseline
+
+
+def test_bench_gpu_without_a_device_says_so() -> None:
+    from gpufeed.worker.backends import cuda_device_count
+
+    if cuda_device_count():
+        pytest.skip("this machine has a CUDA device (tests/gpu runs bench gpu)")
+    done = subprocess.run(
+        [sys.executable, "-m", "gpufeed", "bench", "gpu", "--backend", "batched"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "no CUDA device 0" in done.stderr

@@ -139,3 +139,61 @@ def bench_scale(
 
     wanted = [SETUPS[0], *(s for s in SETUPS[1:] if not only or s.name in only)]
     emit(run(ScaleBenchConfig(messages=messages, repeats=repeats), tuple(wanted)), as_json)
+
+
+@bench_app.command("gpu")
+def bench_gpu(
+    backend: Annotated[str, typer.Option(help="batched or persistent.")] = "batched",
+    op: Annotated[str, typer.Option(help="The op to run.")] = "vector_add",
+    slot_bytes: Annotated[int, typer.Option(help="Slot size of the messages/s runs.")] = 64,
+    batch: Annotated[int, typer.Option(help="Messages per batch (at most 4096).")] = 4096,
+    messages: Annotated[int, typer.Option(help="Messages in the throughput runs.")] = 4_000_000,
+    big_slot_bytes: Annotated[
+        int, typer.Option(help="batched: slot size of the bandwidth run.")
+    ] = 65536,
+    big_messages: Annotated[int, typer.Option(help="batched: messages in that run.")] = 40_000,
+    streams: Annotated[int, typer.Option(help="batched: CUDA streams.")] = 4,
+    staging: Annotated[
+        str, typer.Option(help="batched: pinned, registered, or both (then the faster).")
+    ] = "both",
+    samples: Annotated[int, typer.Option(help="persistent: round trips timed.")] = 20_000,
+    emulate_device: Annotated[
+        bool, typer.Option(help="persistent: the CPU emulation (checks the command only).")
+    ] = False,
+    device: Annotated[int, typer.Option(help="CUDA device.")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """The compute stage on the GPU vs the GPU's own limits (pinned H2D bandwidth,
+    per-launch cost), or the persistent queue's round trip vs the batched backend's.
+
+    Examples:
+
+      gpufeed bench gpu --backend batched --json
+
+      gpufeed bench gpu --backend persistent --json --op echo
+    """
+    from gpufeed.bench.gpu import GpuBenchConfig, run
+    from gpufeed.cli.logs import LogSetup
+    from gpufeed.errors import GpufeedError
+    from gpufeed.worker.backends import cuda_devices
+
+    stagings = ("pinned", "registered") if staging == "both" else (staging,)
+    try:
+        if backend not in ("batched", "persistent") or staging not in ("both", *stagings):
+            raise GpufeedError("--backend must be batched or persistent, --staging "
+                               "pinned, registered or both")  # fmt: skip
+        if emulate_device and backend != "persistent":
+            raise GpufeedError("--emulate-device is for --backend persistent")
+        count, why = cuda_devices()
+        if not emulate_device and count <= device:
+            raise GpufeedError(f"no CUDA device {device}: {why or 'not present'}")
+        cfg = GpuBenchConfig(
+            backend=backend, op=op, slot_bytes=slot_bytes, batch=batch, messages=messages,
+            big_slot_bytes=big_slot_bytes, big_messages=big_messages, streams=streams,
+            stagings=stagings, samples=samples, emulate_device=emulate_device, gpu=device,
+            setup=LogSetup("auto", "warning"),
+        )  # fmt: skip
+    except GpufeedError as exc:
+        typer.echo(f"gpufeed bench gpu: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    emit(run(cfg), as_json, "gpu")

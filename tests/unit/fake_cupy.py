@@ -1,0 +1,154 @@
+"""A stand-in for the slice of CuPy the batched backend uses, in host memory with NumPy.
+
+It lets CI run the batched backend's own logic (lanes in turn, FIFO order, how
+long result buffers stay valid, retry and halving after an error that keeps
+the context, DeviceLost after one that loses it) without a GPU. It checks
+nothing of CUDA: copies are memmoves, done at once, and the batch kernel is
+the ops' NumPy code. tests/gpu runs the real thing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from gpufeed.gpu.cpu import compute_isolating
+from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.packing.layout import headers
+from gpufeed.packing.results import write_results
+
+
+class CUDARuntimeError(RuntimeError):
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(f"cudaError {status}")
+
+
+class DeviceArray(np.ndarray):
+    """A NumPy array with CuPy's ``.data.ptr``."""
+
+    @property
+    def data(self) -> Any:  # type: ignore[override]
+        return SimpleNamespace(ptr=int(self.ctypes.data))
+
+
+def _device(array: Any) -> DeviceArray:
+    return np.asarray(array).view(DeviceArray)
+
+
+class FakeCuPy:
+    """``faults(slots)`` returns a CUDA error code to fail a kernel launch over
+    ``slots`` with, or None. Illegal address (700), illegal instruction (715)
+    and launch failure (719) lose the context, as on a GPU: every later call
+    fails too; launch out of resources (701) does not."""
+
+    float32 = np.float32
+    uint8 = np.uint8
+
+    def __init__(self, table: OpTable, faults: Callable[[np.ndarray], int | None]) -> None:
+        self.table = table
+        self.faults = faults
+        self.lost = False
+        self.launches: list[int] = []  # batch sizes, in launch order
+        self.streams_made = 0
+        self.registered: list[tuple[int, int]] = []
+        ids = itertools.count(1)
+        fake = self
+
+        def check() -> None:
+            if fake.lost:
+                raise CUDARuntimeError(719)
+
+        class Stream:
+            def __init__(self, non_blocking: bool = False) -> None:
+                assert non_blocking, "the backends use non-blocking streams only"
+                fake.streams_made += 1
+                self.ptr = next(ids)
+
+            def __enter__(self) -> Stream:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+            def synchronize(self) -> None:
+                check()
+
+        class Event:
+            def __init__(self, disable_timing: bool = False) -> None:
+                pass
+
+            def record(self, stream: Any) -> None:
+                check()
+
+            @property
+            def done(self) -> bool:
+                check()
+                return True
+
+            def synchronize(self) -> None:
+                check()
+
+        def memcpy(dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
+            check()
+            ctypes.memmove(dst, src, nbytes)
+
+        runtime = SimpleNamespace(
+            memcpyAsync=memcpy,
+            hostRegister=lambda ptr, n, flags: fake.registered.append((ptr, n)),
+            hostUnregister=lambda ptr: None,
+        )
+        self.cuda = SimpleNamespace(
+            Stream=Stream,
+            Event=Event,
+            runtime=runtime,
+            Device=lambda gpu: SimpleNamespace(use=lambda: None),
+            alloc_pinned_memory=lambda n: bytearray(n),
+        )
+
+    # --- array functions --------------------------------------------------------------
+
+    def zeros(self, shape: Any, dtype: Any) -> DeviceArray:
+        return _device(np.zeros(shape, dtype))
+
+    def asarray(self, array: Any) -> DeviceArray:
+        return _device(np.array(array))
+
+    def asnumpy(self, array: Any, stream: Any = None) -> np.ndarray:
+        return np.array(array)
+
+    def ascontiguousarray(self, array: Any, dtype: Any = None) -> DeviceArray:
+        return _device(np.ascontiguousarray(array, dtype=dtype))
+
+    def maximum(self, a: Any, b: Any) -> DeviceArray:
+        return _device(np.maximum(a, b))
+
+    # --- the module -------------------------------------------------------------------
+
+    def RawModule(self, code: str, options: tuple[str, ...] = ()) -> Any:
+        assert "gpufeed_batch" in code
+        return SimpleNamespace(get_function=self._kernel)
+
+    def _kernel(self, name: str) -> Callable[..., None]:
+        assert name == "gpufeed_batch"
+
+        def launch(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
+            device_in, device_out, n = args[0], args[1], int(args[2])
+            if self.lost:
+                raise CUDARuntimeError(719)
+            assert grid[0] * block[0] >= 32 * n, "one warp per slot"
+            status = self.faults(np.asarray(device_in[:n]))
+            if status is not None:
+                self.lost = self.lost or status in (700, 715, 719)
+                raise CUDARuntimeError(status)
+            self.launches.append(n)
+            requests = np.asarray(device_in[:n])
+            out, lens, flags = compute_isolating(self.table, requests)
+            write_results(np.asarray(device_out[:n]), headers(requests), out, lens, flags)
+
+        return launch

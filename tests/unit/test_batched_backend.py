@@ -1,0 +1,149 @@
+"""The batched backend's own logic over a NumPy stand-in for CuPy (fake_cupy.py).
+
+What is checked here is gpufeed's, not CUDA's: lanes taken in turn and
+batches returned in submission order, result buffers that stay valid until
+the compute process has written them, retry then halving after an error that
+keeps the context, DeviceLost (with the suspects) after one that loses it.
+On a GPU, tests/gpu/test_batched_gpu.py checks the same against real kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fake_cupy import FakeCuPy
+
+import gpufeed.gpu.batched as batched
+from gpufeed.errors import DeviceLost
+from gpufeed.gpu.cpu import compute
+from gpufeed.gpu.ops import OpTable
+from gpufeed.packing.forward import write_requests
+from gpufeed.packing.layout import STATUS_ERROR, headers
+
+SLOT = 64
+
+
+def slots(*datas: bytes, op_id: int = 0, first_seq: int = 0) -> np.ndarray:
+    out = np.zeros((len(datas), SLOT), np.uint8)
+    lens = np.array([len(d) for d in datas], np.int64)
+    write_requests([out], list(datas), lens, np.full(len(datas), op_id, np.uint16), first_seq)
+    return out
+
+
+def backend_for(monkeypatch, table, faults=lambda s: None, **options):
+    fake = FakeCuPy(table, faults)
+    monkeypatch.setattr(batched, "import_cupy", lambda: fake)
+    return batched.BatchedBackend(table, SLOT, 16, **options), fake
+
+
+def marked(batch: np.ndarray, tag: bytes) -> bool:
+    return bool((batch[:, 16 : 16 + len(tag)] == np.frombuffer(tag, np.uint8)).all(axis=1).any())
+
+
+def written(done):
+    """What the compute process would write into its ring: copies, taken at once."""
+    return [(d.ring, d.requests["seq"].tolist(), [bytes(d.out[i, : d.out_lens[i]])
+             for i in range(len(d.out_lens))], d.status.tolist()) for d in done]  # fmt: skip
+
+
+@pytest.fixture
+def table() -> OpTable:
+    return OpTable.for_worker("echo", SLOT - 16)
+
+
+@pytest.mark.parametrize("staging", ["pinned", "registered"])
+def test_batches_come_back_in_order_with_their_results(monkeypatch, table, staging) -> None:
+    backend, fake = backend_for(monkeypatch, table, streams=3, staging=staging)
+    ring = np.zeros((4096, SLOT), np.uint8)  # stands in for a request ring
+    backend.attach_request_rings([ring])
+    assert fake.registered == ([(int(ring.ctypes.data), ring.nbytes)] if staging == "registered"
+                               else [])  # fmt: skip
+    sent, got, row = [], [], 0
+    for b in range(40):
+        n = 1 + b % 16
+        ring[row : row + n] = slots(*[b"b%d-%d" % (b, i) for i in range(n)], first_seq=row)
+        backend.submit(b % 2, ring[row : row + n])
+        sent.append((b % 2, list(range(row, row + n)), [b"b%d-%d" % (b, i) for i in range(n)]))
+        row += n
+        if b % 3 == 0:  # the compute process polls now and then, not after every submit
+            got += written(backend.poll(0.0))
+    while backend.in_flight():
+        got += written(backend.poll(1.0))
+    assert [(r, seqs, bodies) for r, seqs, bodies, _ in got] == sent
+    assert all(not any(status) for *_, status in got)
+
+
+def test_results_held_past_a_lane_reuse_keep_their_own_memory(monkeypatch, table) -> None:
+    # Four submits on two lanes before the first poll: the lanes are reused
+    # while their results still wait to be handed over.
+    backend, _ = backend_for(monkeypatch, table, streams=2)
+    for b in range(4):
+        backend.submit(0, slots(b"batch %d" % b))
+    got = written(backend.poll(1.0))
+    while backend.in_flight():
+        got += written(backend.poll(1.0))
+    assert [bodies for _, _, bodies, _ in got] == [[b"batch %d" % b] for b in range(4)]
+
+
+def test_dense_batches_take_the_whole_batch_path_and_mixed_ones_the_kernel(monkeypatch) -> None:
+    table = OpTable.for_worker("dense", SLOT - 16)
+    backend, fake = backend_for(monkeypatch, table)
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype("<f4")
+    dense = slots(*[row.tobytes() for row in x])
+    mixed = np.concatenate([dense[:2], slots(b"hi", op_id=table.ids["echo"])])
+    backend.submit(0, dense)
+    backend.submit(0, mixed)
+    done = []
+    while backend.in_flight():
+        done += backend.poll(1.0)
+    assert fake.launches == [3], "only the mixed batch ran the kernel"
+    want, _ = compute(table, dense, reference=True)
+    assert np.allclose(done[0].out[:, :32].view("<f4"), want[:, :32].view("<f4"), atol=1e-5)
+    assert bytes(done[1].out[2, :2]) == b"hi"
+
+
+def test_a_launch_refused_once_is_retried_and_succeeds(monkeypatch, table) -> None:
+    refused = []
+
+    def faults(batch):
+        if marked(batch, b"flaky") and not refused:
+            refused.append(len(batch))
+            return 701  # launch out of resources: the context is fine
+        return None
+
+    backend, fake = backend_for(monkeypatch, table, faults, streams=2)
+    before = fake.streams_made
+    backend.submit(0, slots(b"ok", b"flaky", b"ok too"))
+    (done,) = backend.poll(1.0)
+    assert written([done])[0][2:] == ([b"ok", b"flaky", b"ok too"], [0, 0, 0])
+    assert fake.streams_made == before + 2, "the lanes were recreated"
+
+
+def test_messages_that_always_fail_are_isolated_by_halving(monkeypatch, table) -> None:
+    faults = lambda batch: 701 if marked(batch, b"refuse") else None  # noqa: E731
+    backend, fake = backend_for(monkeypatch, table, faults)
+    datas = [b"m%d" % i for i in range(12)]
+    datas[3], datas[9] = b"refuse 3", b"refuse 9"
+    backend.submit(0, slots(*datas))
+    (done,) = backend.poll(1.0)
+    _, seqs, bodies, status = written([done])[0]
+    assert seqs == list(range(12))
+    assert [i for i, s in enumerate(status) if s == STATUS_ERROR] == [3, 9]
+    assert all(b"the GPU failed on this message" in bodies[i] for i in (3, 9))
+    assert [bodies[i] for i in range(12) if i not in (3, 9)] == [
+        d for i, d in enumerate(datas) if i not in (3, 9)
+    ]
+    assert sum(fake.launches) == 10, "every other message ran exactly once"
+
+
+def test_a_lost_context_raises_device_lost_with_every_batch_in_flight(monkeypatch, table) -> None:
+    faults = lambda batch: 719 if marked(batch, b"poison") else None  # noqa: E731
+    backend, _ = backend_for(monkeypatch, table, faults, streams=4)
+    backend.submit(0, slots(b"a", b"b"))
+    with pytest.raises(DeviceLost, match="cudaError 719"):
+        backend.submit(1, slots(b"c", b"poison"))
+    held = backend.in_flight_requests()
+    assert [headers(h)["len"].tolist() for h in held] == [[1, 1], [1, 6]]
+    assert bytes(held[1][1, 16:22]) == b"poison"
+    with pytest.raises(DeviceLost):
+        backend.poll(1.0)

@@ -322,6 +322,10 @@ def test_a_failed_batch_answers_every_message_with_the_reason() -> None:
     write_error_results(results, headers(slots), "kernel failed: out of memory")
     got = unpack_results(results, batch)
     assert {(r.status, r.body) for r in got} == {("error", b"kernel failed: out of memory")}
+    # A reason longer than the payload area is cut to it, not replaced.
+    long = "the GPU failed on this message: " + "x" * 80
+    write_error_results(results, headers(slots), long)
+    assert {r.body for r in unpack_results(results, batch)} == {long[:48].encode()}
 
 
 def test_too_few_slots_is_a_caller_bug() -> None:

@@ -38,7 +38,8 @@ from gpufeed.gpu._cupy import DeviceOpParams, compile_table, import_cupy, is_sti
 from gpufeed.gpu.backend import Backend, Completed, completed_from_slots
 from gpufeed.gpu.ops.program import BATCH_KERNEL, WARP
 from gpufeed.gpu.ops.registry import OpTable
-from gpufeed.packing.layout import HEADER_BYTES, STATUS_ERROR, Headers, SlotArray, headers
+from gpufeed.packing.layout import Headers, SlotArray, headers
+from gpufeed.packing.results import write_error_results
 
 log = structlog.get_logger()
 
@@ -310,16 +311,9 @@ class BatchedBackend(Backend):
             if is_sticky(exc):
                 raise lost(exc, "isolating a failing batch") from exc
             if end - start == 1:
-                self._error_slot(inputs, out, start, f"the GPU failed on this message: {exc}")
+                reason = f"the GPU failed on this message: {exc}"
+                write_error_results(out[start:end], headers(inputs[start:end]), reason)
                 return
         mid = (start + end) // 2
         self._isolate(inputs, out, start, mid)
         self._isolate(inputs, out, mid, end)
-
-    def _error_slot(self, inputs: SlotArray, out: SlotArray, row: int, reason: str) -> None:
-        text = reason.encode()[: self.slot_bytes - HEADER_BYTES]
-        header = headers(inputs[row : row + 1]).copy()
-        header["len"] = len(text)
-        header["flags"] = STATUS_ERROR
-        out[row, :HEADER_BYTES] = header.view(np.uint8)
-        out[row, HEADER_BYTES : HEADER_BYTES + len(text)] = np.frombuffer(text, np.uint8)

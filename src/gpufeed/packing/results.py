@@ -146,8 +146,10 @@ def write_results(
 def write_error_results(
     dst: SlotArray | Sequence[SlotArray], requests: Headers, reason: str
 ) -> None:
-    """Answer every request in ``requests`` with an error result carrying ``reason``."""
-    message = np.frombuffer(reason.encode()[:256], dtype=np.uint8)
+    """Answer every request in ``requests`` with an error result carrying ``reason``
+    (cut to the slots' payload area)."""
+    capacity = slot_parts(dst)[0].shape[1] - HEADER_BYTES if len(requests) else 0
+    message = np.frombuffer(reason.encode()[:capacity], dtype=np.uint8)
     n = len(requests)
     out = np.broadcast_to(message, (n, len(message)))
     write_results(dst, requests, out, np.full(n, len(message), np.int64), STATUS_ERROR)

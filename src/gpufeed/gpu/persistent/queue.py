@@ -38,7 +38,7 @@ from gpufeed.errors import (
     QueueShutdown,
     QueueTimeout,
 )
-from gpufeed.gpu.ops.base import Op
+from gpufeed.gpu.ops.base import Bools, Op
 from gpufeed.gpu.ops.registry import OpTable, load_op
 from gpufeed.gpu.persistent.device import DeviceSide
 from gpufeed.gpu.persistent.layout import (
@@ -47,6 +47,7 @@ from gpufeed.gpu.persistent.layout import (
     PHASE_READY,
     STARTED,
     STOP,
+    Ids,
     tag,
     tags,
 )
@@ -190,7 +191,7 @@ class GpuQueue:
         op_id = self._op_id(op)
         n = len(data)
         self._validate(op_id, n)
-        if self._room(1, timeout_ms) == 0:
+        if self._wait_for_room(time.monotonic() + max(timeout_ms, 0) / 1000) == 0:
             self._dropped += 1
             if timeout_ms <= 0:
                 raise QueueFull(f"all {self._cap} slots are in use")
@@ -235,18 +236,10 @@ class GpuQueue:
         self._validate_all(op_id, lens)
         n, sent = len(lens), 0
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
-        waited = False
         while sent < n:
-            count = min(n - sent, self._free_slots())
+            count = min(n - sent, self._wait_for_room(deadline))
             if count == 0:
-                if time.monotonic() >= deadline:
-                    break
-                if self._failure is not None:
-                    raise self._failure
-                self._retries += 0 if waited else 1
-                waited = True
-                time.sleep(0.00005)
-                continue
+                break
             first = self._head
             parts = [self._memory.requests[s] for s in self._memory.slots(first, count)]
             write_requests(parts, datas[sent : sent + count], lens[sent : sent + count],
@@ -337,10 +330,8 @@ class GpuQueue:
         want = max_count - len(done)
         if want <= 0 or self._head == self._tail:
             return done
-        ids = np.arange(self._tail, self._head, dtype=np.int64)
-        slots = ids & (self._cap - 1)
-        ready = (self._owner[slots] == ids) & ~self._reported[slots]
-        ready &= self._memory.state[slots] == tags(ids, self._log2, PHASE_DONE)
+        ids, slots, held, finished = self._window()
+        ready = held & finished & ~self._reported[slots]
         self._reported[slots[ready][:want]] = True
         newly: list[int] = ids[ready][:want].tolist()
         return done + newly
@@ -368,11 +359,8 @@ class GpuQueue:
     def unfinished_requests(self) -> SlotArray:
         """Copies of the request slots enqueued and not DONE (readable after a device
         failure: they are in host memory)."""
-        ids = np.arange(self._tail, self._head, dtype=np.int64)
-        slots = ids & (self._cap - 1)
-        held = self._owner[slots] == ids
-        waiting = held & (self._memory.state[slots] != tags(ids, self._log2, PHASE_DONE))
-        unfinished: SlotArray = self._memory.requests[slots[waiting]]
+        _, slots, held, done = self._window()
+        unfinished: SlotArray = self._memory.requests[slots[held & ~done]]
         return unfinished
 
     def stats(self) -> QueueStats:
@@ -465,20 +453,20 @@ class GpuQueue:
                 f"{op.length_rule}"
             )
 
-    def _room(self, wanted: int, timeout_ms: int) -> int:
-        """Free slots for up to ``wanted`` messages, waiting up to ``timeout_ms``."""
-        free = self._cap - (self._head - self._tail)
-        if free >= wanted:
-            return wanted
+    def _wait_for_room(self, deadline: float) -> int:
+        """How many slots are free, waiting until ``deadline`` while none is."""
+        free = self._free_slots()
+        if free:
+            return free
         self._retries += 1
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            free = self._free_slots()
-            if free >= wanted or time.monotonic() >= deadline:
-                return min(wanted, free)
+        while time.monotonic() < deadline:
             if self._failure is not None:
                 raise self._failure
             time.sleep(0.00005)
+            free = self._free_slots()
+            if free:
+                return free
+        return 0
 
     def _free_slots(self) -> int:
         """Slots free now, after parking the results of finished messages if need be."""
@@ -491,9 +479,8 @@ class GpuQueue:
     def _advance_tail(self) -> None:
         """Move the tail over slots whose results were taken."""
         while self._tail < self._head:
-            ids = np.arange(self._tail, min(self._head, self._tail + _SCAN), dtype=np.int64)
-            free = self._owner[ids & (self._cap - 1)] != ids
-            k = len(ids) if free.all() else int(np.argmin(free))
+            ids, _, held, _ = self._window(_SCAN)
+            k = len(ids) if not held.any() else int(np.argmax(held))
             self._tail += k
             if k < len(ids):
                 return
@@ -501,13 +488,10 @@ class GpuQueue:
     def _park_done(self) -> None:
         """Free the slots of finished messages by moving their results to host memory."""
         while self._tail < self._head:
-            ids = np.arange(self._tail, min(self._head, self._tail + _SCAN), dtype=np.int64)
-            slots = ids & (self._cap - 1)
-            taken = self._owner[slots] != ids
-            done = self._memory.state[slots] == tags(ids, self._log2, PHASE_DONE)
-            movable = taken | done
+            ids, slots, held, done = self._window(_SCAN)
+            movable = ~held | done
             k = len(ids) if movable.all() else int(np.argmin(movable))
-            for i in np.flatnonzero(done[:k] & ~taken[:k]).tolist():
+            for i in np.flatnonzero(done[:k] & held[:k]).tolist():
                 slot = int(slots[i])
                 status, data = self._read_result(slot)
                 self._parked[int(ids[i])] = (status, data, bool(self._reported[slot]))
@@ -528,25 +512,24 @@ class GpuQueue:
             raise MessageFailed(data.decode(errors="replace") or "the op reported an error")
         return data
 
-    def _unfinished(self) -> int:
-        if self._head == self._tail:
-            return 0
-        ids = np.arange(self._tail, self._head, dtype=np.int64)
+    def _window(self, limit: int | None = None) -> tuple[Ids, Ids, Bools, Bools]:
+        """The ids from the tail (at most ``limit``), their slots, whether each still
+        holds its slot, and whether each is DONE. Also read by the watchdog thread."""
+        tail, head = self._tail, self._head
+        ids = np.arange(tail, head if limit is None else min(head, tail + limit), dtype=np.int64)
         slots = ids & (self._cap - 1)
         held = self._owner[slots] == ids
         done = self._memory.state[slots] == tags(ids, self._log2, PHASE_DONE)
+        return ids, slots, held, done
+
+    def _unfinished(self) -> int:
+        _, _, held, done = self._window()
         return int((held & ~done).sum())
 
     def _oldest_unfinished(self) -> int:
-        """The lowest id enqueued and not yet DONE, or -1 (read by the watchdog thread)."""
-        tail, head = self._tail, self._head
-        ids = np.arange(tail, min(head, tail + _SCAN), dtype=np.int64)
-        if not len(ids):
-            return -1
-        slots = ids & (self._cap - 1)
-        waiting = (self._owner[slots] == ids) & (
-            self._memory.state[slots] == tags(ids, self._log2, PHASE_READY)
-        )
+        """The lowest id enqueued and not yet DONE, or -1."""
+        ids, _, held, done = self._window(_SCAN)
+        waiting = held & ~done
         return int(ids[np.argmax(waiting)]) if waiting.any() else -1
 
 

@@ -31,6 +31,14 @@ def cuda_device_count() -> int:
     return cuda_devices()[0]
 
 
+def auto_backend(config: WorkerConfig) -> tuple[str, str]:
+    """What ``--backend auto`` runs on this machine, and why."""
+    count, why = cuda_devices()
+    if count > config.device:
+        return "batched", f"CUDA device {config.device} found"
+    return "cpu", why or f"no CUDA device {config.device}"
+
+
 def check_backend(config: WorkerConfig) -> str:
     """The backend ``config`` will run, or ``ConfigError`` saying why it cannot.
 
@@ -39,9 +47,9 @@ def check_backend(config: WorkerConfig) -> str:
     """
     if config.backend == "cpu" or (config.backend == "persistent" and config.emulate_device):
         return config.backend
-    count, why = cuda_devices()
     if config.backend == "auto":
-        return "batched" if count > config.device else "cpu"
+        return auto_backend(config)[0]
+    count, why = cuda_devices()
     if count == 0:
         raise ConfigError(f"--backend {config.backend} needs a CUDA device: {why}"
                           + ("; --emulate-device runs the persistent protocol on the CPU"
@@ -54,9 +62,7 @@ def check_backend(config: WorkerConfig) -> str:
 def make_backend(config: WorkerConfig, table: OpTable) -> Backend:
     name = config.backend
     if name == "auto":
-        count, why = cuda_devices()
-        name = "batched" if count > config.device else "cpu"
-        reason = f"CUDA device {config.device} found" if name == "batched" else why
+        name, reason = auto_backend(config)
         log.info("backend chosen", backend=name, reason=reason)
     if name == "cpu":
         return CpuBackend(table, config.slot_bytes, config.max_batch)

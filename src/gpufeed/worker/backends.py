@@ -75,7 +75,7 @@ def make_backend(config: WorkerConfig, table: OpTable) -> Backend:
         )  # fmt: skip
     if name == "persistent":
         from gpufeed.gpu.persistent.backend import PersistentBackend, queue_capacity
-        from gpufeed.gpu.persistent.queue import QueueConfig
+        from gpufeed.gpu.persistent.config import QueueConfig
 
         queue = QueueConfig(
             queue_capacity(config.max_batch), config.slot_bytes,

@@ -7,6 +7,7 @@ behind the worker's ``--backend persistent``. CuPy is imported only when a
 queue is created on a GPU.
 """
 
-from gpufeed.gpu.persistent.queue import GpuQueue, QueueConfig, QueueStats
+from gpufeed.gpu.persistent.config import QueueConfig, QueueStats
+from gpufeed.gpu.persistent.queue import GpuQueue
 
 __all__ = ["GpuQueue", "QueueConfig", "QueueStats"]

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from gpufeed.gpu.backend import Backend, Completed, completed_from_slots
 from gpufeed.gpu.ops.registry import OpTable
-from gpufeed.gpu.persistent.queue import GpuQueue, QueueConfig
+from gpufeed.gpu.persistent.config import QueueConfig
+from gpufeed.gpu.persistent.queue import GpuQueue
 from gpufeed.packing.layout import Headers, SlotArray, headers
 
 # poll(timeout) spins this long for a result before it starts sleeping:

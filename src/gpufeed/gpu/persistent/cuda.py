@@ -28,9 +28,9 @@ from gpufeed.gpu._cupy import (
 )
 from gpufeed.gpu.ops.program import PERSISTENT_KERNEL
 from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.gpu.persistent.config import QueueConfig
 from gpufeed.gpu.persistent.device import DeviceSide
 from gpufeed.gpu.persistent.layout import CONTROL_WORDS, STOP, QueueMemory
-from gpufeed.gpu.persistent.queue import QueueConfig
 
 SYNC_WORDS = 64  # cuda/persistent.cu: TICKET, VISIBLE and DEVICE_STOP, a 128-byte line each
 _MEMCPY_HOST_TO_DEVICE = 1

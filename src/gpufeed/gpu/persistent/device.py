@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from gpufeed.gpu.persistent.layout import QueueMemory
+from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.gpu.persistent.config import QueueConfig
+from gpufeed.gpu.persistent.layout import STOP, QueueMemory
 
 
 class DeviceSide(ABC):
@@ -41,3 +43,20 @@ class DeviceSide(ABC):
     @abstractmethod
     def close(self) -> None:
         """Free the memory; only after ``join`` returned True."""
+
+
+def make_device(config: QueueConfig, table: OpTable) -> DeviceSide:
+    if config.device == "emulated":
+        from gpufeed.gpu.persistent.emulated import EmulatedDevice
+
+        return EmulatedDevice(table, config.capacity, config.slot_bytes)
+    from gpufeed.gpu.persistent.cuda import CudaDevice
+
+    return CudaDevice(table, config)
+
+
+def stop_device(device: DeviceSide) -> None:
+    """The finaliser of a queue dropped without ``shutdown``: never leave a kernel spinning."""
+    device.memory.control[STOP] = 1
+    if device.join(5.0):
+        device.close()

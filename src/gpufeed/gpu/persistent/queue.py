@@ -13,12 +13,9 @@ Not thread-safe: one thread makes the calls (the watchdog thread only reads).
 
 from __future__ import annotations
 
-import struct
-import threading
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +23,6 @@ import structlog
 
 from gpufeed.errors import (
     BackendError,
-    ConfigError,
     DeviceLost,
     InvalidPayload,
     KernelStalled,
@@ -38,90 +34,26 @@ from gpufeed.errors import (
     QueueShutdown,
     QueueTimeout,
 )
-from gpufeed.gpu.ops.base import Bools, Op
+from gpufeed.gpu.ops.base import Op
 from gpufeed.gpu.ops.registry import OpTable, load_op
-from gpufeed.gpu.persistent.device import DeviceSide
+from gpufeed.gpu.persistent.config import QueueConfig, QueueStats
+from gpufeed.gpu.persistent.device import DeviceSide, make_device, stop_device
 from gpufeed.gpu.persistent.layout import (
-    HEARTBEAT,
     PHASE_DONE,
     PHASE_READY,
     STARTED,
     STOP,
-    Ids,
     tag,
     tags,
 )
+from gpufeed.gpu.persistent.slots import HEADER, SlotLedger
+from gpufeed.gpu.persistent.watchdog import Watchdog
 from gpufeed.packing.forward import write_requests
 from gpufeed.packing.layout import HEADER_BYTES, STATUS_OK, SlotArray, payload_capacity
-from gpufeed.ring._layout import is_power_of_two
 
 log = structlog.get_logger()
 
-DEVICES = ("cuda", "emulated")
-PAYLOADS = ("mapped", "device")
-MAX_CAPACITY = 1 << 24
-_HEADER = struct.Struct("<IHHII")  # gpufeed.packing.layout.HEADER_DTYPE
 _SEQ_MASK = 0xFFFFFFFF
-_SCAN = 4096  # ids looked at per vectorised step when freeing slots
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    """A persistent queue's shape, fixed at creation.
-
-    ``slot_bytes`` is the whole slot, as in the worker: a 16-byte header and
-    ``slot_bytes - 16`` bytes of payload (and of result).
-    """
-
-    capacity: int = 4096
-    slot_bytes: int = 256
-    device: str = "cuda"  # "cuda": the persistent kernel; "emulated": the CPU emulation
-    payload: str = "mapped"  # requests in mapped pinned host memory, or in "device" memory
-    gpu: int = 0  # CUDA device ordinal
-    warps_per_block: int = 4
-    blocks: int = 0  # worker blocks of the kernel; 0: one per SM
-    stall_timeout_s: float = 10.0
-    start_timeout_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not is_power_of_two(self.capacity) or not 2 <= self.capacity <= MAX_CAPACITY:
-            raise ConfigError(f"capacity must be a power of two in [2, {MAX_CAPACITY}]")
-        if not is_power_of_two(self.slot_bytes) or self.slot_bytes < 64:
-            raise ConfigError("slot_bytes must be a power of two >= 64")
-        if self.device not in DEVICES:
-            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.payload not in PAYLOADS:
-            raise ConfigError(f"payload must be one of {', '.join(PAYLOADS)}")
-        if not 1 <= self.warps_per_block <= 32 or self.blocks < 0:
-            raise ConfigError("warps_per_block must be in [1, 32] and blocks >= 0")
-        if self.stall_timeout_s <= 0 or self.start_timeout_s <= 0:
-            raise ConfigError("stall_timeout_s and start_timeout_s must be positive")
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    enq_count: int  # messages enqueued
-    deq_count: int  # results taken
-    dropped_full: int  # messages refused because no slot was free
-    retries: int  # enqueue calls that found the queue full and waited or parked results
-    queue_depth: int  # messages holding a slot: enqueued, result not yet taken
-
-
-def _make_device(config: QueueConfig, table: OpTable) -> DeviceSide:
-    if config.device == "emulated":
-        from gpufeed.gpu.persistent.emulated import EmulatedDevice
-
-        return EmulatedDevice(table, config.capacity, config.slot_bytes)
-    from gpufeed.gpu.persistent.cuda import CudaDevice
-
-    return CudaDevice(table, config)
-
-
-def _stop_device(device: DeviceSide) -> None:
-    """The finaliser of a queue dropped without ``shutdown``: never leave a kernel spinning."""
-    device.memory.control[STOP] = 1
-    if device.join(5.0):
-        device.close()
 
 
 class GpuQueue:
@@ -145,30 +77,26 @@ class GpuQueue:
         if table is None:
             table = OpTable([load_op(op) if isinstance(op, str) else op], capacity_bytes)
         self.table = table
-        self._device = device or _make_device(config, table)
+        self._device = device or make_device(config, table)
         m = self._memory = self._device.memory
         self._cap, self._log2, self._sb = m.capacity, m.capacity_log2, m.slot_bytes
         self._payload_cap = capacity_bytes
         self._req = m.requests.data.cast("B")
-        self._res = m.results.data.cast("B")
         self._state = m.state.data
-        self._owner = np.full(self._cap, -1, np.int64)  # message id in each slot; -1: free
-        self._reported = np.zeros(self._cap, bool)  # returned by poll_completions already
-        self._parked: dict[int, tuple[int, bytes, bool]] = {}  # id -> (status, data, reported)
+        self._slots = SlotLedger(m)
         self._lengths_ok: dict[tuple[int, int], bool] = {}
-        self._head = self._tail = 0
         self._enq = self._deq = self._dropped = self._retries = 0
         self._failure: BackendError | None = None
         self._closed = False
         self._device.start()
-        self._finalizer = weakref.finalize(self, _stop_device, self._device)
+        self._finalizer = weakref.finalize(self, stop_device, self._device)
         try:
             self._await_start()
         except BaseException:
             self._closed = True
             self._finalizer()
             raise
-        self._watchdog = _Watchdog(self)
+        self._watchdog = Watchdog(self)
         self._watchdog.start()
         log.info("persistent queue started", device=self._device.name, capacity=self._cap,
                  slot_bytes=self._sb, ops=[op.name for op in table.ops])  # fmt: skip
@@ -196,17 +124,15 @@ class GpuQueue:
             if timeout_ms <= 0:
                 raise QueueFull(f"all {self._cap} slots are in use")
             raise QueueTimeout(f"no slot came free within {timeout_ms} ms")
-        msg_id = self._head
+        msg_id = self._slots.head
         slot = msg_id & (self._cap - 1)
         offset = slot * self._sb
-        _HEADER.pack_into(self._req, offset, n, op_id, 0, msg_id & _SEQ_MASK, 0)
+        HEADER.pack_into(self._req, offset, n, op_id, 0, msg_id & _SEQ_MASK, 0)
         self._req[offset + HEADER_BYTES : offset + HEADER_BYTES + n] = data
-        self._owner[slot] = msg_id
-        self._reported[slot] = False
+        self._slots.claim(np.array([msg_id], np.int64))
         self._device.publish(msg_id, 1)
         # READY last: the device reads the request only after seeing it.
         self._state[slot] = tag(msg_id, self._log2, PHASE_READY)
-        self._head += 1
         self._enq += 1
         return msg_id
 
@@ -240,25 +166,24 @@ class GpuQueue:
             count = min(n - sent, self._wait_for_room(deadline))
             if count == 0:
                 break
-            first = self._head
+            first = self._slots.head
             parts = [self._memory.requests[s] for s in self._memory.slots(first, count)]
             write_requests(parts, datas[sent : sent + count], lens[sent : sent + count],
                            np.full(count, op_id, np.uint16), first & _SEQ_MASK)  # fmt: skip
             self._publish(np.arange(first, first + count, dtype=np.int64))
             sent += count
         self._dropped += n - sent
-        return list(range(self._head - sent, self._head))
+        return list(range(self._slots.head - sent, self._slots.head))
 
     def enqueue_slots(self, slots: SlotArray) -> int:
         """Copy whole request slots (headers as written by the worker's packer) into
         free slots without waiting; returns how many fit, taking ids from
         ``stats().enq_count`` on. Their results come back with ``take_slots``."""
         self._check()
-        self._advance_tail()
-        count = min(len(slots), self._cap - (self._head - self._tail))
+        count = min(len(slots), self._cap - self._slots.in_use)
         if count == 0:
             return 0
-        first, row = self._head, 0
+        first, row = self._slots.head, 0
         for part in self._memory.slots(first, count):
             k = part.stop - part.start
             self._memory.requests[part] = slots[row : row + k]
@@ -267,12 +192,9 @@ class GpuQueue:
         return count
 
     def _publish(self, ids: npt.NDArray[np.int64]) -> None:
-        slots = ids & (self._cap - 1)
-        self._owner[slots] = ids
-        self._reported[slots] = False
+        self._slots.claim(ids)
         self._device.publish(int(ids[0]), len(ids))
-        self._memory.state[slots] = tags(ids, self._log2, PHASE_READY)
-        self._head += len(ids)
+        self._memory.state[ids & (self._cap - 1)] = tags(ids, self._log2, PHASE_READY)
         self._enq += len(ids)
 
     # --- results --------------------------------------------------------------------------
@@ -286,33 +208,27 @@ class GpuQueue:
         """
         if self._closed:
             raise QueueShutdown("the queue was shut down")
-        if msg_id in self._parked:
-            status, data, _ = self._parked.pop(msg_id)
+        if msg_id in self._slots.parked:
+            status, data, _ = self._slots.parked.pop(msg_id)
             self._deq += 1
             return self._outcome(status, data)
-        slot = msg_id & (self._cap - 1)
-        if not self._tail <= msg_id < self._head or self._owner[slot] != msg_id:
+        if not self._slots.holds(msg_id):
             raise NotFound(f"no message {msg_id} in the queue")
-        if self._state[slot] != tag(msg_id, self._log2, PHASE_DONE):
+        if not self._slots.is_done(msg_id):
             if self._failure is not None:
                 raise self._failure
             raise NotReady(f"message {msg_id} is still being processed")
-        status, data = self._read_result(slot)
-        self._owner[slot] = -1
+        status, data = self._slots.read_result(msg_id & (self._cap - 1))
+        self._slots.release(np.array([msg_id], np.int64))
         self._deq += 1
-        if msg_id == self._tail:
-            self._advance_tail()
         return self._outcome(status, data)
 
     def done(self, msg_id: int) -> bool:
         """Whether ``msg_id``'s result is ready (it stays in the queue): one memory read,
         for callers that spin on a single message."""
-        if msg_id in self._parked:
+        if msg_id in self._slots.parked:
             return True
-        slot = msg_id & (self._cap - 1)
-        return bool(
-            self._owner[slot] == msg_id and self._state[slot] == tag(msg_id, self._log2, PHASE_DONE)
-        )
+        return self._slots.is_done(msg_id) and self._slots.holds(msg_id)
 
     def poll_completions(self, max_count: int) -> list[int]:
         """Ids of up to ``max_count`` messages whose results are ready and were not
@@ -320,19 +236,20 @@ class GpuQueue:
         if self._closed:
             raise QueueShutdown("the queue was shut down")
         done: list[int] = []
-        for msg_id in sorted(self._parked):
+        parked = self._slots.parked
+        for msg_id in sorted(parked):
             if len(done) >= max_count:
                 return done
-            status, data, reported = self._parked[msg_id]
+            status, data, reported = parked[msg_id]
             if not reported:
-                self._parked[msg_id] = (status, data, True)
+                parked[msg_id] = (status, data, True)
                 done.append(msg_id)
         want = max_count - len(done)
-        if want <= 0 or self._head == self._tail:
+        if want <= 0 or self._slots.in_use == 0:
             return done
-        ids, slots, held, finished = self._window()
-        ready = held & finished & ~self._reported[slots]
-        self._reported[slots[ready][:want]] = True
+        ids, slots, held, finished = self._slots.window()
+        ready = held & finished & ~self._slots.reported[slots]
+        self._slots.reported[slots[ready][:want]] = True
         newly: list[int] = ids[ready][:want].tolist()
         return done + newly
 
@@ -343,7 +260,7 @@ class GpuQueue:
             raise QueueShutdown("the queue was shut down")
         ids = np.arange(first_id, first_id + count, dtype=np.int64)
         slots = ids & (self._cap - 1)
-        if first_id < self._tail or first_id + count > self._head:
+        if first_id < self._slots.tail or first_id + count > self._slots.head:
             raise NotFound(f"messages {first_id}..{first_id + count - 1} are not in the queue")
         if not (self._memory.state[slots] == tags(ids, self._log2, PHASE_DONE)).all():
             if self._failure is not None:
@@ -351,21 +268,19 @@ class GpuQueue:
             return None
         parts = [self._memory.results[s] for s in self._memory.slots(first_id, count)]
         out = parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
-        self._owner[slots] = -1
+        self._slots.release(ids)
         self._deq += count
-        self._advance_tail()
         return out
 
     def unfinished_requests(self) -> SlotArray:
         """Copies of the request slots enqueued and not DONE (readable after a device
         failure: they are in host memory)."""
-        _, slots, held, done = self._window()
-        unfinished: SlotArray = self._memory.requests[slots[held & ~done]]
+        unfinished: SlotArray = self._memory.requests[self._slots.unfinished()[1]]
         return unfinished
 
     def stats(self) -> QueueStats:
         return QueueStats(self._enq, self._deq, self._dropped, self._retries,
-                          self._head - self._tail + len(self._parked))  # fmt: skip
+                          self._slots.in_use + len(self._slots.parked))  # fmt: skip
 
     @property
     def failure(self) -> BackendError | None:
@@ -381,10 +296,10 @@ class GpuQueue:
             return
         self._closed = True
         deadline = time.monotonic() + timeout_s
-        unfinished = self._unfinished()
+        unfinished = len(self._slots.unfinished()[0])
         while unfinished and self._failure is None and time.monotonic() < deadline:
             time.sleep(0.0005)
-            unfinished = self._unfinished()
+            unfinished = len(self._slots.unfinished()[0])
         self._memory.control[STOP] = 1
         stopped = self._device.join(max(1.0, deadline - time.monotonic()))
         self._watchdog.stop()
@@ -455,7 +370,7 @@ class GpuQueue:
 
     def _wait_for_room(self, deadline: float) -> int:
         """How many slots are free, waiting until ``deadline`` while none is."""
-        free = self._free_slots()
+        free = self._slots.free_slots()
         if free:
             return free
         self._retries += 1
@@ -463,122 +378,12 @@ class GpuQueue:
             if self._failure is not None:
                 raise self._failure
             time.sleep(0.00005)
-            free = self._free_slots()
+            free = self._slots.free_slots()
             if free:
                 return free
         return 0
-
-    def _free_slots(self) -> int:
-        """Slots free now, after parking the results of finished messages if need be."""
-        free = self._cap - (self._head - self._tail)
-        if free == 0:
-            self._park_done()
-            free = self._cap - (self._head - self._tail)
-        return free
-
-    def _advance_tail(self) -> None:
-        """Move the tail over slots whose results were taken."""
-        while self._tail < self._head:
-            ids, _, held, _ = self._window(_SCAN)
-            k = len(ids) if not held.any() else int(np.argmax(held))
-            self._tail += k
-            if k < len(ids):
-                return
-
-    def _park_done(self) -> None:
-        """Free the slots of finished messages by moving their results to host memory."""
-        while self._tail < self._head:
-            ids, slots, held, done = self._window(_SCAN)
-            movable = ~held | done
-            k = len(ids) if movable.all() else int(np.argmin(movable))
-            for i in np.flatnonzero(done[:k] & held[:k]).tolist():
-                slot = int(slots[i])
-                status, data = self._read_result(slot)
-                self._parked[int(ids[i])] = (status, data, bool(self._reported[slot]))
-                self._owner[slot] = -1
-            self._tail += k
-            if k < len(ids):
-                return
-
-    def _read_result(self, slot: int) -> tuple[int, bytes]:
-        offset = slot * self._sb
-        length, _op, flags, _seq, _ = _HEADER.unpack_from(self._res, offset)
-        length = min(length, self._payload_cap)  # never read past a slot, whatever a header says
-        start = offset + HEADER_BYTES
-        return flags, bytes(self._res[start : start + length])
 
     def _outcome(self, status: int, data: bytes) -> bytes:
         if status != STATUS_OK:
             raise MessageFailed(data.decode(errors="replace") or "the op reported an error")
         return data
-
-    def _window(self, limit: int | None = None) -> tuple[Ids, Ids, Bools, Bools]:
-        """The ids from the tail (at most ``limit``), their slots, whether each still
-        holds its slot, and whether each is DONE. Also read by the watchdog thread."""
-        tail, head = self._tail, self._head
-        ids = np.arange(tail, head if limit is None else min(head, tail + limit), dtype=np.int64)
-        slots = ids & (self._cap - 1)
-        held = self._owner[slots] == ids
-        done = self._memory.state[slots] == tags(ids, self._log2, PHASE_DONE)
-        return ids, slots, held, done
-
-    def _unfinished(self) -> int:
-        _, _, held, done = self._window()
-        return int((held & ~done).sum())
-
-    def _oldest_unfinished(self) -> int:
-        """The lowest id enqueued and not yet DONE, or -1."""
-        ids, _, held, done = self._window(_SCAN)
-        waiting = held & ~done
-        return int(ids[np.argmax(waiting)]) if waiting.any() else -1
-
-
-class _Watchdog(threading.Thread):
-    """Notices a device that died or stopped making progress, so that calls raise
-    ``DeviceLost`` / ``KernelStalled`` instead of waiting forever."""
-
-    def __init__(self, queue: GpuQueue) -> None:
-        super().__init__(name="gpufeed-queue-watchdog", daemon=True)
-        # A weak reference: a dropped queue's finaliser must still be able to run.
-        self._queue = weakref.ref(queue)
-        self._stall_s = queue.config.stall_timeout_s
-        self._interval = min(0.1, self._stall_s / 10)
-        self._stopped = threading.Event()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self is not threading.current_thread():
-            self.join(5)
-
-    def run(self) -> None:
-        queue = self._queue()
-        if queue is None:
-            return
-        control = queue._memory.control
-        beat, beat_at = int(control[HEARTBEAT]), time.monotonic()
-        waiting, waiting_since = -1, beat_at
-        del queue
-        while not self._stopped.wait(self._interval):
-            queue = self._queue()
-            if queue is None:
-                return
-            now = time.monotonic()
-            why = queue._device.failure()
-            if why is not None:
-                queue._fail(DeviceLost(why))
-                return
-            oldest = queue._oldest_unfinished()
-            if oldest != waiting:
-                waiting, waiting_since = oldest, now
-            elif oldest >= 0 and now - waiting_since > self._stall_s:
-                queue._fail(KernelStalled(
-                    f"message {oldest} has waited {now - waiting_since:.1f} s for the device "
-                    f"(stall timeout {self._stall_s} s)"
-                ))  # fmt: skip
-                return
-            if int(control[HEARTBEAT]) != beat:
-                beat, beat_at = int(control[HEARTBEAT]), now
-            elif oldest < 0 and not control[STOP] and now - beat_at > self._stall_s:
-                queue._fail(KernelStalled(f"no heartbeat from the device for {self._stall_s} s"))
-                return
-            del queue

@@ -133,22 +133,23 @@ def compute_main(
         log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
         metrics.BACKEND.labels(backend.name, table.default.name).set(1)
         started = time.monotonic()
+        lost = False
         try:
             serve(pairs, backend, config.max_batch)
         except DeviceLost as exc:
+            lost = True
             held = lost_device(backend, quarantine, exc) if quarantine is not None else 0
             log.error("GPU lost; exiting so that the supervisor starts a fresh compute process",
                       error=str(exc), quarantined=held)  # fmt: skip
-            # No backend.close(): a lost context cannot free anything; exit does.
-            for pair in pairs:
-                pair.requests.close()
-                pair.responses.close()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_DEVICE_LOST)
         finally:
-            backend.close()
+            if not lost:  # a lost context cannot free anything; process exit does
+                backend.close()
             for pair in pairs:
                 pair.requests.close()
                 pair.responses.close()
+    if lost:
+        # Not sys.exit: finalisers and atexit hooks would call into the lost context.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_DEVICE_LOST)
     log.info("compute stopped", uptime_s=round(time.monotonic() - started, 1))

@@ -119,6 +119,7 @@ def _batched_child(cfg: GpuBenchConfig, conn: Any) -> None:
     """Pinned H2D bandwidth, per-batch cost and one-message-per-launch cost."""
     import cupy as cp
 
+    from gpufeed.gpu._cupy import MEMCPY_HOST_TO_DEVICE
     from gpufeed.gpu.batched import BatchedBackend
 
     if cfg.setup is not None:
@@ -131,7 +132,8 @@ def _batched_child(cfg: GpuBenchConfig, conn: Any) -> None:
     rates = []
     for _ in range(5):
         begin = time.perf_counter()
-        cp.cuda.runtime.memcpyAsync(device.data.ptr, host.ctypes.data, nbytes, 1, stream.ptr)
+        cp.cuda.runtime.memcpyAsync(device.data.ptr, host.ctypes.data, nbytes,
+                                    MEMCPY_HOST_TO_DEVICE, stream.ptr)  # fmt: skip
         stream.synchronize()
         rates.append(nbytes / (time.perf_counter() - begin) / 1e9)
     del host, device

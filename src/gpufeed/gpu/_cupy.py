@@ -37,6 +37,7 @@ STICKY_ERRORS = {
     999,  # unknown
 }
 _HOST_ALLOC_MAPPED = 2  # cudaHostAllocMapped
+MEMCPY_HOST_TO_DEVICE, MEMCPY_DEVICE_TO_HOST = 1, 2  # cudaMemcpyKind
 
 
 def import_cupy() -> Any:

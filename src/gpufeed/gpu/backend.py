@@ -7,8 +7,8 @@ batches in flight (the GPU backends do), but must return each ring's batches
 in the order they were submitted.
 
 The arrays of a ``Completed`` may be views of a backend's buffers: they stay
-valid until the next ``submit``, and the compute process writes them into the
-response ring before submitting again.
+valid until the backend's next ``submit`` or ``poll``, and the compute process
+writes them into the response ring before calling it again.
 """
 
 from __future__ import annotations

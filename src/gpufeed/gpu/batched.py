@@ -34,7 +34,15 @@ import numpy.typing as npt
 import structlog
 
 from gpufeed.errors import ConfigError
-from gpufeed.gpu._cupy import DeviceOpParams, compile_table, import_cupy, is_sticky, lost
+from gpufeed.gpu._cupy import (
+    MEMCPY_DEVICE_TO_HOST,
+    MEMCPY_HOST_TO_DEVICE,
+    DeviceOpParams,
+    compile_table,
+    import_cupy,
+    is_sticky,
+    lost,
+)
 from gpufeed.gpu.backend import Backend, Completed, completed_from_slots
 from gpufeed.gpu.ops.program import BATCH_KERNEL, WARP
 from gpufeed.gpu.ops.registry import OpTable
@@ -45,7 +53,6 @@ log = structlog.get_logger()
 
 STAGINGS = ("pinned", "registered")
 THREADS_PER_BLOCK = 256
-_H2D, _D2H = 1, 2  # cudaMemcpyKind
 
 
 @dataclass
@@ -243,12 +250,14 @@ class BatchedBackend(Backend):
         else:
             src = int(requests.ctypes.data)  # a registered ring: contiguous rows of slots
         stream = lane.stream
-        self._runtime.memcpyAsync(lane.device_in.data.ptr, src, nbytes, _H2D, stream.ptr)
+        self._runtime.memcpyAsync(
+            lane.device_in.data.ptr, src, nbytes, MEMCPY_HOST_TO_DEVICE, stream.ptr
+        )
         if lane.host_in is None:
             lane.copied.record(stream)
         self._compute(lane, n, headers(requests)["op"])
         self._runtime.memcpyAsync(int(lane.host_out.ctypes.data), lane.device_out.data.ptr,
-                                  nbytes, _D2H, stream.ptr)  # fmt: skip
+                                  nbytes, MEMCPY_DEVICE_TO_HOST, stream.ptr)  # fmt: skip
         lane.done.record(stream)
         if lane.host_in is None:
             lane.copied.synchronize()  # the ring reuses these slots once submit returns

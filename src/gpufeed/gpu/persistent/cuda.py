@@ -20,6 +20,7 @@ import numpy as np
 
 from gpufeed.errors import ConfigError
 from gpufeed.gpu._cupy import (
+    MEMCPY_HOST_TO_DEVICE,
     DeviceOpParams,
     MappedHostMemory,
     compile_table,
@@ -33,7 +34,6 @@ from gpufeed.gpu.persistent.device import DeviceSide
 from gpufeed.gpu.persistent.layout import CONTROL_WORDS, STOP, QueueMemory
 
 SYNC_WORDS = 64  # cuda/persistent.cu: TICKET, VISIBLE and DEVICE_STOP, a 128-byte line each
-_MEMCPY_HOST_TO_DEVICE = 1
 
 
 class CudaDevice(DeviceSide):
@@ -122,7 +122,7 @@ class CudaDevice(DeviceSide):
             nbytes = (part.stop - part.start) * self._slot_bytes
             runtime.memcpyAsync(
                 self._device_requests.data.ptr + offset, self._requests.ptr + offset, nbytes,
-                _MEMCPY_HOST_TO_DEVICE, self._copy_stream.ptr,
+                MEMCPY_HOST_TO_DEVICE, self._copy_stream.ptr,
             )  # fmt: skip
         # The copy must have landed before READY is written.
         self._copy_stream.synchronize()

@@ -42,7 +42,7 @@ def configure_logging(log_format: str = "auto", process: str = "main", level: st
     pid = os.getpid()
 
     def tag(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        # A processor, not contextvars: threads (the commit thread) do not inherit those.
+        # A processor, not contextvars: other threads (the ring heartbeat) do not inherit those.
         event.setdefault("process", process)
         event.setdefault("pid", pid)
         return event

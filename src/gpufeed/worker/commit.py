@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import queue
 import struct
-import threading
-import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
 import redis
-import structlog
-from redis.backoff import ExponentialBackoff
 
 from gpufeed.packing import ResultEntry, Results
 from gpufeed.packing.ids import id_range
-from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
-
-log = structlog.get_logger()
 
 # What a lost or stalled connection raises; everything else is a real failure.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
@@ -98,96 +90,3 @@ class Committer:
         args = [*self._static, len(plain) // 2, len(other) // 2, lowest, highest, len(replies),
                 *replies, *plain, *other]  # fmt: skip
         return CommitCounts(*map(int, self._script(keys=self._keys, args=args)))
-
-
-_Work = tuple[Results, Any]  # results, their entry-id times (NumPy) or ()
-
-
-class BackgroundCommitter:
-    """Runs commits on a thread, so the next read and pack overlap the script call.
-
-    While one thread waits for Redis to run a commit script (the GIL is free
-    during socket waits), the ingest loop reads and packs the next batch:
-    Redis and the ingest process work at the same time instead of taking
-    turns. At most ``depth`` commits wait; ``submit`` blocks beyond that, which
-    in turn stops reading (backpressure). A commit that fails on a lost
-    connection is retried with backoff until it succeeds: the script is
-    idempotent. Any other failure is raised from the next ``submit``/``flush``.
-    """
-
-    def __init__(self, committer: Committer, *, depth: int = 2) -> None:
-        self._committer = committer
-        self._queue: queue.Queue[_Work] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self.counts = CommitCounts()
-        self._thread = threading.Thread(target=self._run, name="gpufeed-commit", daemon=True)
-        self._thread.start()
-
-    @property
-    def answered(self) -> int:
-        return self.counts.answered
-
-    @property
-    def skipped(self) -> int:
-        return self.counts.skipped
-
-    def load(self) -> None:
-        """Load the commit script now (see ``Committer.load``)."""
-        self._committer.load()
-
-    def submit(self, results: Results, born_ms: Any = ()) -> None:
-        """Queue ``results`` for commit; ``born_ms`` (entry-id times of computed
-        results) feed the end-to-end latency histogram once they are committed."""
-        self.check()
-        self._queue.put((results, born_ms))
-
-    def busy(self) -> bool:
-        """Whether commits are queued or running."""
-        return self._queue.unfinished_tasks > 0
-
-    def flush(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for every submitted commit; True when all are done."""
-        deadline = time.monotonic() + timeout
-        while self.busy() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        self.check()
-        return not self.busy()
-
-    def check(self) -> None:
-        """Raise the error a commit failed with, if one did (lost connections are
-        retried, not raised): the ingest loop calls this every round, so a failed
-        commit stops the process even when nothing more is submitted."""
-        if self._error is not None:
-            raise self._error
-
-    def _commit(self, results: Results) -> CommitCounts:
-        backoff = ExponentialBackoff(cap=2.0, base=0.05)
-        failures = 0
-        while True:
-            try:
-                return self._committer.commit(results)
-            except REDIS_ERRORS as exc:
-                failures += 1
-                pause = backoff.compute(failures)
-                log.warning("commit failed; retrying", error=str(exc), pause_s=pause)
-                time.sleep(pause)
-
-    def _run(self) -> None:
-        while True:
-            results, born_ms = self._queue.get()
-            try:
-                started = time.perf_counter()
-                counts = self._commit(results)
-                metrics.COMMIT.observe(time.perf_counter() - started)
-                metrics.record_commit(counts, born_ms)
-                self.counts = self.counts.plus(counts)
-                log.debug("batch committed", **counts._asdict())
-                if counts.skipped:
-                    log.info(
-                        "results skipped: entries no longer pending for us", **counts._asdict()
-                    )
-            except BaseException as exc:
-                self._error = exc
-                log.error("commit failed", error=repr(exc))
-            finally:
-                self._queue.task_done()

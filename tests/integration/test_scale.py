@@ -58,6 +58,26 @@ def test_four_workers_share_a_group_with_concurrent_reclaims(client, queue, star
     assert reclaims > 0, "the scenario must make workers reclaim each other's entries"
 
 
+def test_a_worker_does_not_compute_again_what_it_reclaims_from_itself(
+    client, queue, start_worker
+) -> None:
+    # Entries wait in the ring longer than the visibility timeout, so XAUTOCLAIM
+    # hands the worker its own entries back while their first copy computes.
+    args = ("--op", "user_ops:slow_echo", "--max-batch", "16", "--ring-capacity", "256",
+            "--visibility-timeout-ms", "200", "--max-deliveries", "1000",
+            "--log-format", "json")  # fmt: skip
+    worker = start_worker(*args, consumer="solo")
+    worker.wait_ready(client, keys(queue)[0], consumers=1)
+    ids = xadd_all(client, keys(queue)[0], [f"m{i}".encode() for i in range(2000)])
+    results = wait_for_results(client, queue, len(ids), timeout=180, worker=worker)
+    exactly_one_each(results, ids)
+    assert worker.log().count('"reclaimed idle entries"') > 0, "the scenario must reclaim"
+    report = drained(worker)
+    assert report == {"answered": len(ids), "skipped": 0, "read": len(ids)}, (
+        "every entry read and computed once"
+    )
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster(3) as local:

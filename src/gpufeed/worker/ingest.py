@@ -206,11 +206,15 @@ class Ingest:
         entries = reply_entries(reply)
         if entries:
             self.read_id = entries[-1][0].decode()
-            in_flight = {i for f in self.in_flight for i in f.batch.ids}
-            entries = [e for e in entries if e[0] not in in_flight]
+            held = self._held()
+            entries = [e for e in entries if e[0] not in held]
         else:
             self.read_id = NEW
         return entries
+
+    def _held(self) -> set[bytes]:
+        """The ids of the entries in the request ring or waiting for their results."""
+        return {i for f in self.in_flight for i in f.batch.ids}
 
     def fill(self) -> bool:
         """Read and pack one batch if the ring has room; False if nothing was read."""
@@ -221,6 +225,14 @@ class Ingest:
         entries: list[Entry] | Columns
         if self.reclaimer.due():
             entries, dead = self.reclaimer.claim(room)
+            # XAUTOCLAIM hands back our own entries too once they are idle past the
+            # visibility timeout, such as a batch still computing: its copy in the
+            # ring answers them. A second copy would be computed for nothing, and
+            # could put two results for one entry into one commit.
+            if self.in_flight:
+                held = self._held()
+                entries = [e for e in entries if e[0] not in held]
+                dead = [d for d in dead if d.src not in held]
             self.to_commit.extend(dead)
             for d in dead:
                 self._log_failed(d.src, d.body.decode(errors="replace"), d.status)

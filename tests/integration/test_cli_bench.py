@@ -61,6 +61,28 @@ def test_bench_pack_refuses_payloads_larger_than_the_slot() -> None:
 
 
 @pytest.mark.timeout(240)
+def test_bench_commit_times_the_commit_script_and_the_floor_call() -> None:
+    out = run_cli(
+        "bench", "commit", "--json", "--batch", "50", "--held", "100", "--calls", "3",
+        timeout=120,
+    )  # fmt: skip
+    result = json.loads(out)
+    assert (result["batch"], result["held"], result["calls"]) == (50, 100, 3)
+    assert result["commit_us_per_entry"] > 0 and result["floor_us_per_entry"] > 0
+    assert result["ratio_vs_floor"] == pytest.approx(
+        result["floor_us_per_entry"] / result["commit_us_per_entry"], rel=0.01
+    )
+
+
+def test_bench_commit_refuses_an_empty_batch() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpufeed", "bench", "commit", "--batch", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--batch" in proc.stderr
+
+
 def test_bench_e2e_measures_the_worker_and_the_floor() -> None:
     out = run_cli(
         "bench", "e2e", "--json", "--messages", "3000", "--latency-messages", "500",

@@ -94,6 +94,25 @@ def test_a_commit_skips_entries_another_consumer_reclaimed(client, queue) -> Non
     assert client.xlen(config.out_key) == 1
 
 
+def test_a_commit_answers_entries_in_any_order_and_skips_a_reclaimed_one_mid_batch(
+    client, queue
+) -> None:
+    # The script matches entries to XPENDING's rows in step; entries out of id order
+    # (a reclaimed entry among newer reads) and a row missing mid-batch take its
+    # other path, and must be answered exactly as in order.
+    config = WorkerConfig(queue=queue)
+    ids = xadd_all(client, config.in_key, [b"%d" % i for i in range(40)])
+    read_as(client, queue, "me", 40)
+    client.xclaim(config.in_key, "gpufeed", "other", 0, [ids[20]])
+    order = ids[30:] + ids[:30]  # the oldest last, as after a reclaim
+    counts = Committer(client, config, "me").commit([ResultEntry(i, "ok", b"r") for i in order])
+    assert counts[:2] == (39, 1)
+    answered = [f[b"src"] for _, f in client.xrange(config.out_key)]
+    assert answered == [i for i in order if i != ids[20]], "one result each, in commit order"
+    (row,) = client.xpending_range(config.in_key, "gpufeed", "-", "+", 10)
+    assert (row["message_id"], row["consumer"]) == (ids[20], b"other")
+
+
 def test_a_commit_mixes_plain_cid_reply_to_and_error_records(client, queue) -> None:
     config = WorkerConfig(queue=queue)
     ids = xadd_all(client, config.in_key, [b"p", b"c", b"r", b"e"])

@@ -13,7 +13,8 @@ bench_app = typer.Typer(help="Measure gpufeed against its baselines.", no_args_i
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")]
 PlotPath = Annotated[
-    str | None, typer.Option("--plot", help="Also draw the run into this PNG (needs [plot]).")
+    str | None,
+    typer.Option("--plot", help="Also draw the run into this PNG (needs the plot extra)."),
 ]
 
 
@@ -119,6 +120,24 @@ def bench_e2e(
 
     cfg = E2EBenchConfig(messages=messages, latency_messages=latency_messages, repeats=repeats)
     emit(run(cfg), as_json, "e2e", plot)
+
+
+@bench_app.command("commit")
+def bench_commit(
+    batch: Annotated[int, typer.Option(help="Entries committed per script call.")] = 400,
+    held: Annotated[int, typer.Option(help="Entries pending beside them.")] = 3600,
+    calls: Annotated[int, typer.Option(help="Script calls of each; medians reported.")] = 60,
+    as_json: JsonFlag = False,
+) -> None:
+    """The commit script vs the floor's Lua call, in Redis's own time per entry.
+
+    Example: gpufeed bench commit --json --batch 1000
+    """
+    from gpufeed.bench.commit import CommitBenchConfig, run
+
+    if batch < 1 or held < 0 or calls < 1:
+        raise typer.BadParameter("--batch and --calls must be >= 1, --held >= 0")
+    emit(run(CommitBenchConfig(batch=batch, held=held, calls=calls)), as_json, "commit")
 
 
 @bench_app.command("scale")

@@ -42,16 +42,27 @@ def ids_ms(entry_ids: Sequence[bytes]) -> npt.NDArray[np.float64]:
     return np.fromiter(map(id_ms, entry_ids), dtype=np.float64, count=len(entry_ids))
 
 
-_MAX_SEQ = 2**64 - 1
+def _seq(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[1])
 
 
 def id_range(entry_ids: Sequence[bytes]) -> tuple[bytes, bytes]:
-    """The narrowest whole-millisecond range of stream ids holding every id given
-    (``entry_ids`` must not be empty), exact for any id, hand-made ones included."""
+    """The lowest and the highest of ``entry_ids`` (which must not be empty), in
+    stream-id order, exact for any id, hand-made ones included.
+
+    Only the ids in the first and the last millisecond have their sequence part
+    parsed: a batch read under load spans a few milliseconds, so that is a few
+    dozen ids, not all of them. The commit script's ownership check lists the
+    consumer's pending entries in this range, so a range rounded out to whole
+    milliseconds would list every entry read in those milliseconds but not yet
+    committed as well.
+    """
     ms = _ms13(entry_ids)
-    if ms is not None:
+    if ms is None:  # Python ints: a hand-made id may have more ms digits than a float holds
+        keys = [(id_ms(i), _seq(i)) for i in entry_ids]
+        (lo, lo_seq), (hi, hi_seq) = min(keys), max(keys)
+    else:
         lo, hi = int(ms.min()), int(ms.max())
-    else:  # Python ints: a hand-made id may have more ms digits than a float holds
-        every = list(map(id_ms, entry_ids))
-        lo, hi = min(every), max(every)
-    return b"%d-0" % lo, b"%d-%d" % (hi, _MAX_SEQ)
+        lo_seq = min(_seq(entry_ids[i]) for i in np.flatnonzero(ms == lo).tolist())
+        hi_seq = max(_seq(entry_ids[i]) for i in np.flatnonzero(ms == hi).tolist())
+    return b"%d-%d" % (lo, lo_seq), b"%d-%d" % (hi, hi_seq)

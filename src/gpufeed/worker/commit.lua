@@ -60,8 +60,7 @@ end
 -- the order of the reads): walking both together matches each entry to the
 -- next row with one comparison of interned strings. Only an entry that breaks
 -- step (a reclaimed one, older than the reads around it; or one whose row is
--- missing) builds the id -> row table, once, at about a tenth of the script's
--- cost per entry.
+-- missing) builds the id -> row table, once.
 local next_row, deliveries = 1, nil
 
 -- The delivery count of an entry pending for this consumer, or nil. An entry

@@ -60,7 +60,6 @@ def test_bench_pack_refuses_payloads_larger_than_the_slot() -> None:
     assert "payload_bytes must be at most slot_bytes - 16 = 48" in done.stderr
 
 
-@pytest.mark.timeout(240)
 def test_bench_commit_times_the_commit_script_and_the_floor_call() -> None:
     out = run_cli(
         "bench", "commit", "--json", "--batch", "50", "--held", "100", "--calls", "3",
@@ -83,6 +82,7 @@ def test_bench_commit_refuses_an_empty_batch() -> None:
     assert "--batch" in proc.stderr
 
 
+@pytest.mark.timeout(240)
 def test_bench_e2e_measures_the_worker_and_the_floor() -> None:
     out = run_cli(
         "bench", "e2e", "--json", "--messages", "3000", "--latency-messages", "500",

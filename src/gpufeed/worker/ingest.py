@@ -148,7 +148,7 @@ class Ingest:
         The commit runs between reads, not beside them on a thread of its own:
         where Redis, producers and workers share the cores, a second thread's
         GIL hand-offs and wake-ups cost more CPU per message than the overlap
-        gains (``bench e2e``: 6.0-6.4 against 8.0-9.2 us per message), and
+        gains (``bench e2e``: 6.0-6.8 against 8.0-8.8 us per message), and
         the compute process works on the ring meanwhile. A lost connection
         raises; ``run`` backs off and the next round commits the same results
         again, which the script makes safe (entries already acknowledged are

@@ -22,6 +22,7 @@ from gpufeed.worker import metrics
 from gpufeed.worker.backends import make_backend
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.exits import EXIT_DEVICE_LOST, exit_on_ring_corruption
+from gpufeed.worker.gctune import tune_for_hot_loop
 from gpufeed.worker.quarantine import Quarantine, QuarantinedBackend, lost_device
 
 log = structlog.get_logger()
@@ -132,6 +133,7 @@ def compute_main(
         backend.attach_request_rings([p.requests.segment.slots_readonly for p in pairs])
         log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
         metrics.BACKEND.labels(backend.name, table.default.name).set(1)
+        tune_for_hot_loop()
         started = time.monotonic()
         lost = False
         try:

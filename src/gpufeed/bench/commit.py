@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from gpufeed.bench import median
+from gpufeed.bench import median, server_label
 from gpufeed.bench.e2e import FLOOR_LUA
 from gpufeed.packing import ResultEntry
 from gpufeed.worker.commit import Committer
@@ -56,9 +56,10 @@ def _script_us(client: redis.Redis) -> float:
     return float(stats["cmdstat_evalsha"]["usec"])
 
 
-def run(cfg: CommitBenchConfig) -> dict[str, float | int]:
+def run(cfg: CommitBenchConfig) -> dict[str, float | int | str]:
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
+        server_name = server_label(client)
         config = WorkerConfig(queue="bench-commit", out_maxlen=0)
         ours = Committer(client, config, "c")
         ours.load()
@@ -83,6 +84,7 @@ def run(cfg: CommitBenchConfig) -> dict[str, float | int]:
             client.delete(config.out_key, floor_keys[1])
     commit_us, base_us = median(ours_us), median(floor_us)
     return {
+        "server": server_name,
         "batch": cfg.batch,
         "held": cfg.held,
         "calls": cfg.calls,

@@ -1,25 +1,32 @@
 """``gpufeed bench e2e``: the whole worker against the bare Redis work it must do.
 
-Both systems run against one fresh embedded server, each on its own queue,
+All three run against one fresh embedded server, each on its own queue,
 while a producer process writes 64-byte messages at the same time:
 
 * the floor: one redis-py loop, ``XREADGROUP COUNT 1000`` then one Lua call
   that XADDs a result per entry and XACKs them: no ring, no compute;
+* the checked floor: the same loop, committing with gpufeed's commit script,
+  which writes results only for entries still pending for its consumer
+  (ARCHITECTURE.md section 6) where the floor's Lua call does not look;
 * gpufeed: ``gpufeed worker --op echo --backend cpu``.
+
+Against the floor, the ratio is what the whole product costs; against the
+checked floor, what the ring, the packing and the compute process cost on top
+of the Redis work that exactly-once results take.
 
 Throughput is measured with the producer running flat out (messages divided
 by the time from the producer's start to the last result), ``repeats`` times
-each, alternating; the medians and the median of the per-pair ratios are
-reported. Latency (input
-entry id to result entry id, Redis clock, 1 ms resolution) is measured in a
-second, paced run at half the floor's throughput, so it is not queueing
-behind a backlog the producer built on purpose.
+each, taking turns; the medians and the medians of the per-round ratios are
+reported. Latency (input entry id to result entry id, Redis clock, 1 ms
+resolution) is measured in a second, paced run at half the floor's
+throughput, so it is not queueing behind a backlog the producer built on
+purpose.
 
 The throughput runs also report CPU time per message: the consuming side's
-processes (the floor loop; the worker's supervisor, ingest and compute
+processes (a floor loop; the worker's supervisor, ingest and compute
 processes) and the server's (``INFO cpu``, which includes the producer's
-XADDs alike for both). Where every process has a core of its own, these, not
-the shared cores of a small machine, decide the throughput.
+XADDs alike for all three). Where every process has a core of its own,
+these, not the shared cores of a small machine, decide the throughput.
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ from typing import Any
 
 import redis
 
-from gpufeed.bench import median, percentile, process_tree_cpu_s, redis_cpu_s
+from gpufeed.bench import median, percentile, process_tree_cpu_s, redis_cpu_s, server_label
+from gpufeed.packing import Results
 from gpufeed.packing.ids import id_ms
-from gpufeed.worker.config import queue_key
+from gpufeed.worker.commit import Committer
+from gpufeed.worker.config import WorkerConfig, queue_key
 from gpufeed.worker.connect import RedisTarget
 from gpufeed.worker.launch import wait_for_consumers, worker_process
 from gpufeed.worker.produce import xadd_all
@@ -68,15 +77,30 @@ def produce(url: str, stream: str, n: int, size: int, rate: float = 0.0) -> None
     xadd_all(RedisTarget(url).connect(), stream, [bytes(size)] * n, rate=rate)
 
 
-def _floor(url: str, queue: str, stop: Any) -> None:
+def _floor_keys(queue: str, checked: bool) -> tuple[str, str, str]:
+    """The input stream, output stream and group of a floor loop."""
+    if checked:
+        config = WorkerConfig(queue=queue)
+        return config.in_key, config.out_key, config.group
+    return f"{queue}:in", f"{queue}:out", "floor"
+
+
+def _floor(url: str, queue: str, stop: Any, checked: bool) -> None:
     """Serve ``queue`` until ``stop`` is set (it outlives the measurement, so
     its CPU time can be read while it runs)."""
     client = redis.Redis.from_url(url)
-    stream, out = f"{queue}:in", f"{queue}:out"
+    stream, out, group = _floor_keys(queue, checked)
     commit = client.register_script(FLOOR_LUA)
+    committer = Committer(client, WorkerConfig(queue=queue), "c")
+    if checked:
+        committer.load()
     while not stop.is_set():
-        reply: Any = client.xreadgroup("floor", "c", {stream: ">"}, count=1000, block=5)
+        reply: Any = client.xreadgroup(group, "c", {stream: ">"}, count=1000, block=5)
         for _stream, entries in reply or []:
+            if checked:
+                bodies = [fields[b"data"] for _, fields in entries]
+                committer.commit(Results([entry_id for entry_id, _ in entries], bodies))
+                continue
             args: list[Any] = []
             for entry_id, fields in entries:
                 args += (entry_id, fields[b"data"])
@@ -143,15 +167,18 @@ def _measure(
                 (redis_after - redis_before) * 1e6 / n)  # fmt: skip
 
 
-def _run_floor(url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float) -> _Run:
+def _run_floor(
+    url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float, checked: bool = False
+) -> _Run:
     client = redis.Redis.from_url(url)
-    client.xgroup_create(f"{queue}:in", "floor", id="0", mkstream=True)
+    stream, out, group = _floor_keys(queue, checked)
+    client.xgroup_create(stream, group, id="0", mkstream=True)
     stop = _CTX.Event()
-    loop = _CTX.Process(target=_floor, args=(url, queue, stop), daemon=True)
+    loop = _CTX.Process(target=_floor, args=(url, queue, stop, checked), daemon=True)
     loop.start()
     try:
         assert loop.pid is not None
-        return _measure(client, url, (f"{queue}:in", f"{queue}:out"), n, cfg, rate, loop.pid)
+        return _measure(client, url, (stream, out), n, cfg, rate, loop.pid)
     finally:
         stop.set()
         loop.join(30)
@@ -169,33 +196,43 @@ def _run_gpufeed(url: str, queue: str, n: int, cfg: E2EBenchConfig, rate: float)
         return _measure(client, url, (stream, out), n, cfg, rate, worker.pid)
 
 
+def _median_ratio(ours: list[_Run], base: list[_Run]) -> float:
+    """The median of the per-round throughput ratios (each round's runs ran
+    back to back, so they shared the machine's mood)."""
+    return median([o.msgs_per_s / b.msgs_per_s for o, b in zip(ours, base, strict=True)])
+
+
 def server_flush(url: str) -> None:
     """Empty the server between runs, so every run starts from the same state."""
     redis.Redis.from_url(url).flushall()
 
 
-def run(cfg: E2EBenchConfig) -> dict[str, float | int]:
+def run(cfg: E2EBenchConfig) -> dict[str, float | int | str]:
     with RedisServer() as server:
         url = server.url
-        # Alternate the two, so that the machine's mood swings hit both alike.
-        floor_runs, ours_runs = [], []
+        server_name = server_label(redis.Redis.from_url(url))
+        # Take turns, so that the machine's mood swings hit all three alike.
+        floor_runs, checked_runs, ours_runs = [], [], []
         for r in range(cfg.repeats):
             floor_runs.append(_run_floor(url, f"floor-{r}", cfg.messages, cfg, 0.0))
+            checked_runs.append(_run_floor(url, f"checked-{r}", cfg.messages, cfg, 0.0, True))
             ours_runs.append(_run_gpufeed(url, f"bench-{r}", cfg.messages, cfg, 0.0))
             server_flush(url)
         floor_rate = median([f.msgs_per_s for f in floor_runs])
         ours_rate = median([o.msgs_per_s for o in ours_runs])
-        pairs = zip(ours_runs, floor_runs, strict=True)
-        ratio = median([o.msgs_per_s / f.msgs_per_s for o, f in pairs])
+        ratio = _median_ratio(ours_runs, floor_runs)
         paced = round(floor_rate / 2)
         floor_lat = _run_floor(url, "floor-b", cfg.latency_messages, cfg, paced).latencies_ms
         ours_lat = _run_gpufeed(url, "bench-b", cfg.latency_messages, cfg, paced).latencies_ms
     return {
+        "server": server_name,
         "messages": cfg.messages,
         "payload_bytes": cfg.payload_bytes,
         "msgs_per_s": round(ours_rate),
         "floor_msgs_per_s": round(floor_rate),
         "ratio_vs_floor": round(ratio, 3),
+        "checked_floor_msgs_per_s": round(median([c.msgs_per_s for c in checked_runs])),
+        "ratio_vs_checked_floor": round(_median_ratio(ours_runs, checked_runs), 3),
         "repeats": cfg.repeats,
         "latency_rate_msgs_per_s": paced,
         "p50_ms": percentile(ours_lat, 50),
@@ -206,4 +243,7 @@ def run(cfg: E2EBenchConfig) -> dict[str, float | int]:
         "floor_cpu_us_per_msg": round(median([f.cpu_us for f in floor_runs]), 2),
         "redis_cpu_us_per_msg": round(median([o.redis_cpu_us for o in ours_runs]), 2),
         "floor_redis_cpu_us_per_msg": round(median([f.redis_cpu_us for f in floor_runs]), 2),
+        "checked_floor_redis_cpu_us_per_msg": round(
+            median([c.redis_cpu_us for c in checked_runs]), 2
+        ),
     }

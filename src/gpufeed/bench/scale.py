@@ -33,7 +33,7 @@ from pathlib import Path
 
 import redis
 
-from gpufeed.bench import median, process_tree_cpu_s, redis_cpu_s
+from gpufeed.bench import median, process_tree_cpu_s, redis_cpu_s, server_label
 from gpufeed.bench.e2e import produce
 from gpufeed.worker.config import queue_key
 from gpufeed.worker.connect import RedisTarget
@@ -90,6 +90,7 @@ class _Round:
     worker_cpu_us: float  # per message, all worker processes
     busiest_cpu_us: float  # per message, the busiest single worker process
     spread: float = 1.0  # least-loaded consumer's answered count over the busiest's
+    server: str = ""  # server_label of the nodes
 
 
 def _spread(logs: dict[str, list[Path]]) -> float:
@@ -148,17 +149,18 @@ def _measure(setup: Setup, cfg: ScaleBenchConfig, tmp: Path, logs: dict[str, lis
         for p in producers:
             p.join(30)
         return _Round(n / elapsed, redis_cpu_us, sum(used.values()) * 1e6 / n,
-                      max(used.values()) * 1e6 / n)  # fmt: skip
+                      max(used.values()) * 1e6 / n, server=server_label(nodes[0]))  # fmt: skip
 
 
-def run(cfg: ScaleBenchConfig, setups: tuple[Setup, ...] = SETUPS) -> dict[str, float | int]:
+def run(cfg: ScaleBenchConfig, setups: tuple[Setup, ...] = SETUPS) -> dict[str, float | int | str]:
     rounds: dict[str, list[_Round]] = {s.name: [] for s in setups}
     with tempfile.TemporaryDirectory(prefix="gpufeed-bench-scale-") as tmp:
         for _ in range(cfg.repeats):  # setups in turn, so noise hits all of them alike
             for setup in setups:
                 rounds[setup.name].append(_run(setup, cfg, Path(tmp)))
     base = [r.msgs_per_s for r in rounds[setups[0].name]]
-    result: dict[str, float | int] = {
+    result: dict[str, float | int | str] = {
+        "server": rounds[setups[0].name][0].server,
         "messages": cfg.messages, "payload_bytes": cfg.payload_bytes, "repeats": cfg.repeats,
         "cpu_count": mp.cpu_count(),
     }  # fmt: skip

@@ -17,7 +17,7 @@ from conftest import (
     spawned_children,
     wait_for_results,
 )
-from gpufeed.packing import ResultEntry
+from gpufeed.packing import ResultEntry, Results
 from gpufeed.worker.commit import COMMIT_LUA, Committer
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.produce import xadd_all
@@ -189,6 +189,25 @@ def test_the_commit_script_answers_entries_outside_the_range_it_is_given(client,
     answered, skipped, *_ = script(keys=list(keys(queue)), args=args)
     assert (answered, skipped) == (2, 1)
     assert sorted(f[b"src"] for _, f in client.xrange(config.out_key)) == ids[:2]
+    (row,) = client.xpending_range(config.in_key, "gpufeed", "-", "+", 10)
+    assert (row["message_id"], row["consumer"]) == (ids[2], b"other")
+
+
+def test_a_wrong_ordered_hint_still_answers_every_entry_pending_for_us(client, queue) -> None:
+    """``Results.ordered`` lets the commit bound its ids by the two ends; ids out
+    of order under that word must still all be answered, and the others'
+    entry still skipped."""
+    config = WorkerConfig(queue=queue)
+    ids = xadd_all(client, config.in_key, [b"a", b"b", b"c", b"d", b"e"])
+    read_as(client, queue, "me", 2)
+    read_as(client, queue, "other", 1)
+    read_as(client, queue, "me", 2)
+    mixed = [ids[3], ids[0], ids[4], ids[2], ids[1]]  # ends 3 and 1: 0 and 4 lie outside
+    results = Results(mixed, [b"r" + i for i in mixed], ordered=True)
+    counts = Committer(client, config, "me").commit(results)
+    assert (counts.answered, counts.skipped) == (4, 1)
+    answered = {f[b"src"]: f[b"data"] for _, f in client.xrange(config.out_key)}
+    assert answered == {i: b"r" + i for i in ids if i != ids[2]}
     (row,) = client.xpending_range(config.in_key, "gpufeed", "-", "+", 10)
     assert (row["message_id"], row["consumer"]) == (ids[2], b"other")
 

@@ -66,11 +66,17 @@ class Results:
     columns, their entry ids and bodies; a tuple per message, taken apart
     again for the script's arguments, would cost more than the rest of the
     ingest loop. Everything else is a ``ResultEntry`` in ``other``.
+
+    ``ordered`` is the caller's word that ``ids`` are in stream order (the
+    ingest process's, for results of ``>`` reads collected first in, first
+    out): the commit then takes its id range from the two ends instead of
+    parsing every id. A wrong word costs time, never a result (commit.lua).
     """
 
     ids: list[bytes] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     other: list[ResultEntry] = field(default_factory=list)
+    ordered: bool = False
 
     @classmethod
     def of(cls, entries: Iterable[ResultEntry]) -> Results:
@@ -102,6 +108,7 @@ class Results:
                 self.ids[start:end],
                 self.bodies[start:end],
                 self.other[max(start - n_plain, 0) : max(end - n_plain, 0)],
+                self.ordered,
             )
 
 

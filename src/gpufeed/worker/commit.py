@@ -85,8 +85,9 @@ class Committer:
             cid_field = 0 if e.cid is None else len(e.cid) + 1
             head = _RECORD.pack(_STATUS_CODES[e.status], dest, cid_field)
             other += (e.src, head + (e.cid or b"") + e.body)
-        ids = [*results.ids, *(e.src for e in results.other)] if results.other else results.ids
-        lowest, highest = id_range(ids)
+        # Ids in stream order bound themselves: only the two ends need parsing.
+        ids = [results.ids[0], results.ids[-1]] if results.ordered and results.ids else results.ids
+        lowest, highest = id_range([*ids, *(e.src for e in results.other)])
         args = [*self._static, len(plain) // 2, len(other) // 2, lowest, highest, len(replies),
                 *replies, *plain, *other]  # fmt: skip
         return CommitCounts(*map(int, self._script(keys=self._keys, args=args)))

@@ -88,6 +88,9 @@ class _InFlight:
     batch: PackedBatch
     born_ms: Any  # entry-id times of the packed messages (NumPy float64)
     packed_at: float  # time.perf_counter() when it went into the request ring
+    # From a ">" read: its ids follow those of the batches before it. Pending
+    # history and reclaimed entries are older than what is in flight.
+    ordered: bool
     answered: int = 0
 
 
@@ -109,7 +112,7 @@ class Ingest:
         self.counts = CommitCounts()
         self.reclaimer = Reclaimer(self.client, config, self.consumer)
         self.in_flight: deque[_InFlight] = deque()
-        self.to_commit = Results()
+        self.to_commit = Results(ordered=True)
         self.to_commit_born: list[Any] = []
         self.summary_at = time.monotonic()
         self.summary_answered = 0
@@ -130,6 +133,7 @@ class Ingest:
             if got == 0:
                 return
             failed = len(self.to_commit.other)
+            self.to_commit.ordered &= head.ordered
             collect_results((first, second), head.batch, head.answered, self.to_commit)
             self.to_commit_born.append(head.born_ms[head.answered : head.answered + got])
             self.responses.release(got)
@@ -163,7 +167,7 @@ class Ingest:
         metrics.COMMIT.observe(time.perf_counter() - started)
         metrics.record_commit(counts, born)
         self.counts = self.counts.plus(counts)
-        self.to_commit = Results()
+        self.to_commit = Results(ordered=True)
         self.to_commit_born = []
         log.debug("batch committed", **counts._asdict())
         if counts.skipped:
@@ -224,6 +228,7 @@ class Ingest:
         if room == 0:
             return False  # ring full: leave the messages in Redis
         entries: list[Entry] | Columns
+        fresh = False
         if self.reclaimer.due():
             entries, dead = self.reclaimer.claim(room)
             # XAUTOCLAIM hands back our own entries too once they are idle past the
@@ -238,6 +243,7 @@ class Ingest:
             for d in dead:
                 self._log_failed(d.src, d.body.decode(errors="replace"), d.status)
         else:
+            fresh = self.read_id == NEW
             entries = self.read(room)
         if not entries:
             self.requests.commit(0)
@@ -267,7 +273,7 @@ class Ingest:
             metrics.observe_many(metrics.QUEUE_WAIT, np.maximum(read_ms - born, 0.0) / 1000)
             metrics.RING_OCCUPANCY.inc(batch.count)
             self.seq = (self.seq + batch.count) % (1 << 32)
-            self.in_flight.append(_InFlight(batch, born, time.perf_counter()))
+            self.in_flight.append(_InFlight(batch, born, time.perf_counter(), fresh))
         return True
 
     # -- the loop ----------------------------------------------------------------------

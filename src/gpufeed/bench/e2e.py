@@ -92,13 +92,13 @@ def _floor(url: str, queue: str, stop: Any, checked: bool) -> None:
     client = redis.Redis.from_url(url)
     stream, out, group = _floor_keys(queue, checked)
     commit = client.register_script(FLOOR_LUA)
-    committer = Committer(client, WorkerConfig(queue=queue), "c")
-    if checked:
+    committer = Committer(client, WorkerConfig(queue=queue), "c") if checked else None
+    if committer is not None:
         committer.load()
     while not stop.is_set():
         reply: Any = client.xreadgroup(group, "c", {stream: ">"}, count=1000, block=5)
         for _stream, entries in reply or []:
-            if checked:
+            if committer is not None:
                 bodies = [fields[b"data"] for _, fields in entries]
                 committer.commit(Results([entry_id for entry_id, _ in entries], bodies))
                 continue
@@ -218,8 +218,8 @@ def run(cfg: E2EBenchConfig) -> dict[str, float | int | str]:
         # spent half as much CPU per message again (docs/benchmarks.md).
         runs: dict[str, list[_Run]] = {"floor": [], "checked": [], "ours": []}
         for r in range(cfg.repeats):
-            order = [*runs][r % 3 :] + [*runs][: r % 3]
-            for name in order:
+            names = list(runs)
+            for name in names[r % 3 :] + names[: r % 3]:
                 if name == "ours":
                     got = _run_gpufeed(url, f"bench-{r}", cfg.messages, cfg, 0.0)
                 else:

@@ -7,8 +7,9 @@ committed, and none of them is part of a cycle, but each still counts
 towards the collector's young-generation threshold: at the default of 700
 net allocations, one 1000-entry read sets off several young collections,
 and every hundredth of those a full one that walks every object imported
-at start-up. In ``bench e2e`` that scanning came to 0.4-0.5 us of the
-ingest process's CPU per message, all of it finding nothing.
+at start-up. In ``bench e2e`` that scanning came to about 0.5 us of the
+worker's CPU per message (ingest and compute processes), all of it finding
+nothing.
 """
 
 from __future__ import annotations

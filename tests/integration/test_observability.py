@@ -84,3 +84,27 @@ def test_logs_are_json_off_a_terminal_and_errors_name_stream_entry_and_reason(
     assert "unknown op" in failed[0]["reason"] and failed[0]["level"] == "warning"
     assert any(e["event"] == "batch read" and e["level"] == "debug" for e in events)
     assert {e["process"] for e in events} >= {"supervisor", "compute", "ingest-0"}
+
+
+def test_a_burst_that_wakes_an_idle_worker_is_read_as_one_batch(
+    client, queue, start_worker
+) -> None:
+    """Redis wakes a blocked reader at a burst's first entry; the worker reads
+    the rest at once instead of computing and committing a one-entry batch
+    that the rest of the burst would wait behind."""
+    stream = keys(queue)[0]
+    worker = start_worker("--log-level", "debug")
+    xadd_all(client, stream, [b"warm"])
+    wait_for_results(client, queue, 1, timeout=30, worker=worker)
+    bursts, size = 10, 50
+    for b in range(bursts):
+        time.sleep(0.05)  # idle again: blocked in XREADGROUP when the burst arrives
+        xadd_all(client, stream, [b"b%d-%d" % (b, i) for i in range(size)])  # one pipeline
+        wait_for_results(client, queue, 1 + (b + 1) * size, timeout=30, worker=worker)
+    worker.terminate(30)
+    events = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    reads = [e["read"] for e in events if e["event"] == "batch read"]
+    assert sum(reads) == 1 + bursts * size
+    # one batch a burst (a burst split in two by the server's own reads may
+    # happen now and then); without the second read, every burst was two
+    assert len(reads) <= 1 + bursts + 2, reads

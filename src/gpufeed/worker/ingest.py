@@ -49,6 +49,8 @@ log = structlog.get_logger()
 
 HISTORY = "0"
 NEW = ">"
+# A blocked read that woke with fewer entries than this reads once more (Ingest._top_up).
+TOP_UP_BELOW = 64
 
 
 def make_client(target: RedisTarget) -> Client:
@@ -196,16 +198,21 @@ class Ingest:
 
     # -- reading -----------------------------------------------------------------------
 
-    def read(self, room: int) -> list[Entry] | Columns:
-        block: int | None = None if self.in_flight else max(1, self.config.max_wait_ms)
-        reply: Any = self.client.xreadgroup(
+    def _xreadgroup(self, count: int, block: int | None) -> Any:
+        return self.client.xreadgroup(
             self.config.group,
             self.consumer,
             {self.config.in_key: self.read_id},
-            count=room,
+            count=count,
             block=block,
         )
+
+    def read(self, room: int) -> list[Entry] | Columns:
+        block: int | None = None if self.in_flight else max(1, self.config.max_wait_ms)
+        reply: Any = self._xreadgroup(room, block)
         if self.read_id == NEW:
+            if block is not None and reply:
+                reply = self._top_up(reply, room)
             return read_entries(reply)
         # Pending history comes back in id order; page through it, then go live.
         entries = reply_entries(reply)
@@ -216,6 +223,23 @@ class Ingest:
         else:
             self.read_id = NEW
         return entries
+
+    def _top_up(self, reply: Any, room: int) -> Any:
+        """After a blocked read wakes, read once more without blocking.
+
+        Redis wakes a blocked reader as soon as the first entry of a producer's
+        pipelined burst is added, so that read holds one entry or a few, and the
+        rest of the burst is in the stream by the time the next command is
+        served. Taking it now makes one batch, computed and committed once,
+        instead of a tiny batch whose commit the rest waits behind.
+        """
+        got = len(reply[0][1])
+        if got >= min(room, TOP_UP_BELOW):
+            return reply
+        more: Any = self._xreadgroup(room - got, None)
+        if not more:
+            return reply
+        return [[reply[0][0], [*reply[0][1], *more[0][1]]]]
 
     def _held(self) -> set[bytes]:
         """The ids of the entries in the request ring or waiting for their results."""

@@ -6,9 +6,11 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import redis
 
 # Which server a benchmark's figures come from: name, version, memory allocator.
 SERVER = re.compile(r"^(redis|valkey) \d+\.\d+\.\d+ \(\S+\)$")
@@ -104,7 +106,9 @@ def test_bench_e2e_measures_the_worker_and_the_floor() -> None:
     assert result["ratio_vs_checked_floor"] == pytest.approx(
         result["msgs_per_s"] / result["checked_floor_msgs_per_s"], rel=0.01
     )
-    assert 0 <= result["p50_ms"] <= result["p99_ms"]
+    # latencies run to a client reading the result, so none is zero
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+    assert 0 < result["floor_p50_ms"] <= result["floor_p99_ms"]
     # CPU accounting saw the consuming processes and the server do the work
     for key in ("worker_cpu_us_per_msg", "floor_cpu_us_per_msg", "redis_cpu_us_per_msg",
                 "floor_redis_cpu_us_per_msg", "checked_floor_redis_cpu_us_per_msg"):  # fmt: skip
@@ -158,3 +162,25 @@ def test_bench_gpu_without_a_device_says_so() -> None:
     )  # fmt: skip
     assert done.returncode == 2
     assert "no CUDA device 0" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_bench_e2e_latency_runs_to_when_a_client_reads_the_result(redis_server, queue) -> None:
+    """Not to the result's own id: a result whose id says it was written 300 ms
+    after its input, but that only appears 500 ms after it, is 500 ms late."""
+    from gpufeed.bench.e2e import _ResultReader
+
+    client = redis.Redis.from_url(redis_server.url)
+    out = f"{queue}:out"
+    client.xadd(out, {"src": "1-0", "status": "ok", "data": "warm-up"}, id="1-0")
+    reader = _ResultReader(redis_server.url, out, 2, timeout_s=20)
+    now_ms = int(time.time() * 1000)
+    for i in range(2):
+        client.xadd(out, {"src": f"{now_ms - 500}-{i}", "status": "ok", "data": "x"},
+                    id=f"{now_ms - 200}-{i}")  # fmt: skip
+    try:
+        latencies = reader.latencies()
+    finally:
+        reader.close()
+    assert len(latencies) == 2  # the warm-up entry before it started is not counted
+    assert all(500 <= lat < 500 + 5_000 for lat in latencies), latencies

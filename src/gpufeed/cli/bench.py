@@ -107,7 +107,7 @@ def bench_e2e(
     messages: Annotated[int, typer.Option(help="Messages in the throughput runs.")] = 200_000,
     latency_messages: Annotated[
         int, typer.Option(help="Messages in the paced latency runs.")
-    ] = 20_000,
+    ] = 60_000,
     repeats: Annotated[int, typer.Option(help="Throughput runs of each; medians reported.")] = 3,
     as_json: JsonFlag = False,
     plot: PlotPath = None,

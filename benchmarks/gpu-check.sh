@@ -16,6 +16,13 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpufeed-gpu-check}
 STAGES=${*:-tests bench e2e}
+for stage in $STAGES; do
+  case $stage in
+    tests | bench | e2e) ;;
+    *) echo "unknown stage '$stage' (tests, bench, e2e)" >&2; exit 2 ;;
+  esac
+done
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
@@ -24,17 +31,17 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
   | tee "$OUT/gpu.txt"
 python3 -c 'import cupy; print("cupy", cupy.__version__)' | tee -a "$OUT/gpu.txt"
 status=0
-if [[ " $STAGES " == *" tests "* ]]; then
+if want tests; then
   timeout 420 python3 -m pytest -p no:cacheprovider -q -m gpu tests/gpu 2>&1 \
     | tee "$OUT/gpu-tests.log" || status=1
 fi
-if [[ " $STAGES " == *" bench "* ]]; then
+if want bench; then
   timeout 240 python3 -m gpufeed bench gpu --backend batched --json \
     2>"$OUT/bench-batched.err" | tee "$OUT/bench-batched.json" || status=1
   timeout 120 python3 -m gpufeed bench gpu --backend persistent --op echo --json \
     2>"$OUT/bench-persistent.err" | tee "$OUT/bench-persistent.json" || status=1
 fi
-if [[ " $STAGES " == *" e2e "* ]]; then
+if want e2e; then
   timeout 240 python3 -m gpufeed bench e2e --json \
     2>"$OUT/bench-e2e.err" | tee "$OUT/bench-e2e.json" || status=1
 fi

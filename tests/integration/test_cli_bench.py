@@ -173,7 +173,7 @@ def test_bench_e2e_latency_runs_to_when_a_client_reads_the_result(redis_server, 
     client = redis.Redis.from_url(redis_server.url)
     out = f"{queue}:out"
     client.xadd(out, {"src": "1-0", "status": "ok", "data": "warm-up"}, id="1-0")
-    reader = _ResultReader(redis_server.url, out, 2, timeout_s=20)
+    reader = _ResultReader(client, redis_server.url, out, 2, timeout_s=20)
     now_ms = int(time.time() * 1000)
     for i in range(2):
         client.xadd(out, {"src": f"{now_ms - 500}-{i}", "status": "ok", "data": "x"},

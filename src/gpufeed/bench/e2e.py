@@ -123,10 +123,11 @@ def _warm_up(client: redis.Redis, stream: str, out: str, cfg: E2EBenchConfig) ->
 
 
 def _src(fields: list[bytes]) -> bytes:
-    """The ``src`` field of a result (first in every result gpufeed and the floors write)."""
-    if fields[0] == b"src":
-        return fields[1]
-    return dict(zip(fields[::2], fields[1::2], strict=False))[b"src"]
+    """The ``src`` field of a result: the first field of every result that the
+    commit script and the floors' Lua call write."""
+    if fields[0] != b"src":
+        raise ValueError(f"a result without src as its first field: {fields[:2]!r}")
+    return fields[1]
 
 
 def read_results(url: str, out: str, after: bytes, n: int, ready: Any, conn: Any) -> None:
@@ -160,8 +161,7 @@ def _wait_len(client: redis.Redis, key: str, n: int, timeout_s: float) -> float:
 class _ResultReader:
     """``read_results`` in a process of its own, started before the producer."""
 
-    def __init__(self, url: str, out: str, n: int, timeout_s: float) -> None:
-        client = redis.Redis.from_url(url)
+    def __init__(self, client: redis.Redis, url: str, out: str, n: int, timeout_s: float) -> None:
         last: Any = client.xrevrange(out, count=1)
         ready = _CTX.Event()
         self._conn, child_conn = _CTX.Pipe(duplex=False)
@@ -208,7 +208,7 @@ def _measure(
     _warm_up(client, stream, out, cfg)
     # Only paced runs read their results as they come: in a throughput run the
     # reader would take CPU from the producer and the consumers it measures.
-    reader = _ResultReader(url, out, n, cfg.timeout_s) if rate > 0 else None
+    reader = _ResultReader(client, url, out, n, cfg.timeout_s) if rate > 0 else None
     try:
         cpu_before, redis_before = process_tree_cpu_s([consumer_pid]), redis_cpu_s([client])
         start = time.perf_counter()

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from gpufeed.worker.launch import log_events
-from gpufeed.worker.redis_server import RedisServer
+from gpufeed.embedded import RedisServer
+from gpufeed.loadgen.launch import log_events
 
 # Ops the worker subprocesses load (--op user_ops:NAME) live beside the integration tests.
 TESTS_DIR = Path(__file__).parent / "integration"
@@ -123,7 +123,7 @@ def send_around_poison(
 ) -> tuple[list[bytes], bytes]:
     """``before`` good messages, one whose payload starts with b"poison", ``after`` more:
     (the good ones' ids, the poison's id)."""
-    from gpufeed.worker.produce import xadd_all
+    from gpufeed.loadgen.produce import xadd_all
 
     ids = xadd_all(client, stream, [b"fine %d" % i for i in range(before)])
     poison: bytes = client.xadd(stream, {"data": b"poison pill"})

@@ -1,7 +1,8 @@
 """The exception root of gpufeed and its classified subclasses.
 
-Every error gpufeed raises derives from :class:`GpufeedError`. The subclasses
-say what went wrong and, through ``retryable``, whether trying again can help.
+Every error gpufeed raises derives from :class:`GpufeedError`; the subclasses
+say what went wrong, and their documentation whether trying again can help.
+Callers decide by class (``except QueueFull``), as with redis-py's exceptions.
 """
 
 from __future__ import annotations
@@ -9,9 +10,6 @@ from __future__ import annotations
 
 class GpufeedError(Exception):
     """Root of every error gpufeed raises."""
-
-    #: Whether repeating the failed operation may succeed.
-    retryable: bool = False
 
 
 class ConfigError(GpufeedError):
@@ -42,9 +40,8 @@ class RingClosed(RingError):
 
 
 class PeerGone(RingError):
-    """The process on the other side of a ring died or stopped beating."""
-
-    retryable = True
+    """The process on the other side of a ring died or stopped beating; new rings
+    with a new peer work again."""
 
 
 class RingBusy(RingError):
@@ -70,7 +67,16 @@ class OpLoadError(GpufeedError):
     """A user op could not be loaded from an import path or entry point."""
 
 
-class ResultOutOfOrder(GpufeedError):
+class InternalError(GpufeedError):
+    """gpufeed found one of its own invariants broken: a bug, not bad input.
+
+    The message says what was expected and what was found. A worker process
+    that meets one exits and is restarted; what it held is still pending in
+    Redis.
+    """
+
+
+class ResultOutOfOrder(InternalError):
     """A result slot's sequence number is not the one its request ring expects next.
 
     The compute process answers every request ring in FIFO order; a mismatch
@@ -79,14 +85,17 @@ class ResultOutOfOrder(GpufeedError):
     """
 
 
-class BackendError(GpufeedError):
-    """A compute backend failed on a batch."""
+class ProcessFailed(GpufeedError):
+    """A process gpufeed started (a worker, a private Redis server, a benchmark's
+    child) exited or never became ready; the message carries what it printed last."""
 
-    retryable = True
+
+class BackendError(GpufeedError):
+    """A compute backend failed on a batch; the batch may be retried."""
 
 
 class DeviceLost(BackendError):
-    """The GPU can no longer be used by this process.
+    """The GPU can no longer be used by this process; retrying in it cannot help.
 
     A kernel that traps or faults leaves its CUDA context unusable ("sticky"
     errors); only a new process gets a working one. The worker's compute
@@ -94,33 +103,27 @@ class DeviceLost(BackendError):
     is lost, because every message it held is still pending in Redis.
     """
 
-    retryable = False
-
 
 class KernelStalled(BackendError):
     """A persistent kernel stopped making progress (the queue's watchdog saw no
-    completion, or no heartbeat, for longer than its stall timeout)."""
+    completion, or no heartbeat, for longer than its stall timeout); the queue
+    cannot be used again."""
 
-    retryable = False
 
-
-# --- the persistent queue (gpufeed.gpu.persistent.GpuQueue) -----------------------------
+# --- the persistent queue (gpufeed.gpu.persistent.GpuQueue) ---------------------------
 
 
 class QueueError(GpufeedError):
-    """A GpuQueue call could not be done; the subclasses mirror the seed API's statuses."""
+    """A GpuQueue call could not be done; one subclass per status of the queue's API
+    (``QueueFull``, ``QueueTimeout`` and ``NotReady`` may succeed when tried again)."""
 
 
 class QueueFull(QueueError):
     """No free slot, and the call was not to wait (``timeout_ms=0``)."""
 
-    retryable = True
-
 
 class QueueTimeout(QueueError):
     """No free slot came within ``timeout_ms``."""
-
-    retryable = True
 
 
 class QueueShutdown(QueueError):
@@ -129,8 +132,6 @@ class QueueShutdown(QueueError):
 
 class NotReady(QueueError):
     """The message is still being processed; ask again later."""
-
-    retryable = True
 
 
 class NotFound(QueueError):

@@ -21,8 +21,8 @@ from harness import losses_and_duplicates, settle
 from report import Row, record, sized
 
 from conftest import WorkerProcess, keys
-from gpufeed.worker.produce import xadd_all
-from gpufeed.worker.redis_server import RedisServer
+from gpufeed.embedded import RedisServer
+from gpufeed.loadgen.produce import xadd_all
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 # A slow op stretches the run, so the server dies while batches are in flight.

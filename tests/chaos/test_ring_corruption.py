@@ -14,7 +14,7 @@ from harness import finish, start_producer
 from report import Row, record, sized
 
 from conftest import WorkerProcess, keys
-from gpufeed.ring import _layout as L
+from gpufeed.ring import _header as L
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 

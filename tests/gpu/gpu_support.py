@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpufeed.gpu.ops import Op
-from gpufeed.packing.forward import write_requests
-from gpufeed.worker.backends import cuda_devices
+from gpufeed.gpu.select import cuda_devices
+from gpufeed.ops import Op
+from gpufeed.packing import write_requests
 
 # The integration tests' helpers (user_ops, test_worker) are shared with these.
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))

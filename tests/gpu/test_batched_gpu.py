@@ -9,7 +9,7 @@ from gpu_support import needs_gpu, random_slots
 
 from conftest import keys, send_around_poison, wait_for_results
 from gpufeed.gpu.cpu import compute
-from gpufeed.gpu.ops import BUILTINS, OpTable
+from gpufeed.ops import BUILTINS, OpTable
 from gpufeed.packing.layout import headers, payload_capacity
 
 pytestmark = [*needs_gpu, pytest.mark.timeout(600)]

@@ -11,7 +11,7 @@ from gpu_support import needs_gpu, random_slots
 
 from conftest import keys, results_by_src
 from gpufeed.gpu.cpu import compute
-from gpufeed.gpu.ops import BUILTINS, OpTable
+from gpufeed.ops import BUILTINS, OpTable
 from gpufeed.packing.layout import payload_capacity
 
 pytestmark = [*needs_gpu, pytest.mark.timeout(900)]
@@ -79,7 +79,7 @@ def test_shutdown_with_messages_in_flight_finishes_them_and_stops_the_kernel() -
 def test_a_million_messages_through_the_worker_get_one_correct_result_each(
     client, queue, start_worker
 ) -> None:
-    from gpufeed.worker.produce import xadd_all
+    from gpufeed.loadgen.produce import xadd_all
 
     stream, out, _ = keys(queue)
     worker = start_worker("--backend", "persistent", "--ingest-procs", "4",
@@ -102,7 +102,7 @@ def test_a_million_messages_through_the_worker_get_one_correct_result_each(
 
 
 def test_the_kernel_stops_when_the_worker_gets_sigterm(client, queue, start_worker) -> None:
-    from gpufeed.worker.produce import xadd_all
+    from gpufeed.loadgen.produce import xadd_all
 
     stream = keys(queue)[0]
     worker = start_worker("--backend", "persistent")

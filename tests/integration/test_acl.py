@@ -11,9 +11,10 @@ import pytest
 import redis
 
 from conftest import keys, wait_for_results
-from gpufeed.worker.access import acl_rules, check_worker_access
+from gpufeed.admin.acl import acl_rules
+from gpufeed.embedded import RedisServer
+from gpufeed.worker.access import check_worker_access
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
 

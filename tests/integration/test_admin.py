@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from conftest import keys, results_by_src, wait_for_results
 from gpufeed import __version__
 from gpufeed.cli import app
-from gpufeed.worker.produce import xadd_all
+from gpufeed.loadgen.produce import xadd_all
 
 pytestmark = pytest.mark.timeout(120)
 runner = CliRunner()

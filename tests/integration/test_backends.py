@@ -16,8 +16,8 @@ import pytest
 from test_worker import assert_exactly_one_correct, produce_mixed
 
 from conftest import keys, send_around_poison, wait_for_results
-from gpufeed.worker.backends import cuda_device_count
-from gpufeed.worker.produce import xadd_all
+from gpufeed.gpu.select import cuda_device_count
+from gpufeed.loadgen.produce import xadd_all
 
 pytestmark = pytest.mark.timeout(240)
 NO_GPU = cuda_device_count() == 0

@@ -152,7 +152,7 @@ def test_bench_gpu_persistent_runs_on_the_emulated_device_and_prints_its_keys() 
 
 
 def test_bench_gpu_without_a_device_says_so() -> None:
-    from gpufeed.worker.backends import cuda_device_count
+    from gpufeed.gpu.select import cuda_device_count
 
     if cuda_device_count():
         pytest.skip("this machine has a CUDA device (tests/gpu runs bench gpu)")

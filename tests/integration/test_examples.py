@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import keys
-from gpufeed.worker.redis_server import find_server_binary
+from gpufeed.embedded import find_server_binary
 
 pytestmark = pytest.mark.timeout(180)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

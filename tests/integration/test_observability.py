@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import keys, wait_for_results
-from gpufeed.worker.produce import xadd_all
-from gpufeed.worker.redis_server import free_port
+from gpufeed.embedded import free_port
+from gpufeed.loadgen.produce import xadd_all
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,11 +17,11 @@ from conftest import (
     spawned_children,
     wait_for_results,
 )
+from gpufeed.embedded import RedisServer, free_port
+from gpufeed.loadgen.produce import xadd_all
 from gpufeed.packing import ResultEntry, Results
 from gpufeed.worker.commit import COMMIT_LUA, Committer
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.produce import xadd_all
-from gpufeed.worker.redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.chaos]
 

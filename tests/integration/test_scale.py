@@ -13,10 +13,10 @@ import pytest
 import redis
 
 from conftest import WorkerProcess, keys, wait_for_results
-from gpufeed.worker.access import acl_rules
-from gpufeed.worker.connect import RedisTarget
-from gpufeed.worker.produce import xadd_all
-from gpufeed.worker.redis_server import LocalCluster
+from gpufeed.admin.acl import acl_rules
+from gpufeed.connect import RedisTarget
+from gpufeed.embedded import LocalCluster
+from gpufeed.loadgen.produce import xadd_all
 
 pytestmark = pytest.mark.timeout(300)
 

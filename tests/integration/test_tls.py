@@ -13,9 +13,9 @@ import trustme
 from tls_server import TlsFiles, make_tls_files, server_tls_args, tls_binary, tls_redis
 
 from conftest import keys, wait_for_results
-from gpufeed.worker.connect import RedisTarget
-from gpufeed.worker.produce import xadd_all
-from gpufeed.worker.redis_server import LocalCluster, RedisServer, free_ports
+from gpufeed.connect import RedisTarget
+from gpufeed.embedded import LocalCluster, RedisServer, free_ports
+from gpufeed.loadgen.produce import xadd_all
 
 pytestmark = pytest.mark.timeout(180)
 

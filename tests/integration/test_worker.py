@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from conftest import keys, send_around_poison, spawned_children, wait_for_results
-from gpufeed.gpu.ops import load_op
-from gpufeed.worker.payloads import sample_payloads
-from gpufeed.worker.produce import xadd_all
+from gpufeed.loadgen.payloads import sample_payloads
+from gpufeed.loadgen.produce import xadd_all
+from gpufeed.ops import load_op
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import trustme
 
-from gpufeed.worker.redis_server import RedisServer, find_server_binary, free_port
+from gpufeed.embedded import RedisServer, find_server_binary, free_port
+from gpufeed.errors import ProcessFailed
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def tls_binary(files: TlsFiles) -> str | None:
         server = RedisServer(binary=binary, extra_args=server_tls_args(free_port(), files))
         try:
             server.start()
-        except RuntimeError:
+        except ProcessFailed:
             continue  # built without TLS
         finally:
             server.__exit__(None, None, None)

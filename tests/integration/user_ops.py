@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from gpufeed.errors import DeviceLost
-from gpufeed.gpu.ops import Echo
+from gpufeed.ops import Echo
 
 
 class SlowEcho(Echo):

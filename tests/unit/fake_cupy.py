@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gpufeed.gpu.cpu import compute_isolating
-from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.ops.registry import OpTable
 from gpufeed.packing.layout import headers
 from gpufeed.packing.results import write_results
 

@@ -16,9 +16,8 @@ from fake_cupy import FakeCuPy
 import gpufeed.gpu.batched as batched
 from gpufeed.errors import DeviceLost
 from gpufeed.gpu.cpu import compute
-from gpufeed.gpu.ops import OpTable
-from gpufeed.packing.forward import write_requests
-from gpufeed.packing.layout import STATUS_ERROR, headers
+from gpufeed.ops import OpTable
+from gpufeed.packing import STATUS_ERROR, headers, write_requests
 
 SLOT = 64
 

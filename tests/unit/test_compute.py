@@ -5,19 +5,19 @@ from __future__ import annotations
 import threading
 
 from gpufeed.gpu.cpu import CpuBackend
-from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.ops.registry import OpTable
 from gpufeed.packing import pack, unpack_results
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
-from gpufeed.worker.compute import _Pair, serve
+from gpufeed.worker.compute import RingPair, serve
 
 SLOT = 256
 
 
-def _rings() -> tuple[RingProducer, RingConsumer, _Pair]:
+def _rings() -> tuple[RingProducer, RingConsumer, RingPair]:
     requests = RingProducer.create(capacity=64, slot_bytes=SLOT)
     responses = RingConsumer.create(capacity=64, slot_bytes=SLOT)
-    pair = _Pair(RingConsumer.attach(requests.segment.name),
+    pair = RingPair(RingConsumer.attach(requests.segment.name),
                  RingProducer.attach(responses.segment.name))  # fmt: skip
     return requests, responses, pair
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import redis
 
+from gpufeed.admin.acl import acl_rules
+from gpufeed.connect import RedisTarget, slot_of
 from gpufeed.errors import ConfigError
-from gpufeed.worker.access import acl_rules
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.connect import RedisTarget, slot_of
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gpufeed.errors import ConfigError
-from gpufeed.gpu.ops import BUILTINS, Echo, OpTable, table_program
+from gpufeed.ops import BUILTINS, Echo, OpTable, table_program
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from user_ops import trap_echo

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpufeed.errors import ConfigError, OpLoadError, UnknownOp
-from gpufeed.gpu.ops import (
+from gpufeed.ops import (
     Dense,
     Echo,
     OpTable,
@@ -97,7 +97,7 @@ def test_default_dense_model_is_deterministic() -> None:
 USER_OP = textwrap.dedent(
     """
     import numpy as np
-    from gpufeed.gpu.ops import Echo
+    from gpufeed.ops import Echo
 
     class Reverse(Echo):
         name = "reverse"
@@ -140,7 +140,7 @@ def test_user_op_by_import_path_and_by_entry_point(user_module) -> None:
     [
         ("no_such_module:op", OpLoadError, "cannot import 'no_such_module'"),
         ("my_ops:nothing", OpLoadError, "has no 'nothing'"),
-        ("my_ops:not_an_op", OpLoadError, "is a int, not a gpufeed.gpu.ops.Op"),
+        ("my_ops:not_an_op", OpLoadError, "is a int, not a gpufeed.ops.Op"),
         ("my_ops:", OpLoadError, "must look like package.module:attribute"),
         ("broken", OpLoadError, "entry point 'broken'"),
         ("missing", OpLoadError, "failed to load"),

@@ -31,11 +31,11 @@ from gpufeed.errors import (
     QueueShutdown,
     QueueTimeout,
 )
-from gpufeed.gpu.ops import BUILTINS, Echo, OpTable, load_op
 from gpufeed.gpu.persistent import GpuQueue, QueueConfig
 from gpufeed.gpu.persistent.emulated import EmulatedDevice
-from gpufeed.gpu.persistent.layout import PHASE_DONE, PHASE_READY, STOP, tag, tags
-from gpufeed.worker.payloads import sample_payloads
+from gpufeed.gpu.persistent.memory import PHASE_DONE, PHASE_READY, STOP, tag, tags
+from gpufeed.loadgen.payloads import sample_payloads
+from gpufeed.ops import BUILTINS, Echo, OpTable, load_op
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from gpufeed.gpu.ops import OpTable
+from gpufeed.ops import OpTable
 from gpufeed.packing import pack
 from gpufeed.worker import quarantine as q
 from gpufeed.worker.quarantine import Quarantine, digests

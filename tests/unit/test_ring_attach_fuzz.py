@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpufeed.ring import RingConsumer, RingCorrupt, RingNotFound, RingProducer, RingSegment
-from gpufeed.ring import _layout as L
+from gpufeed.ring import _header as L
 from gpufeed.ring.spsc import HEADER_CHECK_EVERY
 
 CASES_PER_KIND = 2500  # four kinds: 10,000 corrupted headers in all

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from gpufeed.errors import ConfigError, InternalError
 from gpufeed.ring import RingClosed, RingConsumer, RingProducer
 
 CAPACITY = 8
@@ -70,7 +71,7 @@ class RingModel(RuleBasedStateMachine):
     @precondition(lambda self: self.reserved)
     @rule()
     def over_commit_is_refused(self) -> None:
-        with pytest.raises(ValueError, match="reserved"):
+        with pytest.raises(InternalError, match="reserved"):
             self.producer.commit(len(self.reserved) + 1)
 
     @invariant()
@@ -128,11 +129,11 @@ def test_reserve_on_a_ring_the_consumer_closed_raises() -> None:
 
 
 def test_geometry_is_checked_on_create() -> None:
-    with pytest.raises(ValueError, match="capacity"):
+    with pytest.raises(ConfigError, match="capacity"):
         RingProducer.create(capacity=6, slot_bytes=64)
-    with pytest.raises(ValueError, match="slot_bytes"):
+    with pytest.raises(ConfigError, match="slot_bytes"):
         RingProducer.create(capacity=8, slot_bytes=32)
-    with pytest.raises(ValueError, match="slot_bytes"):
+    with pytest.raises(ConfigError, match="slot_bytes"):
         RingProducer.create(capacity=8, slot_bytes=96)
 
 

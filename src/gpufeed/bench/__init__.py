@@ -11,6 +11,8 @@ from typing import Any
 
 import redis
 
+from gpufeed.errors import InternalError
+
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
@@ -20,7 +22,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100) by nearest rank; no interpolation surprises."""
     ordered = sorted(values)
     if not ordered:
-        raise ValueError("percentile of no values")
+        raise InternalError("percentile of no values")
     rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
     return float(ordered[rank])
 

@@ -25,10 +25,11 @@ import redis
 
 from gpufeed.bench import median, server_label
 from gpufeed.bench.e2e import FLOOR_LUA
-from gpufeed.packing import ResultEntry
+from gpufeed.embedded import RedisServer
+from gpufeed.errors import InternalError
+from gpufeed.packing import ResultEntry, Status
 from gpufeed.worker.commit import Committer
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.redis_server import RedisServer
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,12 @@ def run(cfg: CommitBenchConfig) -> dict[str, float | int | str]:
         ours_us, floor_us = [], []
         for _ in range(cfg.calls):
             entries = _read_fresh(client, config.in_key, config.group, cfg)
-            results = [ResultEntry(entry_id, "ok", f[b"data"]) for entry_id, f in entries]
+            results = [ResultEntry(entry_id, Status.OK, f[b"data"]) for entry_id, f in entries]
             client.config_resetstat()
             answered = ours.commit(results).answered
             ours_us.append(_script_us(client) / cfg.batch)
             if answered != cfg.batch:
-                raise RuntimeError(f"the commit script answered {answered} of {cfg.batch}")
+                raise InternalError(f"the commit script answered {answered} of {cfg.batch}")
 
             entries = _read_fresh(client, floor_keys[0], "floor", cfg)
             args = [x for entry_id, f in entries for x in (entry_id, f[b"data"])]

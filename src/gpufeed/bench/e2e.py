@@ -45,14 +45,16 @@ from typing import Any
 import redis
 
 from gpufeed.bench import median, percentile, process_tree_cpu_s, redis_cpu_s, server_label
+from gpufeed.connect import RedisTarget
+from gpufeed.embedded import RedisServer
+from gpufeed.errors import InternalError
+from gpufeed.keys import queue_key
+from gpufeed.loadgen.launch import wait_for_consumers, worker_process
+from gpufeed.loadgen.produce import xadd_all
 from gpufeed.packing import Results
 from gpufeed.packing.ids import id_ms
 from gpufeed.worker.commit import Committer
-from gpufeed.worker.config import WorkerConfig, queue_key
-from gpufeed.worker.connect import RedisTarget
-from gpufeed.worker.launch import wait_for_consumers, worker_process
-from gpufeed.worker.produce import xadd_all
-from gpufeed.worker.redis_server import RedisServer
+from gpufeed.worker.config import WorkerConfig
 
 _CTX = mp.get_context("spawn")
 # The floor writes the same result entries gpufeed's echo writes: src, status, data.
@@ -126,7 +128,7 @@ def _src(fields: list[bytes]) -> bytes:
     """The ``src`` field of a result: the first field of every result that the
     commit script and the floors' Lua call write."""
     if fields[0] != b"src":
-        raise ValueError(f"a result without src as its first field: {fields[:2]!r}")
+        raise InternalError(f"a result without src as its first field: {fields[:2]!r}")
     return fields[1]
 
 

@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 
 from gpufeed.bench import median, percentile
-from gpufeed.gpu.ops.registry import OpTable, load_op
-from gpufeed.packing.forward import write_requests
+from gpufeed.errors import ProcessFailed
+from gpufeed.gpu.batched import STAGINGS
+from gpufeed.ops.registry import OpTable, load_op
+from gpufeed.packing import write_requests
 from gpufeed.packing.layout import SlotArray, payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer, RingSegment
 
@@ -55,7 +57,7 @@ class GpuBenchConfig:
     big_slot_bytes: int = 65536  # the run that H2D bandwidth limits
     big_messages: int = 40_000
     streams: int = 4
-    stagings: tuple[str, ...] = ("pinned", "registered")
+    stagings: tuple[str, ...] = STAGINGS
     samples: int = 20_000  # round trips timed
     emulate_device: bool = False
     gpu: int = 0
@@ -95,15 +97,15 @@ def _compute_child(
     cfg: GpuBenchConfig, config: Any, rings: tuple[str, str], start: Any, conn: Any
 ) -> None:
     """The worker's compute loop over one ring pair (what ``compute_main`` runs)."""
-    from gpufeed.worker.backends import make_backend
+    from gpufeed.gpu.select import make_backend
 
     if cfg.setup is not None:
         cfg.setup("compute")
-    from gpufeed.worker.compute import _Pair, serve
+    from gpufeed.worker.compute import RingPair, serve
 
     table = OpTable.for_worker(config.op, payload_capacity(config.slot_bytes))
-    backend = make_backend(config, table)
-    pair = _Pair(RingConsumer.attach(rings[0]), RingProducer.attach(rings[1]))
+    backend = make_backend(config.backend_settings, table, config.slot_bytes, config.max_batch)
+    pair = RingPair(RingConsumer.attach(rings[0]), RingProducer.attach(rings[1]))
     backend.attach_request_rings([pair.requests.segment.slots_readonly])
     start.wait()
     try:
@@ -119,8 +121,8 @@ def _batched_child(cfg: GpuBenchConfig, conn: Any) -> None:
     """Pinned H2D bandwidth, per-batch cost and one-message-per-launch cost."""
     import cupy as cp
 
-    from gpufeed.gpu._cupy import MEMCPY_HOST_TO_DEVICE
     from gpufeed.gpu.batched import BatchedBackend
+    from gpufeed.gpu.cuda_runtime import MEMCPY_HOST_TO_DEVICE
 
     if cfg.setup is not None:
         cfg.setup("batched")
@@ -270,7 +272,7 @@ def compute_stage(cfg: GpuBenchConfig, slot_bytes: int, messages: int, staging: 
                 consumer.release(got)
                 received += got
             elif not proc.is_alive():
-                raise RuntimeError(f"compute process exited with {proc.exitcode}")
+                raise ProcessFailed(f"compute process exited with {proc.exitcode}")
         elapsed = time.perf_counter() - begin
         producer.close()
         if not parent.poll(_TIMEOUT_S):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gpufeed.bench import median
-from gpufeed.gpu.ops import OpTable
+from gpufeed.ops import OpTable
 from gpufeed.packing import pack, payload_capacity, read_entries
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from gpufeed.bench import median, percentile
+from gpufeed.errors import ProcessFailed
 from gpufeed.ring import RingConsumer, RingProducer, RingSegment
 
 _CTX = mp.get_context("spawn")
@@ -132,7 +133,7 @@ def _run_pair(targets: list[tuple[Any, tuple[Any, ...]]]) -> list[Any]:
             proc.join(_JOIN_TIMEOUT_S)
         for proc in procs:
             if proc.exitcode != 0:
-                raise RuntimeError(f"benchmark child {proc.name} exited with {proc.exitcode}")
+                raise ProcessFailed(f"benchmark child {proc.name} exited with {proc.exitcode}")
         return results
     finally:
         for proc in procs:
@@ -190,7 +191,7 @@ def wake_latencies(cfg: RingBenchConfig) -> list[float]:
             deadline = time.monotonic() + _JOIN_TIMEOUT_S
             while not producer.peer_sleeping():
                 if time.monotonic() > deadline or not proc.is_alive():
-                    raise RuntimeError("wake benchmark consumer never went to sleep")
+                    raise ProcessFailed("wake benchmark consumer never went to sleep")
                 time.sleep(20e-6)
             time.sleep(200e-6)
             first, _ = producer.reserve(1, timeout=None)

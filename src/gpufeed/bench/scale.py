@@ -35,10 +35,10 @@ import redis
 
 from gpufeed.bench import median, process_tree_cpu_s, redis_cpu_s, server_label
 from gpufeed.bench.e2e import produce
-from gpufeed.worker.config import queue_key
-from gpufeed.worker.connect import RedisTarget
-from gpufeed.worker.launch import log_events, wait_for_consumers, worker_process
-from gpufeed.worker.redis_server import LocalCluster, RedisServer
+from gpufeed.connect import RedisTarget
+from gpufeed.embedded import LocalCluster, RedisServer
+from gpufeed.keys import queue_key
+from gpufeed.loadgen.launch import log_events, wait_for_consumers, worker_process
 
 _CTX = mp.get_context("spawn")
 

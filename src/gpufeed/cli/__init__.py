@@ -7,7 +7,8 @@ import typer
 from gpufeed import __version__
 from gpufeed.cli.admin import acl, dead_app, stats
 from gpufeed.cli.bench import bench_app
-from gpufeed.cli.worker import demo, produce, worker
+from gpufeed.cli.loadgen import demo, produce
+from gpufeed.cli.worker import worker
 
 app = typer.Typer(
     name="gpufeed",

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from gpufeed.cli.worker import Queue, RedisUrl, TlsCaCert, TlsCert, TlsKey, redis_target
+from gpufeed.cli.options import REDIS_OPTIONS, redis_client, with_settings
+from gpufeed.worker.config import WorkerConfig
 
 dead_app = typer.Typer(
     help="""Inspect and act on the dead-letter stream gpufeed:{QUEUE}:dead.
@@ -27,16 +28,21 @@ Examples:
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-Group = Annotated[str, typer.Option(help="Consumer group name.", envvar="GPUFEED_GROUP")]
+# Where a queue is: the worker's own settings of the same names.
+queue_options = with_settings(WorkerConfig, *REDIS_OPTIONS, "queue")
 
 
-def _setup(command: str, tls: tuple[str | None, ...], redis_url: str, queue: str,
-           group: str = "gpufeed") -> tuple[Any, Any]:  # fmt: skip
-    from gpufeed.worker.config import WorkerConfig
+def _setup(command: str, settings: dict[str, Any]) -> tuple[Any, Any]:
+    """A client and the queue's keys, or exit 2 saying what is wrong with the options."""
+    from gpufeed.errors import ConfigError
+    from gpufeed.keys import QueueKeys
 
-    target = redis_target(command, redis_url, *tls)
-    config = WorkerConfig(redis_url=redis_url, queue=queue, group=group)
-    return target.connect(), config
+    try:
+        keys = QueueKeys(settings["queue"])
+    except ConfigError as exc:
+        typer.echo(f"gpufeed {command}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return redis_client(command, settings), keys
 
 
 def _ago(ms: int | None) -> str:
@@ -67,19 +73,15 @@ def _render(stats: Any) -> str:
     return "\n".join(lines)
 
 
+@with_settings(WorkerConfig, *REDIS_OPTIONS, "queue", "group")
 def stats(
-    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
-    tls_ca_cert: TlsCaCert = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    queue: Queue = "default",
-    group: Group = "gpufeed",
     watch: Annotated[bool, typer.Option("--watch", help="Refresh until interrupted.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
     count: Annotated[
         int, typer.Option(help="With --watch: stop after N refreshes (0: never).")
     ] = 0,
     as_json: JsonFlag = False,
+    **settings: Any,
 ) -> None:
     """Show a queue's backlog: stream length, group lag, pending entries and the
     oldest one's idle time, consumers, dead letters and results.
@@ -92,13 +94,13 @@ def stats(
 
       gpufeed stats --queue images --json | jq .lag
     """
-    from gpufeed.worker.inspect import queue_stats
+    from gpufeed.admin.stats import queue_stats
 
-    client, config = _setup("stats", (tls_ca_cert, tls_cert, tls_key), redis_url, queue, group)
+    client, keys = _setup("stats", settings)
     shown = 0
     try:
         while True:
-            snapshot = queue_stats(client, config)
+            snapshot = queue_stats(client, keys, settings["group"])
             if as_json:
                 typer.echo(json.dumps(snapshot.as_dict()))
             else:
@@ -114,31 +116,28 @@ def stats(
 
 
 @dead_app.command("list")
+@queue_options
 def dead_list(
-    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
-    tls_ca_cert: TlsCaCert = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    queue: Queue = "default",
     count: Annotated[int, typer.Option(help="Most entries to show.")] = 20,
     start: Annotated[str, typer.Option(help="First dead-letter id to show.")] = "-",
     as_json: JsonFlag = False,
+    **settings: Any,
 ) -> None:
     """List dead letters, oldest first, with why each one died.
 
     Example: gpufeed dead list --queue images --count 5
     """
-    from gpufeed.worker.inspect import dead_letters
+    from gpufeed.admin.dead import dead_letters
 
-    client, config = _setup("dead list", (tls_ca_cert, tls_cert, tls_key), redis_url, queue)
-    rows = dead_letters(client, config, count=count, start=start)
+    client, keys = _setup("dead list", settings)
+    rows = dead_letters(client, keys, count=count, start=start)
     if as_json:
         for row in rows:
             fields = {k: v.decode(errors="replace") for k, v in row.fields.items()}
             typer.echo(json.dumps({**row.__dict__, "fields": fields}))
         return
     if not rows:
-        typer.echo(f"no dead letters in {config.dead_key}")
+        typer.echo(f"no dead letters in {keys.dead_key}")
     for row in rows:
         names = ",".join(sorted(row.fields))
         typer.echo(
@@ -148,14 +147,11 @@ def dead_list(
 
 
 @dead_app.command("replay")
+@queue_options
 def dead_replay(
     ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids to replay.")] = None,
-    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
-    tls_ca_cert: TlsCaCert = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    queue: Queue = "default",
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    **settings: Any,
 ) -> None:
     """Move dead letters back to the input stream with their original fields.
 
@@ -165,40 +161,37 @@ def dead_replay(
 
     Example: gpufeed dead replay --queue images --all
     """
-    from gpufeed.worker.inspect import replay
+    from gpufeed.admin.dead import replay
 
     if not ids and not replay_all:
         raise typer.BadParameter("give dead-letter ids, or --all")
-    client, config = _setup("dead replay", (tls_ca_cert, tls_cert, tls_key), redis_url, queue)
-    moved = replay(client, config, None if replay_all else list(ids or []))
+    client, keys = _setup("dead replay", settings)
+    moved = replay(client, keys, None if replay_all else list(ids or []))
     missing = [i for i in ids or [] if i not in moved]
-    typer.echo(f"replayed {len(moved)} dead letters to {config.in_key}")
+    typer.echo(f"replayed {len(moved)} dead letters to {keys.in_key}")
     if missing:
         typer.echo(f"not found: {', '.join(missing)}", err=True)
         raise typer.Exit(1)
 
 
 @dead_app.command("purge")
+@queue_options
 def dead_purge(
     ids: Annotated[list[str] | None, typer.Argument(help="Ids to delete (default: all).")] = None,
-    redis_url: RedisUrl = "redis://127.0.0.1:6379/0",
-    tls_ca_cert: TlsCaCert = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
-    queue: Queue = "default",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    **settings: Any,
 ) -> None:
     """Delete dead letters for good: the given ids, or all of them.
 
     Example: gpufeed dead purge --queue images --yes
     """
-    from gpufeed.worker.inspect import purge
+    from gpufeed.admin.dead import purge
 
-    client, config = _setup("dead purge", (tls_ca_cert, tls_cert, tls_key), redis_url, queue)
-    what = f"{len(ids)} dead letters" if ids else f"all {client.xlen(config.dead_key)} dead letters"
+    client, keys = _setup("dead purge", settings)
+    what = f"{len(ids)} dead letters" if ids else f"all {client.xlen(keys.dead_key)} dead letters"
     if not yes:
-        typer.confirm(f"Delete {what} from {config.dead_key}?", abort=True)
-    typer.echo(f"deleted {purge(client, config, list(ids) if ids else None)} dead letters")
+        typer.confirm(f"Delete {what} from {keys.dead_key}?", abort=True)
+    typer.echo(f"deleted {purge(client, keys, list(ids) if ids else None)} dead letters")
 
 
 def acl(
@@ -223,8 +216,8 @@ def acl(
 
       gpufeed acl producer --queue images --reply web-1 --user web-1
     """
+    from gpufeed.admin.acl import acl_rules
     from gpufeed.errors import ConfigError
-    from gpufeed.worker.access import acl_rules
 
     try:
         rules = acl_rules(role, queue, reply=reply, cluster=cluster)

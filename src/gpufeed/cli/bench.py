@@ -198,11 +198,12 @@ def bench_gpu(
     from gpufeed.bench.gpu import GpuBenchConfig, run
     from gpufeed.cli.logs import LogSetup
     from gpufeed.errors import GpufeedError
-    from gpufeed.worker.backends import cuda_devices
+    from gpufeed.gpu.batched import STAGINGS
+    from gpufeed.gpu.select import cuda_devices
 
-    stagings = ("pinned", "registered") if staging == "both" else (staging,)
+    stagings = STAGINGS if staging == "both" else (staging,)
     try:
-        if backend not in ("batched", "persistent") or staging not in ("both", *stagings):
+        if backend not in ("batched", "persistent") or not set(stagings) <= set(STAGINGS):
             raise GpufeedError("--backend must be batched or persistent, --staging "
                                "pinned, registered or both")  # fmt: skip
         if emulate_device and backend != "persistent":

@@ -17,14 +17,22 @@ from typing import Any
 
 import structlog
 
+from gpufeed.errors import ConfigError
+
 LOG_FORMATS = ("auto", "console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def check_log_options(log_format: str, level: str) -> None:
+    """``ConfigError`` naming the option unless both are known."""
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"--log-format: must be one of {', '.join(LOG_FORMATS)}")
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level: must be one of {', '.join(LOG_LEVELS)}")
+
+
 def resolve_format(log_format: str) -> str:
     """``auto``: console lines on a terminal, JSON lines otherwise (files, collectors)."""
-    if log_format not in LOG_FORMATS:
-        raise ValueError(f"--log-format must be one of {', '.join(LOG_FORMATS)}")
     if log_format == "auto":
         return "console" if sys.stderr.isatty() else "json"
     return log_format
@@ -32,8 +40,7 @@ def resolve_format(log_format: str) -> str:
 
 def configure_logging(log_format: str = "auto", process: str = "main", level: str = "info") -> None:
     """Log to stderr as console lines or JSON lines, tagged with the process name and pid."""
-    if level not in LOG_LEVELS:
-        raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+    check_log_options(log_format, level)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if resolve_format(log_format) == "json"
@@ -71,6 +78,9 @@ class LogSetup:
 
     log_format: str = "auto"
     level: str = "info"
+
+    def __post_init__(self) -> None:
+        check_log_options(self.log_format, self.level)
 
     def __call__(self, process: str) -> None:
         configure_logging(self.log_format, process, self.level)

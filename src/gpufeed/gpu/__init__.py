@@ -1,5 +1,6 @@
-"""Compute side: the op registry and the compute backends.
+"""The compute backends: the interface (``backend``), how ``--backend`` picks one
+(``select``), ``cpu``, ``batched`` and ``persistent``.
 
-Importing this package never imports CuPy; the GPU backends import it lazily,
-so everything here works on a machine without a GPU.
+Importing this package never imports CuPy; the GPU backends import it lazily
+(``cuda_runtime``), so everything here works on a machine without a GPU.
 """

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from gpufeed.gpu.ops.registry import OpTable
-from gpufeed.packing.layout import HEADER_BYTES, STATUS_OK, Headers, SlotArray, headers
+from gpufeed.ops.registry import OpTable
+from gpufeed.packing.layout import HEADER_BYTES, Headers, SlotArray, headers
+from gpufeed.packing.status import STATUS_OK
 
 
 @dataclass

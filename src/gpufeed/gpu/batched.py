@@ -34,7 +34,8 @@ import numpy.typing as npt
 import structlog
 
 from gpufeed.errors import ConfigError
-from gpufeed.gpu._cupy import (
+from gpufeed.gpu.backend import Backend, Completed, completed_from_slots
+from gpufeed.gpu.cuda_runtime import (
     MEMCPY_DEVICE_TO_HOST,
     MEMCPY_HOST_TO_DEVICE,
     DeviceOpParams,
@@ -43,16 +44,24 @@ from gpufeed.gpu._cupy import (
     is_sticky,
     lost,
 )
-from gpufeed.gpu.backend import Backend, Completed, completed_from_slots
-from gpufeed.gpu.ops.program import BATCH_KERNEL, WARP
-from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.ops.program import BATCH_KERNEL, WARP
+from gpufeed.ops.registry import OpTable
 from gpufeed.packing.layout import Headers, SlotArray, headers
 from gpufeed.packing.results import write_error_results
 
 log = structlog.get_logger()
 
 STAGINGS = ("pinned", "registered")
+MAX_STREAMS = 64
 THREADS_PER_BLOCK = 256
+
+
+def check_lanes(streams: int, staging: str) -> None:
+    """``ConfigError`` unless ``streams`` lanes with ``staging`` can be built."""
+    if not 1 <= streams <= MAX_STREAMS:
+        raise ConfigError(f"--cuda-streams: must be between 1 and {MAX_STREAMS}, got {streams}")
+    if staging not in STAGINGS:
+        raise ConfigError(f"--staging: must be one of {', '.join(STAGINGS)}, got {staging!r}")
 
 
 @dataclass
@@ -106,8 +115,7 @@ class BatchedBackend(Backend):
         staging: str = "pinned",
     ) -> None:
         super().__init__(table, slot_bytes, max_batch)
-        if staging not in STAGINGS or not 1 <= streams <= 64:
-            raise ConfigError(f"staging must be one of {STAGINGS} and streams in [1, 64]")
+        check_lanes(streams, staging)
         cp = self._cp = import_cupy()
         self._runtime = cp.cuda.runtime
         cp.cuda.Device(gpu).use()

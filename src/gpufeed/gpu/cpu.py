@@ -9,17 +9,16 @@ import numpy.typing as npt
 
 from gpufeed.errors import DeviceLost
 from gpufeed.gpu.backend import Backend, Completed
-from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.ops.registry import OpTable
 from gpufeed.packing.layout import (
     HEADER_BYTES,
-    STATUS_ERROR,
-    STATUS_OK,
     SlotArray,
     headers,
     payload_capacity,
     slot_parts,
 )
 from gpufeed.packing.results import write_results
+from gpufeed.packing.status import STATUS_ERROR, STATUS_OK
 
 Outputs = tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.uint16]]
 

@@ -1,26 +1,26 @@
 """The stream wire format as code: XREADGROUP replies → slots → result entries.
 
-NumPy only: no Redis client and no GPU here.
+NumPy only: no Redis client, no GPU, and nothing else of gpufeed's but its
+errors; what packing needs of the op table it is handed (``OpRules``).
 """
 
-from gpufeed.packing.forward import (
+from gpufeed.packing.layout import (
+    HEADER_BYTES,
+    HEADER_DTYPE,
+    headers,
+    payload_area,
+    payload_capacity,
+)
+from gpufeed.packing.requests import (
     Columns,
+    Entry,
+    OpRules,
     PackedBatch,
-    Reject,
     pack,
     plain_columns,
     read_entries,
     reply_entries,
     write_requests,
-)
-from gpufeed.packing.layout import (
-    HEADER_BYTES,
-    HEADER_DTYPE,
-    STATUS_ERROR,
-    STATUS_OK,
-    headers,
-    payload_area,
-    payload_capacity,
 )
 from gpufeed.packing.results import (
     ResultEntry,
@@ -30,6 +30,7 @@ from gpufeed.packing.results import (
     write_error_results,
     write_results,
 )
+from gpufeed.packing.status import STATUS_ERROR, STATUS_OK, Status
 
 __all__ = [
     "HEADER_BYTES",
@@ -37,10 +38,12 @@ __all__ = [
     "STATUS_ERROR",
     "STATUS_OK",
     "Columns",
+    "Entry",
+    "OpRules",
     "PackedBatch",
-    "Reject",
     "ResultEntry",
     "Results",
+    "Status",
     "collect_results",
     "headers",
     "pack",

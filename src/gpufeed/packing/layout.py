@@ -4,7 +4,7 @@ A slot is ``slot_bytes`` bytes: a 16-byte header, then the payload area::
 
     0   len       u32  payload (or result) bytes
     4   op        u16  op id in the worker's OpTable
-    6   flags     u16  results: status (STATUS_OK / STATUS_ERROR)
+    6   flags     u16  results: ``Status.flag`` (0 ok, 1 error)
     8   seq       u32  per-ring sequence number, wraps at 2**32
     12  reserved  u32  zero
 
@@ -24,8 +24,6 @@ HEADER_DTYPE = np.dtype(
 )
 assert HEADER_DTYPE.itemsize == HEADER_BYTES
 
-STATUS_OK = 0
-STATUS_ERROR = 1
 SEQ_MOD = 1 << 32
 
 SlotArray = npt.NDArray[np.uint8]

@@ -1,4 +1,4 @@
-"""Back packing: result slots → result entries, and the compute side's writer.
+"""Results: result slots → result entries, and the compute side's writer.
 
 The compute process writes one result slot per request slot, in order, with
 the request's ``op`` and ``seq`` copied into the header and the status in
@@ -11,51 +11,51 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from gpufeed.errors import ResultOutOfOrder
-from gpufeed.packing.forward import STATUS_ERROR_NAME, PackedBatch, Reject
+from gpufeed.errors import InternalError, ResultOutOfOrder
 from gpufeed.packing.layout import (
     HEADER_BYTES,
     HEADER_DTYPE,
     SEQ_MOD,
-    STATUS_ERROR,
-    STATUS_OK,
     Headers,
     SlotArray,
     headers,
     slot_parts,
 )
+from gpufeed.packing.status import STATUS_ERROR, STATUS_OK, Status
 
-STATUS_OK_NAME = "ok"
-_STATUS_NAMES = {STATUS_OK: STATUS_OK_NAME, STATUS_ERROR: STATUS_ERROR_NAME}
+if TYPE_CHECKING:  # requests.py builds its rejects as ResultEntry, so it imports this module
+    from gpufeed.packing.requests import PackedBatch
 
 
 class ResultEntry(NamedTuple):
     """One result to write back to Redis (a tuple: one is made per message).
 
     ``body`` is the result data when ``status`` is ``ok`` and the reason
-    otherwise; ``reply_to`` None means the queue's output stream.
+    otherwise; ``reply_to`` None means the queue's output stream. A message
+    answered without compute (bad input, expired, delivered too often) is one
+    of these from the start.
     """
 
     src: bytes
-    status: str
+    status: Status
     body: bytes
     cid: bytes | None = None
     reply_to: bytes | None = None
 
-    @classmethod
-    def from_reject(cls, reject: Reject) -> ResultEntry:
-        return cls(reject.entry_id, reject.status, reject.reason.encode(), reject.cid,
-                   reject.reply_to)  # fmt: skip
-
     @property
     def plain(self) -> bool:
         """An ok result for the queue's output stream, without a cid."""
-        return self.status == STATUS_OK_NAME and self.cid is None and self.reply_to is None
+        return self.status == Status.OK and self.cid is None and self.reply_to is None
+
+    @property
+    def reason(self) -> str:
+        """Why a result is not ``ok``, as text."""
+        return self.body.decode(errors="replace")
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Results:
 
     def entries(self) -> list[ResultEntry]:
         """Every result as a ``ResultEntry``, the plain ones first."""
-        return [*map(ResultEntry, self.ids, repeat(STATUS_OK_NAME), self.bodies), *self.other]
+        return [*map(ResultEntry, self.ids, repeat(Status.OK), self.bodies), *self.other]
 
     def chunks(self, size: int) -> Iterator[Results]:
         """Consecutive pieces of at most ``size`` results, the plain ones first."""
@@ -143,7 +143,7 @@ def write_results(
         part[:count, HEADER_BYTES : HEADER_BYTES + width] = out[row : row + count, :width]
         row += count
     if row < n:
-        raise ValueError(f"{n} results to write but only {row} slots given")
+        raise InternalError(f"{n} results to write but only {row} slots given")
     for i in np.flatnonzero(too_long).tolist():
         _write_error_row(
             dst, i, f"op returned {int(out_lens[i])} bytes, more than the {capacity}-byte slot"
@@ -211,9 +211,9 @@ def _entries(
     batch: PackedBatch, row: int, end: int, bodies: list[bytes], flags: npt.NDArray[np.uint16]
 ) -> Iterable[ResultEntry]:
     if not flags.any():  # all ok: no per-message status lookup
-        names: Iterable[str] = repeat(STATUS_OK_NAME, end - row)
+        names: Iterable[Status] = repeat(Status.OK, end - row)
     else:
-        names = [_STATUS_NAMES.get(f, STATUS_ERROR_NAME) for f in flags.tolist()]
+        names = [Status.of_flag(f) for f in flags.tolist()]
     return map(
         ResultEntry, batch.ids[row:end], names, bodies, batch.cids[row:end],
         batch.reply_to[row:end],

@@ -1,6 +1,7 @@
 """Shared-memory single-producer single-consumer rings of fixed-size slots."""
 
 from gpufeed.errors import PeerGone, RingBusy, RingClosed, RingCorrupt, RingError
+from gpufeed.ring._header import is_power_of_two
 from gpufeed.ring.segment import RingNotFound, RingSegment
 from gpufeed.ring.spsc import RingConsumer, RingProducer
 
@@ -14,4 +15,5 @@ __all__ = [
     "RingNotFound",
     "RingProducer",
     "RingSegment",
+    "is_power_of_two",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gpufeed.errors import RingCorrupt, RingError
-from gpufeed.ring import _layout as L
+from gpufeed.ring import _header as L
 from gpufeed.ring import _shm
 
 SlotArray = npt.NDArray[np.uint8]

@@ -47,8 +47,8 @@ import threading
 import time
 from typing import ClassVar, Self, TypedDict, Unpack
 
-from gpufeed.errors import PeerGone, RingBusy, RingClosed
-from gpufeed.ring import _layout as L
+from gpufeed.errors import InternalError, PeerGone, RingBusy, RingClosed
+from gpufeed.ring import _header as L
 from gpufeed.ring._heartbeat import heartbeat
 from gpufeed.ring._wait import (
     full_fence,
@@ -321,7 +321,7 @@ class RingProducer(_Endpoint):
     def commit(self, n: int) -> None:
         """Publish the first ``n`` reserved slots to the consumer."""
         if n > self._reserved or n < 0:
-            raise ValueError(f"commit({n}) but only {self._reserved} slots are reserved")
+            raise InternalError(f"commit({n}) but only {self._reserved} slots are reserved")
         self._reserved = 0
         if n == 0:
             return
@@ -400,7 +400,7 @@ class RingConsumer(_Endpoint):
     def release(self, n: int) -> None:
         """Hand the first ``n`` peeked slots back to the producer."""
         if n > self._peeked or n < 0:
-            raise ValueError(f"release({n}) but only {self._peeked} slots were peeked")
+            raise InternalError(f"release({n}) but only {self._peeked} slots were peeked")
         self._peeked = 0
         if n == 0:
             return

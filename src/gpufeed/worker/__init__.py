@@ -1,1 +1,2 @@
-"""The worker: supervisor, ingest processes (all Redis I/O) and the compute process."""
+"""The running worker: ``start`` → supervisor → ingest processes (all Redis I/O: read,
+``reclaim``, ``commit``) and the compute process (rings in, backend, rings out)."""

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import redis
 
+from gpufeed.connect import Client, RedisTarget
 from gpufeed.errors import ConfigError
 from gpufeed.worker.commit import COMMIT_LUA
-from gpufeed.worker.config import WorkerConfig, queue_key
-from gpufeed.worker.connect import Client, RedisTarget
+from gpufeed.worker.config import WorkerConfig
 
 COMMIT_SHA = hashlib.sha1(COMMIT_LUA.encode()).hexdigest()  # the id Redis gives the script
 
@@ -147,38 +147,3 @@ def check_access(client: Client, config: WorkerConfig) -> None:
             "the Redis user lacks permissions the worker needs (see docs/scaling.md, "
             "'Least-privilege ACL users'):\n  " + "\n  ".join(missing)
         )
-
-
-# -- least-privilege users ------------------------------------------------------------
-
-# What a worker runs: reading and answering (the commit script's commands are checked
-# one by one inside it), plus the read-only figures of --metrics-port.
-WORKER_COMMANDS = (
-    "ping", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xack", "xrange",
-    "xadd", "xtrim", "xdel", "script|load", "evalsha",
-    "xlen", "exists", "xinfo|groups", "xinfo|consumers",
-)  # fmt: skip
-# What a cluster client runs besides: redis-py reads the slot map and command table.
-CLUSTER_COMMANDS = ("cluster|slots", "command")
-
-
-def acl_rules(
-    role: str, queue: str, *, reply: str | None = None, cluster: bool = False
-) -> list[str]:
-    """ACL SETUSER rules (after the user name) for a least-privilege ``role``.
-
-    ``worker``: every key of the queue, ``gpufeed:{QUEUE}:*``, which covers the
-    reply streams producers name ``gpufeed:{QUEUE}:reply:NAME``. ``producer``:
-    XADD to the input stream only, and reads of its own reply stream ``reply``.
-    ``queue`` may be ``*`` for every queue. Add ``on``, ``>password`` and so on.
-    """
-    base = ["resetkeys", "resetchannels", "-@all", "+ping"]
-    extra = [f"+{c}" for c in CLUSTER_COMMANDS] if cluster else []
-    if role == "worker":
-        return [*base, *(f"+{c}" for c in WORKER_COMMANDS[1:]), *extra, f"~{queue_key(queue, '*')}"]
-    if role == "producer":
-        rules = [*base, "+xadd", *extra, f"%W~{queue_key(queue, 'in')}"]
-        if reply:
-            rules += ["+xread", "+xrange", "+xlen", f"%R~{queue_key(queue, f'reply:{reply}')}"]
-        return rules
-    raise ConfigError(f"role must be worker or producer, got {role!r}")

@@ -37,7 +37,7 @@ local n = n_plain + tonumber(ARGV[6])
 local lowest, highest = ARGV[7], ARGV[8]
 local n_reply = tonumber(ARGV[9])
 local FIRST = 10 + n_reply
-local STATUS = {[111] = 'ok', [101] = 'error', [120] = 'expired'}
+local STATUS = {[111] = 'ok', [101] = 'error', [120] = 'expired'}  -- Status.code -> name
 local MAX_DEAD_FIELDS = 2000  -- stay far below Lua's unpack() limit
 
 -- Streams written to, trimmed once at the end: MAXLEN ~ on every XADD costs

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from gpufeed.packing import ResultEntry, Results
+from gpufeed.packing import ResultEntry, Results, Status
 from gpufeed.packing.ids import id_range
 from gpufeed.worker.config import WorkerConfig
 
@@ -21,7 +21,6 @@ COMMIT_LUA = resources.files("gpufeed.worker").joinpath("commit.lua").read_text(
 COMMIT_CHUNK = 1024
 # The record head of an entry that is not a plain ok result (see commit.lua).
 _RECORD = struct.Struct(">cHH")
-_STATUS_CODES = {"ok": b"o", "error": b"e", "expired": b"x"}
 
 
 class CommitCounts(NamedTuple):
@@ -83,7 +82,7 @@ class Committer:
             if e.reply_to is not None:
                 dest = replies.setdefault(e.reply_to, len(replies) + 1)
             cid_field = 0 if e.cid is None else len(e.cid) + 1
-            head = _RECORD.pack(_STATUS_CODES[e.status], dest, cid_field)
+            head = _RECORD.pack(Status(e.status).code, dest, cid_field)
             other += (e.src, head + (e.cid or b"") + e.body)
         # Ids in stream order bound themselves: only the two ends need parsing.
         ids = [results.ids[0], results.ids[-1]] if results.ordered and results.ids else results.ids

@@ -14,12 +14,12 @@ import structlog
 
 from gpufeed.errors import DeviceLost, PeerGone, RingClosed
 from gpufeed.gpu.backend import Backend, Completed
-from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.gpu.select import make_backend
+from gpufeed.ops.registry import OpTable
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.packing.results import write_results
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
-from gpufeed.worker.backends import make_backend
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.exits import EXIT_DEVICE_LOST, exit_on_ring_corruption
 from gpufeed.worker.gctune import tune_for_hot_loop
@@ -34,13 +34,15 @@ IDLE_SLICE_S = 0.002
 
 
 @dataclass
-class _Pair:
+class RingPair:
+    """The two rings one ingest process shares with the compute process."""
+
     requests: RingConsumer
     responses: RingProducer
     open: bool = True
 
 
-def _write(pair: _Pair, done: Completed) -> None:
+def _write(pair: RingPair, done: Completed) -> None:
     """Put one finished batch into its response ring, waiting for room if need be."""
     n, row = len(done.requests), 0
     while row < n:
@@ -61,13 +63,13 @@ def _write(pair: _Pair, done: Completed) -> None:
         row = end
 
 
-def _finish(pair: _Pair, ring: int, exc: RingClosed | PeerGone) -> None:
+def _finish(pair: RingPair, ring: int, exc: RingClosed | PeerGone) -> None:
     """Stop serving a pair whose ingest process closed its rings or died."""
     pair.open = False
     log.info("ring pair finished", ring=ring, reason=type(exc).__name__)
 
 
-def serve(pairs: list[_Pair], backend: Backend, max_batch: int) -> None:
+def serve(pairs: list[RingPair], backend: Backend, max_batch: int) -> None:
     """Round-robin over the request rings until every one is closed and drained."""
     start = 0
     while any(p.open for p in pairs) or backend.in_flight():
@@ -123,13 +125,15 @@ def compute_main(
     table = OpTable.for_worker(
         config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
     )
-    backend = make_backend(config, table)
+    backend = make_backend(config.backend_settings, table, config.slot_bytes, config.max_batch)
     quarantine = Quarantine(Path(quarantine_path)) if quarantine_path else None
     if quarantine is not None:
         backend = QuarantinedBackend(backend, quarantine)
     names = [name for pair in rings for name in pair]
     with exit_on_ring_corruption(*names):
-        pairs = [_Pair(RingConsumer.attach(req), RingProducer.attach(resp)) for req, resp in rings]
+        pairs = [
+            RingPair(RingConsumer.attach(req), RingProducer.attach(resp)) for req, resp in rings
+        ]
         backend.attach_request_rings([p.requests.segment.slots_readonly for p in pairs])
         log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
         metrics.BACKEND.labels(backend.name, table.default.name).set(1)

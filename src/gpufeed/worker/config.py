@@ -1,77 +1,93 @@
-"""Worker settings and the Redis keys they imply."""
+"""The worker's settings: one frozen dataclass, checked when made.
+
+Each field carries its help text (``setting``): the ``gpufeed worker`` options,
+their ``GPUFEED_*`` environment variables and their defaults are generated from
+these fields, so the list of settings exists once.
+"""
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from gpufeed.errors import ConfigError
-from gpufeed.ring._layout import is_power_of_two
-from gpufeed.worker.connect import RedisTarget
+from gpufeed.keys import QueueKeys
 
+if TYPE_CHECKING:
+    from gpufeed.connect import RedisTarget
+    from gpufeed.gpu.select import BackendSettings
 
-def queue_key(queue: str, name: str) -> str:
-    """The key ``gpufeed:{QUEUE}:NAME`` (in, out, dead, reply:..., or a * pattern).
-
-    Every key of a queue carries the hash tag {QUEUE}, so on Redis Cluster they
-    live in one slot and the commit script may touch all of them.
-    """
-    return f"gpufeed:{{{queue}}}:{name}"
-
-
-BACKENDS = ("auto", "cpu", "batched", "persistent")
-STAGINGS = ("pinned", "registered")
-PERSISTENT_PAYLOADS = ("mapped", "device")
 # Lua's unpack() takes at most ~8000 values; one XACK per batch must stay below.
 MAX_BATCH = 4096
 
 
+def setting(default: Any, help_text: str, *, flag: str | None = None) -> Any:
+    """A settings field: its default and the help its option shows (cli/options.py).
+
+    ``flag`` overrides the option's name, for a boolean with two spellings
+    (``--delete-acked/--keep-acked``).
+    """
+    return field(default=default, metadata={"help": help_text, "flag": flag})
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    queue: str = "default"
-    op: str = "echo"
-    backend: str = "auto"
-    ingest_procs: int = 1
-    max_batch: int = 1024
-    max_wait_ms: int = 5
-    slot_bytes: int = 256
-    ring_capacity: int = 4096
-    visibility_timeout_ms: int = 30_000
-    max_deliveries: int = 5
-    delete_acked: bool = False
-    drain_timeout_s: float = 30.0
-    group: str = "gpufeed"
-    consumer: str = ""  # default: the host name; ingest process i uses "<consumer>-<i>"
-    start_id: str = "0"
-    out_maxlen: int = 1_000_000  # MAXLEN ~ for result and dead-letter streams; 0: unbounded
-    reclaim_interval_ms: int = 1000
-    dense_model: str | None = None
-    cuda_streams: int = 4
-    device: int = 0  # CUDA device ordinal for the GPU backends
-    staging: str = "pinned"  # batched: "pinned" staging buffers or "registered" request rings
-    persistent_payload: str = "mapped"  # persistent: requests in "mapped" host or "device" memory
-    emulate_device: bool = False  # persistent: the device side as a CPU thread (no GPU needed)
-    metrics_port: int = 0  # Prometheus endpoint of the supervisor; 0: none
-    metrics_host: str = "0.0.0.0"
-    tls_ca_cert: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    """Everything ``gpufeed worker`` takes. ``consumer`` empty means the host name;
+    ingest process ``i`` reads as ``<consumer>-<i>``."""
+
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0",
+        "redis://, rediss:// (TLS), redis+cluster:// or rediss+cluster:// (any cluster node).",
+    )
+    tls_ca_cert: str | None = setting(None, "CA certificates that sign the server's (rediss://).")
+    tls_cert: str | None = setting(None, "Client certificate, for servers that check clients.")
+    tls_key: str | None = setting(None, "The client certificate's private key.")
+    queue: str = setting("default", "Queue name: streams gpufeed:{NAME}:in/out/dead.")
+    op: str = setting("echo", "Op: a built-in, an entry point, or package.module:attribute.")
+    backend: str = setting("auto", "auto, cpu, batched or persistent.")
+    ingest_procs: int = setting(1, "Ingest processes (Redis I/O).")
+    max_batch: int = setting(1024, "Most messages per batch.")
+    max_wait_ms: int = setting(5, "XREADGROUP BLOCK when idle, ms.")
+    slot_bytes: int = setting(256, "Slot size (power of two >= 64).")
+    ring_capacity: int = setting(4096, "Slots per ring.")
+    visibility_timeout_ms: int = setting(30_000, "Idle time before XAUTOCLAIM takes an entry over.")
+    max_deliveries: int = setting(5, "Deliveries before an entry is dead-lettered.")
+    delete_acked: bool = setting(
+        False, "XDEL input entries once answered.", flag="--delete-acked/--keep-acked"
+    )
+    drain_timeout_s: float = setting(30.0, "Seconds to finish in-flight work on SIGTERM.")
+    group: str = setting("gpufeed", "Consumer group name.")
+    consumer: str = setting("", "Consumer name prefix (default: host name).")
+    start_id: str = setting("0", "Where a new group starts: 0 (all) or $ (new only).")
+    out_maxlen: int = setting(1_000_000, "MAXLEN ~ for result and dead-letter streams (0: none).")
+    reclaim_interval_ms: int = setting(1000, "How often idle entries are looked for, ms.")
+    dense_model: str | None = setting(None, "W/b .npz for the dense op.")
+    metrics_port: int = setting(0, "Serve Prometheus metrics on this port (0: off).")
+    metrics_host: str = setting("0.0.0.0", "Address the metrics endpoint listens on.")
+    device: int = setting(0, "CUDA device for the GPU backends.")
+    cuda_streams: int = setting(4, "batched: CUDA streams, one batch in flight on each.")
+    staging: str = setting(
+        "pinned", "batched: copy requests via pinned buffers, or DMA from registered rings."
+    )
+    persistent_payload: str = setting(
+        "mapped", "persistent: requests in mapped host memory or device memory."
+    )
+    emulate_device: bool = setting(
+        False,
+        "persistent: run the device side as a CPU thread (tests; no GPU needed).",
+        flag="--emulate-device/--no-emulate-device",
+    )
 
     def __post_init__(self) -> None:
+        # Imported here, not above: the CLI reads this class's fields to build its
+        # options, and ``gpufeed --help`` should not wait for Redis, NumPy and CUDA code.
+        from gpufeed.ring import is_power_of_two
+
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"--{name.replace('_', '-')}: {why}")
 
-        if self.backend not in BACKENDS:
-            raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.emulate_device and self.backend != "persistent":
-            raise bad("emulate_device", "only --backend persistent has a CPU emulation")
-        if not 1 <= self.cuda_streams <= 64 or self.device < 0:
-            raise bad("cuda_streams", "must be between 1 and 64, and --device >= 0")
-        if self.staging not in STAGINGS:
-            raise bad("staging", f"must be one of {', '.join(STAGINGS)}")
-        if self.persistent_payload not in PERSISTENT_PAYLOADS:
-            raise bad("persistent_payload", f"must be one of {', '.join(PERSISTENT_PAYLOADS)}")
+        self.backend_settings  # noqa: B018 -- checks the backend's options
         if not 0 <= self.metrics_port <= 65535:
             raise bad("metrics_port", "must be a TCP port, or 0 for no metrics endpoint")
         if not 1 <= self.ingest_procs <= 64:
@@ -84,28 +100,42 @@ class WorkerConfig:
             raise bad("ring_capacity", "must be a power of two >= --max-batch")
         if self.max_wait_ms < 0 or self.visibility_timeout_ms < 1 or self.max_deliveries < 1:
             raise bad("max_wait_ms", "timeouts must be positive and max-deliveries >= 1")
-        if not self.queue or any(c in self.queue for c in "{} "):
-            raise bad("queue", "must be non-empty without braces or spaces")
         if self.out_maxlen < 0:
             raise bad("out_maxlen", "must be >= 0")
-        self.redis  # noqa: B018 -- validates the URL and TLS options
+        self.keys  # noqa: B018 -- checks the queue name
+        self.redis  # noqa: B018 -- checks the URL and TLS options
 
     @property
     def redis(self) -> RedisTarget:
         """Where the queue lives and how to connect."""
+        from gpufeed.connect import RedisTarget
+
         return RedisTarget(self.redis_url, self.tls_ca_cert, self.tls_cert, self.tls_key)
 
     @property
+    def keys(self) -> QueueKeys:
+        return QueueKeys(self.queue)
+
+    @property
+    def backend_settings(self) -> BackendSettings:
+        from gpufeed.gpu.select import BackendSettings
+
+        return BackendSettings(
+            self.backend, self.device, self.cuda_streams, self.staging,
+            self.persistent_payload, self.emulate_device,
+        )  # fmt: skip
+
+    @property
     def in_key(self) -> str:
-        return queue_key(self.queue, "in")
+        return self.keys.in_key
 
     @property
     def out_key(self) -> str:
-        return queue_key(self.queue, "out")
+        return self.keys.out_key
 
     @property
     def dead_key(self) -> str:
-        return queue_key(self.queue, "dead")
+        return self.keys.dead_key
 
     def consumer_name(self, index: int) -> str:
         return f"{self.consumer or socket.gethostname()}-{index}"

@@ -21,26 +21,26 @@ import structlog
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from gpufeed.connect import Client, RedisTarget, cluster_reply_check
 from gpufeed.errors import RingClosed
-from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.ops.registry import OpTable
 from gpufeed.packing import (
     Columns,
+    Entry,
     PackedBatch,
-    ResultEntry,
     Results,
+    Status,
     collect_results,
     pack,
     read_entries,
     reply_entries,
 )
-from gpufeed.packing.forward import Entry
 from gpufeed.packing.ids import ids_ms
 from gpufeed.packing.layout import payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
 from gpufeed.worker.commit import REDIS_ERRORS, CommitCounts, Committer
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.connect import Client, RedisTarget, slot_of
 from gpufeed.worker.exits import exit_on_ring_corruption
 from gpufeed.worker.gctune import tune_for_hot_loop
 from gpufeed.worker.reclaim import Reclaimer
@@ -86,7 +86,9 @@ SUMMARY_INTERVAL_S = 5.0
 
 
 @dataclass
-class _InFlight:
+class _SentBatch:
+    """A packed batch in the request ring, or partly answered in the response ring."""
+
     batch: PackedBatch
     born_ms: Any  # entry-id times of the packed messages (NumPy float64)
     packed_at: float  # time.perf_counter() when it went into the request ring
@@ -109,11 +111,11 @@ class Ingest:
         )
         self.client = make_client(config.redis)
         # On a cluster the commit script can only write reply_to streams in our slot.
-        self.reply_slot = slot_of(config.in_key) if config.redis.cluster else None
+        self.reply_to_check = cluster_reply_check(config.in_key) if config.redis.cluster else None
         self.committer = Committer(self.client, config, self.consumer)
         self.counts = CommitCounts()
         self.reclaimer = Reclaimer(self.client, config, self.consumer)
-        self.in_flight: deque[_InFlight] = deque()
+        self.in_flight: deque[_SentBatch] = deque()
         self.to_commit = Results(ordered=True)
         self.to_commit_born: list[Any] = []
         self.summary_at = time.monotonic()
@@ -141,8 +143,8 @@ class Ingest:
             self.responses.release(got)
             metrics.RING_OCCUPANCY.dec(got)
             for r in self.to_commit.other[failed:]:
-                if r.status != "ok":
-                    self._log_failed(r.src, r.body.decode(errors="replace"), r.status)
+                if r.status != Status.OK:
+                    self._log_failed(r.src, r.reason, r.status)
             head.answered += got
             if head.answered == head.batch.count:
                 self.in_flight.popleft()
@@ -176,10 +178,10 @@ class Ingest:
             log.info("results skipped: entries no longer pending for us", **counts._asdict())
 
     def _log_failed(self, entry_id: bytes, reason: str, status: str) -> None:
-        level = log.info if status == "expired" else log.warning
+        level = log.info if status == Status.EXPIRED else log.warning
         level(
             "message failed", stream=self.config.in_key, entry_id=entry_id.decode(),
-            status=status, reason=reason,
+            status=str(status), reason=reason,
         )  # fmt: skip
 
     def summary(self) -> None:
@@ -265,7 +267,7 @@ class Ingest:
                 dead = [d for d in dead if d.src not in held]
             self.to_commit.extend(dead)
             for d in dead:
-                self._log_failed(d.src, d.body.decode(errors="replace"), d.status)
+                self._log_failed(d.src, d.reason, d.status)
         else:
             fresh = self.read_id == NEW
             entries = self.read(room)
@@ -279,7 +281,7 @@ class Ingest:
             table=self.table,
             first_seq=self.seq,
             now_ms=int(read_ms),
-            reply_slot=self.reply_slot,
+            reply_to_check=self.reply_to_check,
         )
         self.requests.commit(batch.count)
         self.stats["read"] += len(entries)
@@ -288,8 +290,8 @@ class Ingest:
         metrics.BATCHES.inc()
         metrics.BATCH_SIZE.observe(len(entries))
         for r in batch.rejects:
-            self._log_failed(r.entry_id, r.reason, r.status)
-        self.to_commit.extend(map(ResultEntry.from_reject, batch.rejects))
+            self._log_failed(r.src, r.reason, r.status)
+        self.to_commit.extend(batch.rejects)
         log.debug("batch read", stream=self.config.in_key, read=len(entries),
                   packed=batch.count, rejected=len(batch.rejects))  # fmt: skip
         if batch.count:
@@ -297,7 +299,7 @@ class Ingest:
             metrics.observe_many(metrics.QUEUE_WAIT, np.maximum(read_ms - born, 0.0) / 1000)
             metrics.RING_OCCUPANCY.inc(batch.count)
             self.seq = (self.seq + batch.count) % (1 << 32)
-            self.in_flight.append(_InFlight(batch, born, time.perf_counter(), fresh))
+            self.in_flight.append(_SentBatch(batch, born, time.perf_counter(), fresh))
         return True
 
     # -- the loop ----------------------------------------------------------------------

@@ -23,6 +23,8 @@ import numpy.typing as npt
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from gpufeed.packing import Status
+
 log = structlog.get_logger()
 
 _ENV = "PROMETHEUS_MULTIPROC_DIR"  # set by `gpufeed worker --metrics-port` before import
@@ -99,7 +101,8 @@ def observe_many(histogram: Histogram, values: npt.NDArray[np.float64]) -> None:
 
 def record_commit(counts: Any, born_ms: Any) -> None:
     """Count one commit's results by status, and their end-to-end latency."""
-    for status, n in (("ok", counts.ok), ("error", counts.dead), ("expired", counts.expired)):
+    for status, n in ((Status.OK, counts.ok), (Status.ERROR, counts.dead),
+                      (Status.EXPIRED, counts.expired)):  # fmt: skip
         if n:
             MESSAGES.labels(status).inc(n)
     if counts.dead:
@@ -148,10 +151,10 @@ class QueueCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from gpufeed.worker.inspect import queue_stats
+        from gpufeed.admin.stats import queue_stats
 
         try:
-            s = queue_stats(self._client, self._config)
+            s = queue_stats(self._client, self._config.keys, self._config.group)
         except Exception as exc:  # a scrape must not fail because Redis is away
             log.warning("metrics: queue figures unavailable", error=str(exc))
         else:

@@ -30,7 +30,8 @@ import structlog
 
 from gpufeed.errors import DeviceLost
 from gpufeed.gpu.backend import Backend, Completed
-from gpufeed.packing.layout import HEADER_BYTES, STATUS_ERROR, STATUS_OK, SlotArray, headers
+from gpufeed.packing.layout import HEADER_BYTES, SlotArray, headers
+from gpufeed.packing.status import STATUS_ERROR, STATUS_OK
 
 log = structlog.get_logger()
 

@@ -8,8 +8,7 @@ from typing import Any
 import redis
 import structlog
 
-from gpufeed.packing import ResultEntry
-from gpufeed.packing.forward import Entry
+from gpufeed.packing import Entry, ResultEntry, Status
 from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
 
@@ -70,7 +69,7 @@ class Reclaimer:
                 fields = fields or {}
                 dead.append(
                     ResultEntry(
-                        entry_id, "error", reason.encode(), fields.get(b"cid"),
+                        entry_id, Status.ERROR, reason.encode(), fields.get(b"cid"),
                         fields.get(b"reply_to"),
                     )
                 )  # fmt: skip

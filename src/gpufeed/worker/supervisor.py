@@ -27,6 +27,7 @@ import redis
 import structlog
 from redis.backoff import ExponentialBackoff
 
+from gpufeed.connect import is_tls_failure
 from gpufeed.errors import ConfigError
 from gpufeed.ring import RingSegment
 from gpufeed.worker import metrics
@@ -34,7 +35,6 @@ from gpufeed.worker.access import check_worker_access
 from gpufeed.worker.commit import REDIS_ERRORS
 from gpufeed.worker.compute import compute_main
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.connect import is_tls_failure
 from gpufeed.worker.exits import describe_exit
 from gpufeed.worker.ingest import ingest_main
 

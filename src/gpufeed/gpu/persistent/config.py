@@ -1,11 +1,11 @@
-"""A persistent queue's shape (``QueueConfig``) and counters (``QueueStats``)."""
+"""A persistent queue's shape (``QueueConfig``) and counters (``GpuQueueStats``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from gpufeed.errors import ConfigError
-from gpufeed.ring._layout import is_power_of_two
+from gpufeed.ring import is_power_of_two
 
 DEVICES = ("cuda", "emulated")
 PAYLOADS = ("mapped", "device")
@@ -46,7 +46,7 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
-class QueueStats:
+class GpuQueueStats:
     enq_count: int  # messages enqueued
     deq_count: int  # results taken
     dropped_full: int  # messages refused because no slot was free

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from gpufeed.errors import ConfigError
-from gpufeed.gpu._cupy import (
+from gpufeed.gpu.cuda_runtime import (
     MEMCPY_HOST_TO_DEVICE,
     DeviceOpParams,
     MappedHostMemory,
@@ -27,11 +27,11 @@ from gpufeed.gpu._cupy import (
     import_cupy,
     is_sticky,
 )
-from gpufeed.gpu.ops.program import PERSISTENT_KERNEL
-from gpufeed.gpu.ops.registry import OpTable
 from gpufeed.gpu.persistent.config import QueueConfig
 from gpufeed.gpu.persistent.device import DeviceSide
-from gpufeed.gpu.persistent.layout import CONTROL_WORDS, STOP, QueueMemory
+from gpufeed.gpu.persistent.memory import CONTROL_WORDS, STOP, QueueMemory
+from gpufeed.ops.program import PERSISTENT_KERNEL
+from gpufeed.ops.registry import OpTable
 
 SYNC_WORDS = 64  # cuda/persistent.cu: TICKET, VISIBLE and DEVICE_STOP, a 128-byte line each
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from gpufeed.gpu.ops.registry import OpTable
 from gpufeed.gpu.persistent.config import QueueConfig
-from gpufeed.gpu.persistent.layout import STOP, QueueMemory
+from gpufeed.gpu.persistent.memory import STOP, QueueMemory
+from gpufeed.ops.registry import OpTable
 
 
 class DeviceSide(ABC):

@@ -17,9 +17,8 @@ import time
 import numpy as np
 
 from gpufeed.gpu.cpu import compute_isolating
-from gpufeed.gpu.ops.registry import OpTable
 from gpufeed.gpu.persistent.device import DeviceSide
-from gpufeed.gpu.persistent.layout import (
+from gpufeed.gpu.persistent.memory import (
     EXITED,
     HEARTBEAT,
     PHASE_DONE,
@@ -29,6 +28,7 @@ from gpufeed.gpu.persistent.layout import (
     QueueMemory,
     tags,
 )
+from gpufeed.ops.registry import OpTable
 from gpufeed.packing.layout import headers
 from gpufeed.packing.results import write_results
 

@@ -1,4 +1,4 @@
-"""``GpuQueue``: the host side of the persistent queue (the seed API, in Python).
+"""``GpuQueue``: the host side of the persistent queue, a GPU-resident message queue.
 
 The host is the single producer: it writes a request into message ``id``'s
 slot, then its READY word; the device (kernel or emulation) writes the
@@ -34,11 +34,9 @@ from gpufeed.errors import (
     QueueShutdown,
     QueueTimeout,
 )
-from gpufeed.gpu.ops.base import Op
-from gpufeed.gpu.ops.registry import OpTable, load_op
-from gpufeed.gpu.persistent.config import QueueConfig, QueueStats
+from gpufeed.gpu.persistent.config import GpuQueueStats, QueueConfig
 from gpufeed.gpu.persistent.device import DeviceSide, make_device, stop_device
-from gpufeed.gpu.persistent.layout import (
+from gpufeed.gpu.persistent.memory import (
     PHASE_DONE,
     PHASE_READY,
     STARTED,
@@ -48,8 +46,11 @@ from gpufeed.gpu.persistent.layout import (
 )
 from gpufeed.gpu.persistent.slots import HEADER, SlotLedger
 from gpufeed.gpu.persistent.watchdog import Watchdog
-from gpufeed.packing.forward import write_requests
-from gpufeed.packing.layout import HEADER_BYTES, STATUS_OK, SlotArray, payload_capacity
+from gpufeed.ops.base import Op
+from gpufeed.ops.registry import OpTable, load_op
+from gpufeed.packing import write_requests
+from gpufeed.packing.layout import HEADER_BYTES, SlotArray, payload_capacity
+from gpufeed.packing.status import STATUS_OK
 
 log = structlog.get_logger()
 
@@ -146,7 +147,7 @@ class GpuQueue:
         """Enqueue ``items`` (bytes, or the rows of a 2-D uint8 array) in order.
 
         Returns the ids of those enqueued: all of them, or, when slots ran out
-        within ``timeout_ms``, the first ones (the seed's ``out_enqueued``);
+        within ``timeout_ms``, the first ones;
         the rest can be passed again. An invalid item enqueues nothing.
         """
         self._check()
@@ -278,8 +279,8 @@ class GpuQueue:
         unfinished: SlotArray = self._memory.requests[self._slots.unfinished()[1]]
         return unfinished
 
-    def stats(self) -> QueueStats:
-        return QueueStats(self._enq, self._deq, self._dropped, self._retries,
+    def stats(self) -> GpuQueueStats:
+        return GpuQueueStats(self._enq, self._deq, self._dropped, self._retries,
                           self._slots.in_use + len(self._slots.parked))  # fmt: skip
 
     @property

@@ -14,8 +14,8 @@ import struct
 
 import numpy as np
 
-from gpufeed.gpu.ops.base import Bools
-from gpufeed.gpu.persistent.layout import PHASE_DONE, Ids, QueueMemory, tag, tags
+from gpufeed.gpu.persistent.memory import PHASE_DONE, Ids, QueueMemory, tag, tags
+from gpufeed.ops.base import Bools
 from gpufeed.packing.layout import HEADER_BYTES, payload_capacity
 
 HEADER = struct.Struct("<IHHII")  # gpufeed.packing.layout.HEADER_DTYPE

@@ -9,7 +9,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from gpufeed.errors import DeviceLost, KernelStalled
-from gpufeed.gpu.persistent.layout import HEARTBEAT, STOP
+from gpufeed.gpu.persistent.memory import HEARTBEAT, STOP
 
 if TYPE_CHECKING:
     from gpufeed.gpu.persistent.queue import GpuQueue

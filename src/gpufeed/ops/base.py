@@ -24,8 +24,8 @@ Bools = npt.NDArray[np.bool_]
 
 
 def cuda_file(filename: str) -> str:
-    """Text of a CUDA source shipped in ``gpufeed/gpu/ops/cuda``."""
-    return resources.files("gpufeed.gpu.ops").joinpath("cuda", filename).read_text()
+    """Text of a CUDA source shipped in ``gpufeed/ops/cuda``."""
+    return resources.files("gpufeed.ops").joinpath("cuda", filename).read_text()
 
 
 class Op(ABC):

@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 import redis
 
-from gpufeed.bench import percentile
-from gpufeed.gpu.ops import BUILTINS, load_op
+from gpufeed.connect import RedisTarget
+from gpufeed.embedded import RedisServer
+from gpufeed.errors import ProcessFailed
+from gpufeed.keys import queue_key
+from gpufeed.loadgen.launch import log_events, wait_for_consumers, worker_process
+from gpufeed.loadgen.payloads import sample_payloads
+from gpufeed.loadgen.produce import xadd_all
+from gpufeed.ops import BUILTINS, load_op
 from gpufeed.packing.ids import id_ms
 from gpufeed.packing.layout import payload_capacity
-from gpufeed.worker.config import queue_key
-from gpufeed.worker.connect import RedisTarget
-from gpufeed.worker.launch import log_events, wait_for_consumers, worker_process
-from gpufeed.worker.payloads import sample_payloads
-from gpufeed.worker.produce import xadd_all
-from gpufeed.worker.redis_server import RedisServer
 
 DEMO_SLOT_BYTES = 256
 
@@ -55,7 +55,7 @@ def redis_for_demo(url: str | None) -> Iterator[str]:
         yield server.url
 
 
-def collect_results(
+def read_results(
     client: redis.Redis, stream: str, expected: int, timeout_s: float
 ) -> dict[bytes, list[tuple[bytes, dict[bytes, bytes]]]]:
     """Read the result stream until ``expected`` results arrived (or the timeout)."""
@@ -110,11 +110,12 @@ def check_op(
         ok += same
         wrong += not same
     span_s = max(1e-3, (last_ms - id_ms(ids[0])) / 1000) if ids else 1.0
+    p50 = p99 = float("nan")
+    if latencies:  # nearest rank ("inverted_cdf"): a latency some message really had
+        p50, p99 = np.percentile(latencies, [50, 99], method="inverted_cdf").tolist()
     return OpReport(
-        op_name, len(ids), ok, error, wrong, missing, duplicates, len(ids) / span_s,
-        percentile(latencies, 50) if latencies else float("nan"),
-        percentile(latencies, 99) if latencies else float("nan"),
-    )  # fmt: skip
+        op_name, len(ids), ok, error, wrong, missing, duplicates, len(ids) / span_s, p50, p99
+    )
 
 
 def run_demo(
@@ -151,9 +152,9 @@ def run_demo(
                 )
                 sent[name] = (xadd_all(client, in_key, payloads, op=name), payloads)
             total = messages_per_op * len(sent)
-            results = collect_results(client, out_key, total, timeout_s)
+            results = read_results(client, out_key, total, timeout_s)
             if proc.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{log_path.read_text()[-4000:]}")
+                raise ProcessFailed(f"worker exited early:\n{log_path.read_text()[-4000:]}")
         started = next(log_events(log_path, "compute started"), {})
         chosen = str(started.get("backend", "unknown"))
         reports = [check_op(name, ids, p, results) for name, (ids, p) in sent.items()]

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 
 from gpufeed.errors import ConfigError
-from gpufeed.gpu.ops.base import Op, cuda_file
+from gpufeed.ops.base import Op, cuda_file
 
 BATCH_KERNEL = "gpufeed_batch"
 PERSISTENT_KERNEL = "gpufeed_persistent"

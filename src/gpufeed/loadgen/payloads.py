@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpufeed.gpu.ops.base import Op
+from gpufeed.errors import ConfigError
+from gpufeed.ops.base import Op
 
 MAX_SAMPLE_BYTES = 64
 
@@ -19,7 +20,7 @@ def sample_payloads(op: Op, n: int, capacity: int, seed: int = 0) -> list[bytes]
     lens = np.arange(min(capacity, MAX_SAMPLE_BYTES) + 1, dtype=np.int64)
     valid = lens[op.valid_lengths(lens)]
     if len(valid) == 0:
-        raise ValueError(f"op {op.name!r} accepts no payload of at most {capacity} bytes")
+        raise ConfigError(f"op {op.name!r} accepts no payload of at most {capacity} bytes")
     chosen = rng.choice(valid, size=n)
     floats = rng.standard_normal((n, MAX_SAMPLE_BYTES // 4)).astype("<f4").view(np.uint8)
     noise = rng.integers(0, 256, (n, MAX_SAMPLE_BYTES), dtype=np.uint8)

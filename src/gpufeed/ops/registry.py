@@ -9,9 +9,9 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from gpufeed.errors import ConfigError, OpLoadError, UnknownOp
-from gpufeed.gpu.ops.base import Op
-from gpufeed.gpu.ops.builtin import Dense, Echo, VectorAdd
-from gpufeed.gpu.ops.sha256 import Sha256
+from gpufeed.ops.base import Op
+from gpufeed.ops.builtin import Dense, Echo, VectorAdd
+from gpufeed.ops.sha256 import Sha256
 
 ENTRY_POINT_GROUP = "gpufeed.ops"
 BUILTINS: dict[str, Callable[[], Op]] = {
@@ -36,7 +36,7 @@ def _as_op(obj: Any, origin: str) -> Op:
             return made
         obj = made
     raise OpLoadError(
-        f"{origin} is a {type(obj).__name__}, not a gpufeed.gpu.ops.Op "
+        f"{origin} is a {type(obj).__name__}, not a gpufeed.ops.Op "
         "(nor an Op subclass or a function returning one)"
     )
 

@@ -35,7 +35,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from gpufeed.errors import RingCorrupt
+from gpufeed.errors import ConfigError, RingCorrupt
 
 MAGIC = b"GPUFRING"
 MAJOR = 1
@@ -90,11 +90,11 @@ class RingGeometry:
 
 
 def check_geometry(capacity: int, slot_bytes: int) -> None:
-    """Reject a capacity or slot size the ring cannot use (``ValueError``)."""
+    """Reject a capacity or slot size the ring cannot use (``ConfigError``)."""
     if not is_power_of_two(capacity) or capacity > MAX_CAPACITY:
-        raise ValueError(f"capacity must be a power of two <= {MAX_CAPACITY}, got {capacity}")
+        raise ConfigError(f"capacity must be a power of two <= {MAX_CAPACITY}, got {capacity}")
     if not is_power_of_two(slot_bytes) or not MIN_SLOT_BYTES <= slot_bytes <= MAX_SLOT_BYTES:
-        raise ValueError(
+        raise ConfigError(
             f"slot_bytes must be a power of two in [{MIN_SLOT_BYTES}, {MAX_SLOT_BYTES}], "
             f"got {slot_bytes}"
         )

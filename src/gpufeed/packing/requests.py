@@ -1,4 +1,4 @@
-"""Forward packing: one XREADGROUP reply → request slots plus the side table.
+"""Packing requests: one XREADGROUP reply → request slots plus the side table.
 
 Per message, Python does only what the reply format forces: a few dict
 lookups, and none at all for a read whose entries carry only ``data`` (nearly
@@ -12,44 +12,54 @@ payload has the same length.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from redis.crc import key_slot
 
-from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.errors import InternalError
 from gpufeed.packing.layout import HEADER_BYTES, HEADER_DTYPE, SEQ_MOD, SlotArray, slot_parts
+from gpufeed.packing.results import ResultEntry
+from gpufeed.packing.status import Status
 
 Fields = Mapping[bytes, bytes]
 Entry = tuple[bytes, Fields | None]
+# Why a reply_to stream cannot be written (None: it can); see ``pack``.
+ReplyToCheck = Callable[[bytes], str | None]
 
-STATUS_ERROR_NAME = "error"
 # Limits on the optional fields: a message is a payload plus a little metadata.
 MAX_FIELDS = 64
 MAX_CID_BYTES = 256
 MAX_REPLY_TO_BYTES = 512
-STATUS_EXPIRED_NAME = "expired"
 
 
-@dataclass(frozen=True)
-class Reject:
-    """A message that gets an ``error`` or ``expired`` result without any compute."""
-
-    entry_id: bytes
-    status: str
-    reason: str
-    fields: Fields
-    cid: bytes | None = None
-    reply_to: bytes | None = None
+class LengthRule(Protocol):
+    """What packing needs of one op: its name and which payload lengths it takes."""
 
     @property
-    def dead_letter(self) -> bool:
-        """Bad input goes to the dead-letter stream; an expired message does not."""
-        return self.status == STATUS_ERROR_NAME
+    def name(self) -> str: ...
+    @property
+    def length_rule(self) -> str: ...  # the accepted lengths in words, quoted in errors
+
+    def valid_lengths(self, lens: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]: ...
+
+
+class OpRules(Protocol):
+    """What packing needs of the worker's op table (``gpufeed.ops.OpTable`` is one):
+    the ops by id (id 0 is the default), their ids by name, and why an op that
+    cannot run with this slot size cannot."""
+
+    @property
+    def payload_capacity(self) -> int: ...
+    @property
+    def ids_by_bytes(self) -> Mapping[bytes, int]: ...
+    @property
+    def unusable(self) -> Mapping[str, str]: ...
+    @property
+    def ops(self) -> Sequence[LengthRule]: ...
 
 
 @dataclass
@@ -65,7 +75,8 @@ class PackedBatch:
     cids: list[bytes | None] = field(default_factory=list)
     reply_to: list[bytes | None] = field(default_factory=list)
     ops: npt.NDArray[np.uint16] = field(default_factory=lambda: np.empty(0, np.uint16))
-    rejects: list[Reject] = field(default_factory=list)
+    # Messages answered without compute (bad input, expired), in read order.
+    rejects: list[ResultEntry] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -155,18 +166,18 @@ def pack(
     entries: Sequence[Entry] | Columns,
     out: SlotArray | Sequence[SlotArray],
     *,
-    table: OpTable,
+    table: OpRules,
     first_seq: int,
     now_ms: int,
-    reply_slot: int | None = None,
+    reply_to_check: ReplyToCheck | None = None,
 ) -> PackedBatch:
     """Write the valid messages of ``entries`` into request slots, in order.
 
     ``out`` is a slot array or a ring reservation ``(first, second)``; it must
     have a slot for every entry (reserve before reading). Invalid or expired
-    messages become ``rejects`` and take no slot. ``reply_slot`` is the
-    queue's Redis Cluster hash slot: on a cluster, a ``reply_to`` stream in any
-    other slot cannot be written by the commit script, so it is rejected here.
+    messages become ``rejects`` and take no slot. ``reply_to_check`` says why
+    a ``reply_to`` stream cannot be used, beyond its length: on Redis Cluster
+    the commit script can only write streams in the queue's hash slot.
     """
     parts = slot_parts(out)
     capacity = table.payload_capacity
@@ -178,7 +189,7 @@ def pack(
         op_ids = np.zeros(len(ids), np.uint16)
         deadlines = None
     else:
-        ids, datas, kept_fields, ops, deadline_list = _triage(entries, table, reply_slot, batch)
+        ids, datas, kept_fields, ops, deadline_list = _triage(entries, table, reply_to_check, batch)
         op_ids = np.array(ops, dtype=np.uint16)
         deadlines = np.array(deadline_list, np.int64)
 
@@ -189,7 +200,7 @@ def pack(
         for i in np.flatnonzero(bad).tolist():
             code = int(bad[i])
             reason = _reason(code, int(lens[i]), table.ops[int(op_ids[i])], capacity)
-            status = STATUS_EXPIRED_NAME if code == _EXPIRED else STATUS_ERROR_NAME
+            status = Status.EXPIRED if code == _EXPIRED else Status.ERROR
             fields = {b"data": datas[i]} if kept_fields is None else kept_fields[i]
             batch.rejects.append(_reject(ids[i], reason, fields, status))
         keep = np.flatnonzero(bad == 0)
@@ -204,7 +215,7 @@ def pack(
 
     room = sum(len(p) for p in parts)
     if n > room:
-        raise ValueError(f"{n} messages to pack but only {room} slots given")
+        raise InternalError(f"{n} messages to pack but only {room} slots given")
     write_requests(parts, datas, lens, op_ids, batch.first_seq)
     batch.ids = ids
     batch.ops = op_ids
@@ -217,8 +228,9 @@ def pack(
 
 
 def _triage(
-    entries: Sequence[Entry], table: OpTable, reply_slot: int | None, batch: PackedBatch
-) -> tuple[list[bytes], list[bytes], list[Fields], list[int], list[int]]:
+    entries: Sequence[Entry], table: OpRules, reply_to_check: ReplyToCheck | None,
+    batch: PackedBatch,
+) -> tuple[list[bytes], list[bytes], list[Fields], list[int], list[int]]:  # fmt: skip
     """Per message: its payload, op and deadline, or a reject (added to ``batch``)
     when its fields are unusable."""
     rejects = batch.rejects
@@ -232,13 +244,13 @@ def _triage(
         data = fields.get(b"data") if fields else None
         if data is None:
             reason = "missing data field" if fields else "entry has no fields (deleted?)"
-            rejects.append(Reject(entry_id, STATUS_ERROR_NAME, reason, fields or {}))
+            rejects.append(ResultEntry(entry_id, Status.ERROR, reason.encode()))
             continue
         assert fields is not None
         op_id = 0
         deadline = -1
         if len(fields) > 1:  # anything beyond data: look at the optional fields
-            problem = _metadata_problem(fields, reply_slot)
+            problem = _metadata_problem(fields, reply_to_check)
             if problem is not None:
                 rejects.append(_reject(entry_id, problem, fields, safe_ids=False))
                 continue
@@ -274,17 +286,18 @@ def _reject(
     entry_id: bytes,
     reason: str,
     fields: Fields,
-    status: str = STATUS_ERROR_NAME,
+    status: Status = Status.ERROR,
     *,
     safe_ids: bool = True,
-) -> Reject:
+) -> ResultEntry:
     """A reject echoing the message's cid and reply_to, unless they are themselves bad."""
+    body = reason.encode()
     if not safe_ids:
-        return Reject(entry_id, status, reason, fields)
-    return Reject(entry_id, status, reason, fields, fields.get(b"cid"), fields.get(b"reply_to"))
+        return ResultEntry(entry_id, status, body)
+    return ResultEntry(entry_id, status, body, fields.get(b"cid"), fields.get(b"reply_to"))
 
 
-def _metadata_problem(fields: Fields, reply_slot: int | None = None) -> str | None:
+def _metadata_problem(fields: Fields, reply_to_check: ReplyToCheck | None = None) -> str | None:
     """Why a message's optional fields are unusable, or None."""
     if len(fields) > MAX_FIELDS:
         return f"too many fields: {len(fields)}, at most {MAX_FIELDS}"
@@ -299,12 +312,8 @@ def _metadata_problem(fields: Fields, reply_slot: int | None = None) -> str | No
     reply_to = fields.get(b"reply_to")
     if reply_to is not None and not 0 < len(reply_to) <= MAX_REPLY_TO_BYTES:
         return f"reply_to must be a stream key of 1 to {MAX_REPLY_TO_BYTES} bytes"
-    if reply_to is not None and reply_slot is not None and key_slot(reply_to) != reply_slot:
-        return (
-            f"reply_to {reply_to.decode(errors='replace')!r} is in another Redis Cluster "
-            "hash slot than the queue: give it the queue's hash tag, as in "
-            "gpufeed:{QUEUE}:reply:NAME"
-        )
+    if reply_to is not None and reply_to_check is not None:
+        return reply_to_check(reply_to)
     return None
 
 
@@ -314,7 +323,7 @@ _TOO_LARGE, _WRONG_LENGTH, _EXPIRED = 1, 2, 3
 def _invalid(
     lens: npt.NDArray[np.int64],
     op_ids: npt.NDArray[np.uint16],
-    table: OpTable,
+    table: OpRules,
     capacity: int,
     deadlines: npt.NDArray[np.int64] | None,
     now_ms: int,
@@ -335,14 +344,14 @@ def _invalid(
 
 
 def _valid_for(
-    table: OpTable, op_id: int, lens: npt.NDArray[np.int64], sel: npt.NDArray[np.bool_]
+    table: OpRules, op_id: int, lens: npt.NDArray[np.int64], sel: npt.NDArray[np.bool_]
 ) -> npt.NDArray[np.bool_]:
     valid = np.ones(len(lens), dtype=bool)
     valid[sel] = table.ops[op_id].valid_lengths(lens[sel])
     return valid
 
 
-def _reason(code: int, length: int, op: Any, capacity: int) -> str:
+def _reason(code: int, length: int, op: LengthRule, capacity: int) -> str:
     if code == _TOO_LARGE:
         return f"payload of {length} bytes is larger than the {capacity}-byte slot payload area"
     if code == _WRONG_LENGTH:

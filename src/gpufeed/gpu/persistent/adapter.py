@@ -12,10 +12,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from gpufeed.errors import ConfigError
 from gpufeed.gpu.backend import Backend, Completed, completed_from_slots
-from gpufeed.gpu.ops.registry import OpTable
 from gpufeed.gpu.persistent.config import QueueConfig
 from gpufeed.gpu.persistent.queue import GpuQueue
+from gpufeed.ops.registry import OpTable
 from gpufeed.packing.layout import Headers, SlotArray, headers
 
 # poll(timeout) spins this long for a result before it starts sleeping:
@@ -45,7 +46,7 @@ class PersistentBackend(Backend):
         super().__init__(table, slot_bytes, max_batch)
         config = config or QueueConfig(queue_capacity(max_batch), slot_bytes)
         if config.slot_bytes != slot_bytes or config.capacity < max_batch:
-            raise ValueError("the queue's slots must match the rings' and hold a whole batch")
+            raise ConfigError("the queue's slots must match the rings' and hold a whole batch")
         self.queue = GpuQueue(config, table=table)
         # The emulated device is a thread of this process: spinning would keep
         # the GIL from it.

@@ -1,6 +1,6 @@
 // The batched backend's kernel: one warp per slot over a contiguous run of
 // request slots, writing the matching result slots. `gpufeed_dispatch` (made
-// by gpufeed.gpu.ops.program for the worker's op table) calls the slot's op.
+// by gpufeed.ops.program for the worker's op table) calls the slot's op.
 extern "C" __global__ void gpufeed_batch(const uint8_t* __restrict__ in_slots,
                                          uint8_t* __restrict__ out_slots, uint32_t n,
                                          uint32_t slot_bytes,

@@ -11,6 +11,7 @@ that they can come from ``GPUFEED_TLS_*`` variables like every other setting.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -94,6 +95,24 @@ class RedisTarget:
 def slot_of(key: bytes | str) -> int:
     """The Redis Cluster hash slot of ``key`` (its hash tag's, if it has one)."""
     return int(key_slot(key if isinstance(key, bytes) else key.encode()))
+
+
+def cluster_reply_check(key: str) -> Callable[[bytes], str | None]:
+    """A check of ``reply_to`` stream names for a queue on Redis Cluster: the commit
+    script writes every stream in one call, so a reply stream must share the hash
+    slot of ``key`` (any key of the queue). The check returns why not, or None."""
+    slot = slot_of(key)
+
+    def check(reply_to: bytes) -> str | None:
+        if slot_of(reply_to) == slot:
+            return None
+        return (
+            f"reply_to {reply_to.decode(errors='replace')!r} is in another Redis Cluster "
+            "hash slot than the queue: give it the queue's hash tag, as in "
+            "gpufeed:{QUEUE}:reply:NAME"
+        )
+
+    return check
 
 
 def is_tls_failure(exc: BaseException) -> bool:

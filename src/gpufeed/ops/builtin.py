@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gpufeed.errors import ConfigError
-from gpufeed.gpu.ops.base import I64, U8, Bools, Op, cuda_file
+from gpufeed.ops.base import I64, U8, Bools, Op, cuda_file
 
 
 def _as_float32(payloads: U8) -> npt.NDArray[np.float32]:

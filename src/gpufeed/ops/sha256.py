@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 import numpy.typing as npt
 
-from gpufeed.gpu.ops.base import I64, U8, Bools, Op, cuda_file
+from gpufeed.ops.base import I64, U8, Bools, Op, cuda_file
 
 U32 = npt.NDArray[np.uint32]
 

@@ -1,4 +1,4 @@
-"""Running ``gpufeed worker`` as a child process: for the demo and the benchmarks."""
+"""Running ``gpufeed worker`` as a child process: for the demo, the benchmarks and the tests."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from gpufeed.errors import ProcessFailed
 
 
 @contextlib.contextmanager
@@ -53,10 +55,10 @@ def wait_for_consumers(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited at start:\n{log_path.read_text()[-4000:]}")
+            raise ProcessFailed(f"worker exited at start:\n{log_path.read_text()[-4000:]}")
         with contextlib.suppress(redis.ResponseError):
             groups: Any = client.xinfo_groups(stream)
             if groups and int(groups[0]["consumers"]) >= count:
                 return
         time.sleep(0.05)
-    raise RuntimeError("worker did not start reading within 60 s")
+    raise ProcessFailed("worker did not start reading within 60 s")

@@ -1,6 +1,6 @@
 // The persistent kernel behind `--backend persistent` and gpufeed.gpu.persistent.GpuQueue.
 //
-// Memory (see gpufeed/gpu/persistent/layout.py, which the host side and its
+// Memory (see gpufeed/gpu/persistent/memory.py, which the host side and its
 // CPU emulation share):
 //   state[capacity]   u32 per slot, mapped pinned host memory. The host writes
 //                     READY(id) after the slot's request; the device writes

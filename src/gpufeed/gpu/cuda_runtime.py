@@ -1,7 +1,7 @@
 """CuPy, imported on demand, and what both GPU backends build with it.
 
-Nothing outside ``gpufeed.gpu.batched`` and ``gpufeed.gpu.persistent.cuda``
-imports this module, so a machine without CuPy never does.
+CuPy itself is imported only by ``import_cupy``, which the GPU backends call
+when one is created, so a machine without CuPy can import all of gpufeed.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from gpufeed.errors import ConfigError, DeviceLost
-from gpufeed.gpu.ops.program import table_program
-from gpufeed.gpu.ops.registry import OpTable
+from gpufeed.ops.program import table_program
+from gpufeed.ops.registry import OpTable
 
 # gpufeed::OpParams in cuda/gpufeed_op.cuh: { const void* tensors[4]; uint32_t dims[4]; }.
 OP_PARAMS_DTYPE = np.dtype([("tensors", "<u8", (4,)), ("dims", "<u4", (4,))])

@@ -1,0 +1,44 @@
+"""``gpufeed acl``: ACL rules for a least-privilege worker or producer user.
+
+The worker's rules grant exactly the commands a worker runs (its start-up
+check, ``worker/access.py``, tries each of them) on the keys of one queue, or
+of every queue.
+"""
+
+from __future__ import annotations
+
+from gpufeed.errors import ConfigError
+from gpufeed.keys import QueueKeys
+
+# What a worker runs: reading and answering (the commit script's commands are checked
+# one by one inside it), plus the read-only figures of --metrics-port.
+WORKER_COMMANDS = (
+    "ping", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xack", "xrange",
+    "xadd", "xtrim", "xdel", "script|load", "evalsha",
+    "xlen", "exists", "xinfo|groups", "xinfo|consumers",
+)  # fmt: skip
+# What a cluster client runs besides: redis-py reads the slot map and command table.
+CLUSTER_COMMANDS = ("cluster|slots", "command")
+
+
+def acl_rules(
+    role: str, queue: str, *, reply: str | None = None, cluster: bool = False
+) -> list[str]:
+    """ACL SETUSER rules (after the user name) for a least-privilege ``role``.
+
+    ``worker``: every key of the queue, ``gpufeed:{QUEUE}:*``, which covers the
+    reply streams producers name ``gpufeed:{QUEUE}:reply:NAME``. ``producer``:
+    XADD to the input stream only, and reads of its own reply stream ``reply``.
+    ``queue`` may be ``*`` for every queue. Add ``on``, ``>password`` and so on.
+    """
+    keys = QueueKeys(queue)
+    base = ["resetkeys", "resetchannels", "-@all", "+ping"]
+    extra = [f"+{c}" for c in CLUSTER_COMMANDS] if cluster else []
+    if role == "worker":
+        return [*base, *(f"+{c}" for c in WORKER_COMMANDS[1:]), *extra, f"~{keys.every_key}"]
+    if role == "producer":
+        rules = [*base, "+xadd", *extra, f"%W~{keys.in_key}"]
+        if reply:
+            rules += ["+xread", "+xrange", "+xlen", f"%R~{keys.reply_key(reply)}"]
+        return rules
+    raise ConfigError(f"role must be worker or producer, got {role!r}")

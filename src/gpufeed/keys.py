@@ -1,0 +1,54 @@
+"""A queue's names in Redis: ``gpufeed:{QUEUE}:in``, ``:out``, ``:dead`` and reply streams.
+
+Every key of a queue carries the hash tag ``{QUEUE}``, so on Redis Cluster
+they live in one hash slot and the commit script may touch all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpufeed.errors import ConfigError
+
+
+def queue_key(queue: str, name: str) -> str:
+    """The key ``gpufeed:{QUEUE}:NAME`` (in, out, dead, reply:..., or a * pattern)."""
+    return f"gpufeed:{{{queue}}}:{name}"
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """The streams of queue ``queue``; the name is checked when made."""
+
+    queue: str
+
+    def __post_init__(self) -> None:
+        if not self.queue or any(c in self.queue for c in "{} "):
+            raise ConfigError(
+                f"--queue: must be non-empty without braces or spaces, got {self.queue!r}"
+            )
+
+    @property
+    def in_key(self) -> str:
+        """Where producers XADD messages."""
+        return queue_key(self.queue, "in")
+
+    @property
+    def out_key(self) -> str:
+        """Where results go unless a message names its own ``reply_to``."""
+        return queue_key(self.queue, "out")
+
+    @property
+    def dead_key(self) -> str:
+        """Where bad input and messages delivered too often are copied, with the reason."""
+        return queue_key(self.queue, "dead")
+
+    @property
+    def every_key(self) -> str:
+        """The pattern of every key of the queue, reply streams included (for ACL rules)."""
+        return queue_key(self.queue, "*")
+
+    def reply_key(self, name: str) -> str:
+        """A reply stream in the queue's hash slot, as a cluster needs:
+        ``gpufeed:{QUEUE}:reply:NAME``."""
+        return queue_key(self.queue, f"reply:{name}")

@@ -1,0 +1,56 @@
+"""Starting a worker: the checks that need no Redis, the metrics directory, then the
+supervisor, which runs until a stop signal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+
+from gpufeed.errors import InternalError
+from gpufeed.worker.config import WorkerConfig
+
+
+def check_locally(config: WorkerConfig) -> str:
+    """Load the op and check the backend can run here, before any process starts:
+    a bad ``--op`` or ``--backend batched`` on a machine without a GPU fails at
+    once (``GpufeedError``) instead of in a restart loop. Returns the backend name."""
+    from gpufeed.gpu.select import check_backend
+    from gpufeed.ops import OpTable
+    from gpufeed.packing import payload_capacity
+
+    OpTable.for_worker(
+        config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
+    )
+    return check_backend(config.backend_settings)
+
+
+def run_worker(config: WorkerConfig, child_setup: Callable[[str], None] | None = None) -> int:
+    """Serve ``config``'s queue until SIGTERM/SIGINT; the process exit code.
+
+    ``child_setup(name)`` runs first in every child process (the CLI's logging).
+    """
+    with _metrics_dir(config.metrics_port > 0):
+        from gpufeed.worker.supervisor import Supervisor  # after the metrics directory is set
+
+        return Supervisor(config, child_setup=child_setup).run()
+
+
+@contextlib.contextmanager
+def _metrics_dir(enabled: bool) -> Iterator[None]:
+    """prometheus-client's multiprocess mode needs PROMETHEUS_MULTIPROC_DIR set
+    before it is first imported, here and in every child (they inherit it)."""
+    if not enabled:
+        yield
+        return
+    if "prometheus_client" in sys.modules:
+        raise InternalError("prometheus_client was imported before the metrics directory was set")
+    path = tempfile.mkdtemp(prefix="gpufeed-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -144,6 +144,9 @@ def reject_of(entry, slot_bytes=64, table=None, now_ms=0):
         ({b"data": b"x", b"op": b"nosuch"}, "error", "unknown op 'nosuch'"),
         ({b"data": b"x", b"deadline_ms": b"soon"}, "error", "malformed deadline_ms"),
         ({b"data": b"x", b"deadline_ms": b"-5"}, "error", "malformed deadline_ms"),
+        # Past what an int64 holds (the deadline column is one): bad input, not a crash.
+        ({b"data": b"x", b"deadline_ms": b"9223372036854775808"}, "error", "malformed deadline"),
+        ({b"data": b"x", b"deadline_ms": b"9" * 40}, "error", "malformed deadline_ms"),
         ({b"data": b"x", b"deadline_ms": b"1000"}, "expired", "deadline_ms passed"),
     ],
 )
@@ -153,6 +156,13 @@ def test_each_kind_of_bad_input_gets_its_error_record(fields, status, reason) ->
     assert reject.status == status
     assert reason in reject.reason and reason.encode() in reject.body
     assert reject.status.dead_letter == (status == "error")
+
+
+def test_the_latest_deadline_an_int64_holds_is_a_deadline_not_an_error() -> None:
+    fields = {b"data": b"x", b"deadline_ms": b"%d" % (2**63 - 1)}
+    batch = pack([(b"1-0", fields)], np.zeros((1, 64), np.uint8), table=table_for(64),
+                 first_seq=0, now_ms=int(time.time() * 1000))  # fmt: skip
+    assert batch.count == 1 and not batch.rejects
 
 
 def test_rejects_keep_cid_and_reply_to_and_do_not_disturb_the_batch() -> None:

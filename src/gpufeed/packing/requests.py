@@ -155,9 +155,14 @@ def reply_entries(reply: Any) -> list[Entry]:
     return entries
 
 
+# Deadlines are packed into an int64 column: a larger number is no deadline a
+# clock will reach, and NumPy would raise OverflowError for the whole batch.
+MAX_DEADLINE_MS = 2**63 - 1
+
+
 def _parse_deadline(raw: bytes) -> int:
     value = int(raw)
-    if value < 0:
+    if not 0 <= value <= MAX_DEADLINE_MS:
         raise ValueError(raw)
     return value
 

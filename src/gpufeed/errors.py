@@ -87,7 +87,8 @@ class ResultOutOfOrder(InternalError):
 
 class ProcessFailed(GpufeedError):
     """A process gpufeed started (a worker, a private Redis server, a benchmark's
-    child) exited or never became ready; the message carries what it printed last."""
+    child) exited or never became ready; the message says which, and what it printed
+    last where there is a log to show."""
 
 
 class BackendError(GpufeedError):

@@ -63,6 +63,7 @@ def test_two_spellings_of_a_boolean_come_from_the_settings_field() -> None:
         (["--staging", "paged"], {}, "--staging"),
         (["--backend", "tpu"], {}, "--backend"),
         (["--queue", "a{b}"], {}, "--queue"),
+        ([], {"GPUFEED_RECLAIM_INTERVAL_MS": "0"}, "--reclaim-interval-ms"),
         (["--log-level", "loud"], {}, "--log-level"),
     ],
 )

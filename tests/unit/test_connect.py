@@ -8,6 +8,7 @@ import redis
 from gpufeed.admin.acl import acl_rules
 from gpufeed.connect import RedisTarget, slot_of
 from gpufeed.errors import ConfigError
+from gpufeed.worker.access import probes
 from gpufeed.worker.config import WorkerConfig
 
 
@@ -80,3 +81,14 @@ def test_acl_rules_confine_each_role_to_its_keys() -> None:
     assert not any(r.startswith("~") for r in producer)  # never read-write on any key
     with pytest.raises(ConfigError):
         acl_rules("admin", "images")
+
+
+def test_the_worker_acl_grants_every_command_the_start_up_check_tries() -> None:
+    """Two lists in two rooms: the commands a worker runs (its start-up probes) and the
+    rules `gpufeed acl worker` prints. A probe the rules miss would fail every worker
+    started under such a user."""
+    config = WorkerConfig(queue="images", delete_acked=True, metrics_port=9400)
+    granted = set(acl_rules("worker", "images"))
+    missing = [p.rule for p in probes(config) if f"+{p.rule}" not in granted]
+    assert missing == []
+    assert all(p.key is None or p.key.startswith("gpufeed:{images}:") for p in probes(config))

@@ -1,5 +1,9 @@
 """The package's rooms import one way, and no room reaches into another's private modules
-(docs/architecture.md, "Layout")."""
+(docs/architecture.md, "Layout").
+
+Imports are what this sees. ``loadgen`` also starts ``python -m gpufeed worker``
+as a child process, which is a process boundary, not an import.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +30,13 @@ def imports(path: Path) -> list[str]:
     """Every ``gpufeed.…`` module ``path`` imports, at any depth, as a dotted name."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            found.append(f"relative import in {path.name}")  # not used in gpufeed: flagged
+        elif isinstance(node, ast.ImportFrom) and node.module:
             found += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
             found += [a.name for a in node.names]
-    return [name for name in found if name.startswith("gpufeed.")]
+    return [name for name in found if name.startswith(("gpufeed.", "relative import"))]
 
 
 def sources() -> list[tuple[str, Path]]:
@@ -50,6 +56,9 @@ def test_rooms_import_only_rooms_below_them() -> None:
         if room == "__init__":
             continue
         for name in imports(path):
+            if name.startswith("relative import"):
+                wrong.append(name)
+                continue
             other = name.split(".")[1]
             if other in LAYER and other != room and LAYER[other] >= LAYER[room]:
                 wrong.append(f"{module} imports {name}")
@@ -63,6 +72,7 @@ def test_private_modules_stay_in_their_package() -> None:
         for name in imports(path):
             parts = name.split(".")
             private = [i for i, part in enumerate(parts) if part[:1] == "_" and part[:2] != "__"]
-            if private and not package.startswith(".".join(parts[: private[0]])):
+            owner = ".".join(parts[: private[0]]) if private else ""
+            if private and not (package == owner or package.startswith(owner + ".")):
                 wrong.append(f"{module} imports {name}")
     assert wrong == []

@@ -147,6 +147,9 @@ def reject_of(entry, slot_bytes=64, table=None, now_ms=0):
         # Past what an int64 holds (the deadline column is one): bad input, not a crash.
         ({b"data": b"x", b"deadline_ms": b"9223372036854775808"}, "error", "malformed deadline"),
         ({b"data": b"x", b"deadline_ms": b"9" * 40}, "error", "malformed deadline_ms"),
+        ({b"data": b"x", b"deadline_ms": b" 1000"}, "error", "malformed deadline_ms"),
+        ({b"data": b"x", b"deadline_ms": b"+1000"}, "error", "malformed deadline_ms"),
+        ({b"data": b"x", b"deadline_ms": b"1_000"}, "error", "malformed deadline_ms"),
         ({b"data": b"x", b"deadline_ms": b"1000"}, "expired", "deadline_ms passed"),
     ],
 )

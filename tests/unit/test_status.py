@@ -8,6 +8,7 @@ from importlib import resources
 
 import pytest
 
+from gpufeed.errors import InternalError
 from gpufeed.ops import cuda_file
 from gpufeed.packing import ResultEntry, Status
 
@@ -40,3 +41,8 @@ def test_a_status_is_its_wire_name() -> None:
     assert entry.status == "expired" and f"{entry.status}" == "expired"
     assert not entry.plain and entry.reason == "too late"
     assert [s.dead_letter for s in Status] == [False, True, False]
+
+
+def test_an_expired_message_has_no_slot_flag() -> None:
+    with pytest.raises(InternalError, match="never carries status 'expired'"):
+        Status.EXPIRED.flag  # noqa: B018

@@ -7,7 +7,7 @@ while a producer process writes 64-byte messages at the same time:
   that XADDs a result per entry and XACKs them: no ring, no compute;
 * the checked floor: the same loop, committing with gpufeed's commit script,
   which writes results only for entries still pending for its consumer
-  (ARCHITECTURE.md section 6) where the floor's Lua call does not look;
+  (docs/architecture.md §6) where the floor's Lua call does not look;
 * gpufeed: ``gpufeed worker --op echo --backend cpu``.
 
 Against the floor, the ratio is what the whole product costs; against the
@@ -47,7 +47,7 @@ import redis
 from gpufeed.bench import median, percentile, process_tree_cpu_s, redis_cpu_s, server_label
 from gpufeed.connect import RedisTarget
 from gpufeed.embedded import RedisServer
-from gpufeed.errors import InternalError
+from gpufeed.errors import InternalError, ProcessFailed
 from gpufeed.keys import queue_key
 from gpufeed.loadgen.launch import wait_for_consumers, worker_process
 from gpufeed.loadgen.produce import xadd_all
@@ -155,7 +155,7 @@ def _wait_len(client: redis.Redis, key: str, n: int, timeout_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     while client.xlen(key) < n:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{client.xlen(key)} of {n} results in {key} after {timeout_s} s")
+            raise ProcessFailed(f"{client.xlen(key)} of {n} results in {key} after {timeout_s} s")
         time.sleep(0.005)
     return time.perf_counter()
 
@@ -174,11 +174,11 @@ class _ResultReader:
         self._proc.start()
         if not ready.wait(30):
             self._proc.kill()
-            raise TimeoutError("the result reader did not start within 30 s")
+            raise ProcessFailed("the result reader did not start within 30 s")
 
     def latencies(self) -> list[float]:
         if not self._conn.poll(self._timeout_s):
-            raise TimeoutError(f"not every result was read within {self._timeout_s} s")
+            raise ProcessFailed(f"not every result was read within {self._timeout_s} s")
         got: list[float] = self._conn.recv()
         return got
 

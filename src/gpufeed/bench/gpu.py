@@ -224,7 +224,7 @@ def _in_child(target: Any, *args: Any) -> Any:
     child.close()
     try:
         if not parent.poll(_TIMEOUT_S):
-            raise TimeoutError(f"{target.__name__} did not report within {_TIMEOUT_S} s")
+            raise ProcessFailed(f"{target.__name__} did not report within {_TIMEOUT_S} s")
         return parent.recv()
     finally:
         proc.join(10)
@@ -276,7 +276,7 @@ def compute_stage(cfg: GpuBenchConfig, slot_bytes: int, messages: int, staging: 
         elapsed = time.perf_counter() - begin
         producer.close()
         if not parent.poll(_TIMEOUT_S):
-            raise TimeoutError("compute process did not finish")
+            raise ProcessFailed("compute process did not finish")
         parent.recv()
         return messages / elapsed
     finally:

@@ -127,7 +127,7 @@ def _run_pair(targets: list[tuple[Any, tuple[Any, ...]]]) -> list[Any]:
         results = []
         for conn in conns:
             if not conn.poll(_JOIN_TIMEOUT_S):
-                raise TimeoutError("benchmark child did not report in time")
+                raise ProcessFailed("benchmark child did not report in time")
             results.append(conn.recv())
         for proc in procs:
             proc.join(_JOIN_TIMEOUT_S)
@@ -198,7 +198,7 @@ def wake_latencies(cfg: RingBenchConfig) -> list[float]:
             first[0, :8] = np.frombuffer(np.int64(time.perf_counter_ns()).tobytes(), dtype=np.uint8)
             producer.commit(1)
         if not parent.poll(_JOIN_TIMEOUT_S):
-            raise TimeoutError("wake benchmark consumer did not report")
+            raise ProcessFailed("wake benchmark consumer did not report")
         latencies: list[float] = parent.recv()
         proc.join(_JOIN_TIMEOUT_S)
         return latencies

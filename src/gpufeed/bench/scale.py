@@ -37,6 +37,7 @@ from gpufeed.bench import median, process_tree_cpu_s, redis_cpu_s, server_label
 from gpufeed.bench.e2e import produce
 from gpufeed.connect import RedisTarget
 from gpufeed.embedded import LocalCluster, RedisServer
+from gpufeed.errors import ProcessFailed
 from gpufeed.keys import queue_key
 from gpufeed.loadgen.launch import log_events, wait_for_consumers, worker_process
 
@@ -139,7 +140,7 @@ def _measure(setup: Setup, cfg: ScaleBenchConfig, tmp: Path, logs: dict[str, lis
         outs = [queue_key(q, "out") for q in queues]
         while sum(int(client.xlen(o)) for o in outs) < share * len(queues):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{setup.name}: results missing after {cfg.timeout_s} s")
+                raise ProcessFailed(f"{setup.name}: results missing after {cfg.timeout_s} s")
             time.sleep(0.005)
         elapsed = time.perf_counter() - start
         n = share * len(queues)

@@ -27,6 +27,8 @@ def _option(field: dataclasses.Field[Any], annotation: Any) -> inspect.Parameter
     help_text = field.metadata.get("help")
     if help_text is None:
         raise InternalError(f"settings field {field.name!r} has no help text (use setting())")
+    if field.default is dataclasses.MISSING:
+        raise InternalError(f"settings field {field.name!r} needs a plain default")
     flag = field.metadata.get("flag")
     envvar = ENV_PREFIX + field.name.upper()
     info = typer.Option(*([flag] if flag else []), help=help_text, envvar=envvar)
@@ -83,7 +85,10 @@ def redis_client(command: str, settings: dict[str, Any]) -> Any:
     from gpufeed.connect import RedisTarget
 
     try:
-        target = RedisTarget(*(settings[name] for name in REDIS_OPTIONS))
+        target = RedisTarget(
+            url=settings["redis_url"], tls_ca_cert=settings["tls_ca_cert"],
+            tls_cert=settings["tls_cert"], tls_key=settings["tls_key"],
+        )  # fmt: skip
     except ConfigError as exc:
         typer.echo(f"gpufeed {command}: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -1,7 +1,8 @@
 """CuPy, imported on demand, and what both GPU backends build with it.
 
-CuPy itself is imported only by ``import_cupy``, which the GPU backends call
-when one is created, so a machine without CuPy can import all of gpufeed.
+CuPy itself is imported only when a GPU backend is created (``import_cupy``)
+or devices are counted (``gpu.select.cuda_devices``), so a machine without
+CuPy can import all of gpufeed.
 """
 
 from __future__ import annotations

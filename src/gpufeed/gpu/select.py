@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from gpufeed.errors import ConfigError
+from gpufeed.errors import ConfigError, InternalError
 from gpufeed.gpu.backend import Backend
 from gpufeed.gpu.batched import BatchedBackend, check_lanes
 from gpufeed.gpu.cpu import CpuBackend
@@ -105,6 +105,8 @@ def make_backend(
             table, slot_bytes, max_batch, streams=settings.cuda_streams, gpu=settings.device,
             staging=settings.staging,
         )  # fmt: skip
+    if name != "persistent":
+        raise InternalError(f"no backend {name!r}")  # BackendSettings checked the name
     queue = QueueConfig(
         queue_capacity(max_batch), slot_bytes,
         device="emulated" if settings.emulate_device else "cuda",

@@ -161,10 +161,10 @@ MAX_DEADLINE_MS = 2**63 - 1
 
 
 def _parse_deadline(raw: bytes) -> int:
-    value = int(raw)
-    if not 0 <= value <= MAX_DEADLINE_MS:
+    # ASCII digits only: int() would also take " 5", "+5" and "1_000".
+    if not raw.isdigit() or int(raw) > MAX_DEADLINE_MS:
         raise ValueError(raw)
-    return value
+    return int(raw)
 
 
 def pack(
@@ -318,7 +318,9 @@ def _metadata_problem(fields: Fields, reply_to_check: ReplyToCheck | None = None
     if reply_to is not None and not 0 < len(reply_to) <= MAX_REPLY_TO_BYTES:
         return f"reply_to must be a stream key of 1 to {MAX_REPLY_TO_BYTES} bytes"
     if reply_to is not None and reply_to_check is not None:
-        return reply_to_check(reply_to)
+        problem = reply_to_check(reply_to)
+        if problem is not None:
+            return problem
     return None
 
 

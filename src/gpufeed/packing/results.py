@@ -26,7 +26,9 @@ from gpufeed.packing.layout import (
     headers,
     slot_parts,
 )
-from gpufeed.packing.status import STATUS_ERROR, STATUS_OK, Status
+from gpufeed.packing.status import STATUS_ERROR, STATUS_OF_FLAG, STATUS_OK, Status
+
+_OK: str = Status.OK.value  # a plain str: comparing with it is the fast path
 
 if TYPE_CHECKING:  # requests.py builds its rejects as ResultEntry, so it imports this module
     from gpufeed.packing.requests import PackedBatch
@@ -50,7 +52,7 @@ class ResultEntry(NamedTuple):
     @property
     def plain(self) -> bool:
         """An ok result for the queue's output stream, without a cid."""
-        return self.status == Status.OK and self.cid is None and self.reply_to is None
+        return self.status == _OK and self.cid is None and self.reply_to is None
 
     @property
     def reason(self) -> str:
@@ -213,7 +215,7 @@ def _entries(
     if not flags.any():  # all ok: no per-message status lookup
         names: Iterable[Status] = repeat(Status.OK, end - row)
     else:
-        names = [Status.of_flag(f) for f in flags.tolist()]
+        names = [STATUS_OF_FLAG.get(f, Status.ERROR) for f in flags.tolist()]
     return map(
         ResultEntry, batch.ids[row:end], names, bodies, batch.cids[row:end],
         batch.reply_to[row:end],

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from gpufeed.errors import InternalError
+
 
 class Status(StrEnum):
     """``ok``, ``error`` or ``expired``; compares equal to its wire name."""
@@ -23,8 +25,10 @@ class Status(StrEnum):
 
     @property
     def flag(self) -> int:
-        """The result slot header's ``flags`` value (an expired message never takes a slot,
-        but has a value all the same)."""
+        """The result slot header's ``flags`` value; an expired message never takes a
+        slot, so ``expired`` has none."""
+        if self not in _FLAGS:
+            raise InternalError(f"a result slot never carries status {self.value!r}")
         return _FLAGS[self]
 
     @property
@@ -42,11 +46,14 @@ class Status(StrEnum):
     def of_flag(cls, flag: int) -> Status:
         """The status a result slot's ``flags`` carry; any value but ``ok``'s is an error,
         whatever wrote it."""
-        return Status.OK if flag == _FLAGS[Status.OK] else Status.ERROR
+        return STATUS_OF_FLAG.get(flag, Status.ERROR)
 
 
-_FLAGS = {Status.OK: 0, Status.ERROR: 1, Status.EXPIRED: 2}
+_FLAGS = {Status.OK: 0, Status.ERROR: 1}
 _CODES = {Status.OK: b"o", Status.ERROR: b"e", Status.EXPIRED: b"x"}
 
 STATUS_OK = Status.OK.flag
 STATUS_ERROR = Status.ERROR.flag
+# Plain dicts for the per-message paths: an enum's own lookups cost several times more.
+STATUS_OF_FLAG = {flag: status for status, flag in _FLAGS.items()}
+RECORD_CODE = {status.value: code for status, code in _CODES.items()}  # by wire name

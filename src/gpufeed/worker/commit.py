@@ -9,8 +9,9 @@ from typing import Any, NamedTuple
 
 import redis
 
-from gpufeed.packing import ResultEntry, Results, Status
+from gpufeed.packing import ResultEntry, Results
 from gpufeed.packing.ids import id_range
+from gpufeed.packing.status import RECORD_CODE
 from gpufeed.worker.config import WorkerConfig
 
 # What a lost or stalled connection raises; everything else is a real failure.
@@ -82,7 +83,7 @@ class Committer:
             if e.reply_to is not None:
                 dest = replies.setdefault(e.reply_to, len(replies) + 1)
             cid_field = 0 if e.cid is None else len(e.cid) + 1
-            head = _RECORD.pack(Status(e.status).code, dest, cid_field)
+            head = _RECORD.pack(RECORD_CODE[e.status], dest, cid_field)
             other += (e.src, head + (e.cid or b"") + e.body)
         # Ids in stream order bound themselves: only the two ends need parsing.
         ids = [results.ids[0], results.ids[-1]] if results.ordered and results.ids else results.ids

@@ -102,6 +102,8 @@ class WorkerConfig:
             raise bad("max_wait_ms", "timeouts must be positive and max-deliveries >= 1")
         if self.out_maxlen < 0:
             raise bad("out_maxlen", "must be >= 0")
+        if self.reclaim_interval_ms < 1:
+            raise bad("reclaim_interval_ms", "must be >= 1")
         self.keys  # noqa: B018 -- checks the queue name
         self.redis  # noqa: B018 -- checks the URL and TLS options
 

@@ -92,7 +92,12 @@ __device__ void dispatcher(volatile const uint32_t* state, volatile uint64_t* co
     ++idle;
     if ((idle & 15) != 0) continue;
     if (lane == 0 && (idle & 1023) == 0) control[HEARTBEAT] = idle;
-    if (control[STOP] != 0) {
+    // One read of STOP, shared: if each lane read it, the host's write could land
+    // between two lanes' reads, and the lanes that saw 0 would reach the next
+    // __ballot_sync(FULL_MASK) without those that left (undefined behaviour).
+    int stop = 0;
+    if (lane == 0) stop = control[STOP] != 0;
+    if (__shfl_sync(FULL_MASK, stop, 0)) {
       if (lane == 0) {
         sync[DEVICE_STOP] = 1;
         __threadfence_system();

@@ -113,3 +113,67 @@ def test_the_kernel_stops_when_the_worker_gets_sigterm(client, queue, start_work
     (stopped,) = worker.events("persistent queue shut down")
     assert stopped["kernel_stopped"] is True
     assert stopped["unfinished"] == 0
+
+
+def test_a_trapped_kernel_is_a_lost_device_at_once_not_a_stall() -> None:
+    """A trap ends the kernel with error 719; the watchdog must read that from the
+    stream's status (CuPy's Stream.done only says "not done") and fail the queue
+    with DeviceLost well before the 10 s stall timeout."""
+    from user_ops import trap_echo
+
+    from gpufeed.errors import DeviceLost
+    from gpufeed.gpu.persistent import GpuQueue, QueueConfig
+
+    queue = GpuQueue(QueueConfig(64, 256), op=trap_echo)
+    started = time.monotonic()
+    queue.enqueue(b"poison pill")
+    while queue.failure is None and time.monotonic() - started < 30:
+        time.sleep(0.01)
+    assert isinstance(queue.failure, DeviceLost), queue.failure
+    assert time.monotonic() - started < 5
+    assert "719" in str(queue.failure) or "launch failure" in str(queue.failure).lower()
+    assert queue.unfinished_requests().shape[0] == 1  # the quarantine's suspects
+
+
+def test_the_watchdog_thread_talks_to_the_queues_device() -> None:
+    """With --device N, the watchdog's CUDA calls go to device N (selected on the
+    calling thread), not to device 0, where they would create a second context."""
+    import threading
+
+    import cupy
+    from gpu_support import DEVICES
+
+    from gpufeed.gpu.persistent import GpuQueue, QueueConfig
+
+    gpu = DEVICES - 1
+    seen: list[int] = []
+    with GpuQueue(QueueConfig(64, 256, gpu=gpu), op="echo") as queue:
+        device = queue._device
+
+        def probe() -> None:  # another thread, as the watchdog is
+            device.failure()
+            seen.append(int(cupy.cuda.runtime.getDevice()))
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join(10)
+    assert seen == [gpu]
+
+
+def test_a_message_that_traps_the_persistent_kernel_is_isolated_and_dead_lettered(
+    client, queue, start_worker
+) -> None:
+    from conftest import send_around_poison, wait_for_results
+
+    stream, _, dead_key = keys(queue)
+    ids, poison = send_around_poison(client, stream, 2000, 2000)
+    worker = start_worker("--backend", "persistent", "--op", "user_ops:trap_echo")
+    results = wait_for_results(client, queue, 4001, worker=worker, timeout=300)
+    assert set(results) == {*ids, poison} and all(len(r) == 1 for r in results.values())
+    assert all(results[i][0][b"status"] == b"ok" for i in ids)
+    assert results[poison][0][b"status"] == b"error"
+    ((_, dead),) = client.xrange(dead_key)
+    assert dead[b"src"] == poison
+    restarts = worker.events("child died; restarting all children")
+    assert [r["reason"] for r in restarts] == ["lost its GPU (its messages are quarantined)"] * 2
+    assert worker.terminate() == 0

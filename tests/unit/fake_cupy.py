@@ -2,9 +2,17 @@
 
 It lets CI run the batched backend's own logic (lanes in turn, FIFO order, how
 long result buffers stay valid, retry and halving after an error that keeps
-the context, DeviceLost after one that loses it) without a GPU. It checks
-nothing of CUDA: copies are memmoves, done at once, and the batch kernel is
-the ops' NumPy code. tests/gpu runs the real thing.
+the context, DeviceLost after one that loses it) without a GPU. Copies are
+memmoves and the batch kernel is the ops' NumPy code; tests/gpu runs the real
+thing.
+
+Where CUDA's behaviour decides what the backend sees, it behaves as CuPy does
+(cupy/cuda/stream.pyx, cupy_backends/cuda/api/runtime.pyx): a kernel that
+faults does so when it runs, not when it is launched, so the launch returns
+and the error shows at the next query or synchronisation; ``runtime.eventQuery``
+and ``streamQuery`` return the status and never raise; ``Event.done`` is
+``eventQuery(ptr) == 0``, so after a fault it is False for ever; and after a
+fault that loses the context every other call fails with it.
 """
 
 from __future__ import annotations
@@ -54,11 +62,21 @@ class FakeCuPy:
         self.table = table
         self.faults = faults
         self.lost = False
+        self.pending = 0  # the status of a launched kernel that will fault when it runs
         self.launches: list[int] = []  # batch sizes, in launch order
         self.streams_made = 0
         self.registered: list[tuple[int, int]] = []
         ids = itertools.count(1)
         fake = self
+
+        def run_pending() -> None:
+            """Work queued so far runs: a kernel that faults loses the context now."""
+            if fake.pending:
+                fake.pending, fake.lost = 0, True
+
+        def status() -> int:
+            run_pending()
+            return 719 if fake.lost else 0
 
         def check() -> None:
             if fake.lost:
@@ -76,22 +94,27 @@ class FakeCuPy:
             def __exit__(self, *exc: object) -> None:
                 pass
 
+            @property
+            def done(self) -> bool:
+                return bool(runtime.streamQuery(self.ptr) == 0)  # CuPy's own definition
+
             def synchronize(self) -> None:
+                run_pending()
                 check()
 
         class Event:
             def __init__(self, disable_timing: bool = False) -> None:
-                pass
+                self.ptr = next(ids)
 
             def record(self, stream: Any) -> None:
                 check()
 
             @property
             def done(self) -> bool:
-                check()
-                return True
+                return bool(runtime.eventQuery(self.ptr) == 0)  # CuPy's own definition
 
             def synchronize(self) -> None:
+                run_pending()
                 check()
 
         def memcpy(dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
@@ -99,6 +122,9 @@ class FakeCuPy:
             ctypes.memmove(dst, src, nbytes)
 
         runtime = SimpleNamespace(
+            CUDARuntimeError=CUDARuntimeError,
+            eventQuery=lambda ptr: status(),
+            streamQuery=lambda ptr: status(),
             memcpyAsync=memcpy,
             hostRegister=lambda ptr, n, flags: fake.registered.append((ptr, n)),
             hostUnregister=lambda ptr: None,
@@ -143,8 +169,10 @@ class FakeCuPy:
                 raise CUDARuntimeError(719)
             assert grid[0] * block[0] >= 32 * n, "one warp per slot"
             status = self.faults(np.asarray(device_in[:n]))
-            if status is not None:
-                self.lost = self.lost or status in (700, 715, 719)
+            if status in (700, 715, 719):
+                self.pending = status  # it faults when it runs, after the launch returned
+                return
+            if status is not None:  # refused at launch (701: out of resources)
                 raise CUDARuntimeError(status)
             self.launches.append(n)
             requests = np.asarray(device_in[:n])

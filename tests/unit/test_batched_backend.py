@@ -139,8 +139,12 @@ def test_a_lost_context_raises_device_lost_with_every_batch_in_flight(monkeypatc
     faults = lambda batch: 719 if marked(batch, b"poison") else None  # noqa: E731
     backend, _ = backend_for(monkeypatch, table, faults, streams=4)
     backend.submit(0, slots(b"a", b"b"))
+    backend.submit(1, slots(b"c", b"poison"))  # the launch returns; the kernel traps as it runs
+    # A busy compute process polls without waiting: the trap must surface there too, where
+    # CuPy's Event.done would say "not yet" for ever.
     with pytest.raises(DeviceLost, match="cudaError 719"):
-        backend.submit(1, slots(b"c", b"poison"))
+        for _ in range(100):
+            backend.poll(0.0)
     held = backend.in_flight_requests()
     assert [headers(h)["len"].tolist() for h in held] == [[1, 1], [1, 6]]
     assert bytes(held[1][1, 16:22]) == b"poison"

@@ -364,6 +364,24 @@ def test_shutdown_waits_for_messages_in_flight_then_stops_the_device(device) -> 
     queue.shutdown()  # a second call is harmless
 
 
+def test_after_shutdown_nothing_reads_the_freed_memory(device) -> None:
+    """On a GPU, shutdown frees the mapped memory the queue's words live in: a call
+    that read it then would crash the process, so every call refuses instead."""
+    queue = open_queue(device, op="echo")
+    msg_id = queue.enqueue(b"x")
+    wait_result(queue, msg_id)
+    queue.shutdown()
+    calls = [
+        lambda: queue.done(msg_id),
+        queue.unfinished_requests,
+        lambda: queue.try_dequeue_result(msg_id),
+        lambda: queue.take_slots(0, 1),
+    ]
+    for call in calls:
+        with pytest.raises(QueueShutdown):
+            call()
+
+
 def test_shutdown_gives_up_on_a_device_that_will_not_finish(device) -> None:
     gate = Gate()
     queue = open_queue(device, op=gate)

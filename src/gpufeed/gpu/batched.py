@@ -43,6 +43,7 @@ from gpufeed.gpu.cuda_runtime import (
     import_cupy,
     is_sticky,
     lost,
+    work_done,
 )
 from gpufeed.ops.program import BATCH_KERNEL, WARP
 from gpufeed.ops.registry import OpTable
@@ -232,7 +233,7 @@ class BatchedBackend(Backend):
                 if wait:
                     lane.done.synchronize()  # batches take microseconds to milliseconds
                     wait = False
-                elif not lane.done.done:
+                elif not work_done(self._cp, self._runtime.eventQuery(lane.done.ptr)):
                     return
             except Exception as exc:
                 if is_sticky(exc):

@@ -37,6 +37,8 @@ STICKY_ERRORS = {
     719,  # launch failure (__trap() lands here)
     999,  # unknown
 }
+CUDA_SUCCESS = 0
+CUDA_ERROR_NOT_READY = 600  # cudaStreamQuery/cudaEventQuery: work still running
 _HOST_ALLOC_MAPPED = 2  # cudaHostAllocMapped
 MEMCPY_HOST_TO_DEVICE, MEMCPY_DEVICE_TO_HOST = 1, 2  # cudaMemcpyKind
 
@@ -59,6 +61,23 @@ def is_sticky(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return any(word in text for word in ("ILLEGAL", "LAUNCH_FAILED", "illegal", "launch failure"))
+
+
+def work_done(cp: Any, status: int) -> bool:
+    """Whether a ``cudaStreamQuery``/``cudaEventQuery`` status says the work is done.
+
+    Ask ``cp.cuda.runtime.streamQuery(stream.ptr)`` (or ``eventQuery``), never
+    CuPy's ``Stream.done``/``Event.done``: they return ``status == 0`` without
+    looking further, so after a kernel traps (error 719, or 700 for a fault)
+    they say "not done" forever instead of reporting it. Any status but
+    success and not-ready raises CuPy's ``CUDARuntimeError`` for it, which
+    ``is_sticky`` classifies like any other CUDA error.
+    """
+    if status == CUDA_SUCCESS:
+        return True
+    if status == CUDA_ERROR_NOT_READY:
+        return False
+    raise cp.cuda.runtime.CUDARuntimeError(status)
 
 
 def lost(exc: BaseException, what: str) -> DeviceLost:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from gpufeed.errors import ConfigError
+from gpufeed.errors import BackendError, ConfigError
 from gpufeed.gpu.cuda_runtime import (
     MEMCPY_HOST_TO_DEVICE,
     DeviceOpParams,
@@ -26,6 +26,8 @@ from gpufeed.gpu.cuda_runtime import (
     compile_table,
     import_cupy,
     is_sticky,
+    lost,
+    work_done,
 )
 from gpufeed.gpu.persistent.config import QueueConfig
 from gpufeed.gpu.persistent.device import DeviceSide
@@ -117,20 +119,26 @@ class CudaDevice(DeviceSide):
         if self._device_requests is None:
             return  # the kernel reads the mapped requests themselves
         runtime = self._cp.cuda.runtime
-        for part in self.memory.slots(first_id, count):
-            offset = part.start * self._slot_bytes
-            nbytes = (part.stop - part.start) * self._slot_bytes
-            runtime.memcpyAsync(
-                self._device_requests.data.ptr + offset, self._requests.ptr + offset, nbytes,
-                MEMCPY_HOST_TO_DEVICE, self._copy_stream.ptr,
-            )  # fmt: skip
-        # The copy must have landed before READY is written.
-        self._copy_stream.synchronize()
+        try:
+            for part in self.memory.slots(first_id, count):
+                offset = part.start * self._slot_bytes
+                nbytes = (part.stop - part.start) * self._slot_bytes
+                runtime.memcpyAsync(
+                    self._device_requests.data.ptr + offset, self._requests.ptr + offset,
+                    nbytes, MEMCPY_HOST_TO_DEVICE, self._copy_stream.ptr,
+                )  # fmt: skip
+            # The copy must have landed before READY is written.
+            self._copy_stream.synchronize()
+        except Exception as exc:
+            # A copy fails when the context is gone (the kernel trapped): the device.
+            if is_sticky(exc):
+                raise lost(exc, "copying requests to the device") from exc
+            raise BackendError(f"copying requests to the device: {exc}") from exc
 
     def failure(self) -> str | None:
         if self._error is None and self._launched and self._host:
             try:
-                if self._stream.done and not self.memory.control[STOP]:
+                if self._kernel_ended() and not self.memory.control[STOP]:
                     self._error = "the persistent kernel exited without being asked to stop"
             except Exception as exc:
                 self._error = f"the persistent kernel failed: {exc}" + (
@@ -142,7 +150,7 @@ class CudaDevice(DeviceSide):
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                if self._stream.done:
+                if self._kernel_ended():
                     return True
             except Exception as exc:  # the kernel ended with an error: it is not running
                 self._error = self._error or f"the persistent kernel failed: {exc}"
@@ -150,6 +158,11 @@ class CudaDevice(DeviceSide):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.001)
+
+    def _kernel_ended(self) -> bool:
+        """Whether the kernel's stream is idle; raises for the error it ended with."""
+        self._device.use()  # the calling thread's device: the watchdog's is its own
+        return work_done(self._cp, self._cp.cuda.runtime.streamQuery(self._stream.ptr))
 
     def close(self) -> None:
         for memory in self._host:

@@ -227,6 +227,7 @@ class GpuQueue:
     def done(self, msg_id: int) -> bool:
         """Whether ``msg_id``'s result is ready (it stays in the queue): one memory read,
         for callers that spin on a single message."""
+        self._check_open()
         if msg_id in self._slots.parked:
             return True
         return self._slots.is_done(msg_id) and self._slots.holds(msg_id)
@@ -234,8 +235,7 @@ class GpuQueue:
     def poll_completions(self, max_count: int) -> list[int]:
         """Ids of up to ``max_count`` messages whose results are ready and were not
         returned by an earlier call, oldest first. Never waits."""
-        if self._closed:
-            raise QueueShutdown("the queue was shut down")
+        self._check_open()
         done: list[int] = []
         parked = self._slots.parked
         for msg_id in sorted(parked):
@@ -257,8 +257,7 @@ class GpuQueue:
     def take_slots(self, first_id: int, count: int) -> SlotArray | None:
         """Copies of the result slots of ``count`` messages from ``first_id`` once all
         are DONE (then their slots are free), else None. For ``enqueue_slots``."""
-        if self._closed:
-            raise QueueShutdown("the queue was shut down")
+        self._check_open()
         ids = np.arange(first_id, first_id + count, dtype=np.int64)
         slots = ids & (self._cap - 1)
         if first_id < self._slots.tail or first_id + count > self._slots.head:
@@ -276,6 +275,7 @@ class GpuQueue:
     def unfinished_requests(self) -> SlotArray:
         """Copies of the request slots enqueued and not DONE (readable after a device
         failure: they are in host memory)."""
+        self._check_open()
         unfinished: SlotArray = self._memory.requests[self._slots.unfinished()[1]]
         return unfinished
 
@@ -317,9 +317,14 @@ class GpuQueue:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _check(self) -> None:
+    def _check_open(self) -> None:
+        # After shutdown the words and slots may be freed device-mapped memory: on a
+        # GPU, reading them would crash the process, not raise.
         if self._closed:
             raise QueueShutdown("the queue was shut down")
+
+    def _check(self) -> None:
+        self._check_open()
         if self._failure is not None:
             raise self._failure
 

@@ -66,6 +66,12 @@ class FakeCuPy:
         self.launches: list[int] = []  # batch sizes, in launch order
         self.streams_made = 0
         self.registered: list[tuple[int, int]] = []
+        # What ran on which stream, in order: ("write", stream) for zeros/asarray,
+        # ("sync",) for deviceSynchronize, ("launch", stream) for a kernel. Stream 0
+        # is the legacy default stream, CuPy's current one outside a `with stream:`;
+        # non-blocking streams do not wait for it.
+        self.log: list[tuple[Any, ...]] = []
+        self.current = 0
         ids = itertools.count(1)
         fake = self
 
@@ -89,10 +95,11 @@ class FakeCuPy:
                 self.ptr = next(ids)
 
             def __enter__(self) -> Stream:
+                self.previous, fake.current = fake.current, self.ptr
                 return self
 
             def __exit__(self, *exc: object) -> None:
-                pass
+                fake.current = self.previous
 
             @property
             def done(self) -> bool:
@@ -123,6 +130,7 @@ class FakeCuPy:
 
         runtime = SimpleNamespace(
             CUDARuntimeError=CUDARuntimeError,
+            deviceSynchronize=lambda: (run_pending(), check(), fake.log.append(("sync",))),
             eventQuery=lambda ptr: status(),
             streamQuery=lambda ptr: status(),
             memcpyAsync=memcpy,
@@ -140,9 +148,11 @@ class FakeCuPy:
     # --- array functions --------------------------------------------------------------
 
     def zeros(self, shape: Any, dtype: Any) -> DeviceArray:
+        self.log.append(("write", self.current))
         return _device(np.zeros(shape, dtype))
 
     def asarray(self, array: Any) -> DeviceArray:
+        self.log.append(("write", self.current))
         return _device(np.array(array))
 
     def asnumpy(self, array: Any, stream: Any = None) -> np.ndarray:
@@ -175,6 +185,7 @@ class FakeCuPy:
             if status is not None:  # refused at launch (701: out of resources)
                 raise CUDARuntimeError(status)
             self.launches.append(n)
+            self.log.append(("launch", self.current))
             requests = np.asarray(device_in[:n])
             out, lens, flags = compute_isolating(self.table, requests)
             write_results(np.asarray(device_out[:n]), headers(requests), out, lens, flags)

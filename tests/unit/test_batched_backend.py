@@ -101,6 +101,28 @@ def test_dense_batches_take_the_whole_batch_path_and_mixed_ones_the_kernel(monke
     assert bytes(done[1].out[2, :2]) == b"hi"
 
 
+def test_what_the_legacy_stream_wrote_is_finished_before_any_batch_starts(monkeypatch) -> None:
+    """The lanes' buffers, OpParams and dense's W and b are written before the first
+    batch, and the device is synchronised after: the lanes' non-blocking streams do
+    not wait for the legacy default stream, and no upload runs on one lane's stream
+    for the others to use unordered."""
+    table = OpTable.for_worker("dense", SLOT - 16)
+    backend, fake = backend_for(monkeypatch, table, streams=3)
+    x = np.random.default_rng(1).standard_normal((4, 8)).astype("<f4")
+    dense = slots(*[row.tobytes() for row in x])
+    for ring in range(3):  # dense on every lane, and the kernel too
+        backend.submit(ring, dense)
+        backend.submit(ring, slots(b"hi", op_id=table.ids["echo"]))
+    while backend.in_flight():
+        backend.poll(1.0)
+    log = fake.log
+    first_batch = next(i for i, e in enumerate(log) if e[0] == "launch")
+    legacy = [i for i, e in enumerate(log) if e == ("write", 0)]
+    assert legacy and max(legacy) < first_batch
+    assert any(e == ("sync",) for e in log[max(legacy) : first_batch])
+    assert [e for e in log if e[0] == "write" and e[1] != 0] == []
+
+
 def test_a_launch_refused_once_is_retried_and_succeeds(monkeypatch, table) -> None:
     refused = []
 

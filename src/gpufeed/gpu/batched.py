@@ -128,9 +128,12 @@ class BatchedBackend(Backend):
         for op_id, op in enumerate(table.ops):
             path = op.batch_gpu()
             if path is not None:
+                prepare = getattr(path, "prepare", None)
+                if prepare is not None:
+                    prepare(cp)
                 self._whole[op_id] = path
         self._streams = streams
-        self._lanes = self._make_lanes()
+        self._lanes = self._make_lanes()  # synchronises the device: see there
         self._next = 0
         self._flight: deque[_InFlight] = deque()
         self._ready: list[Completed] = []
@@ -138,8 +141,13 @@ class BatchedBackend(Backend):
 
     def _make_lanes(self) -> list[_Lane]:
         cp = self._cp
-        return [_Lane(cp, self.max_batch, self.slot_bytes, self.staging)
-                for _ in range(self._streams)]  # fmt: skip
+        lanes = [_Lane(cp, self.max_batch, self.slot_bytes, self.staging)
+                 for _ in range(self._streams)]  # fmt: skip
+        # The lanes' zeroed buffers, the op table's OpParams and the ops' prepared
+        # constants were written on the legacy default stream, which the lanes'
+        # non-blocking streams do not wait for: finish it all before a batch starts.
+        self._runtime.deviceSynchronize()
+        return lanes
 
     def attach_request_rings(self, rings: list[SlotArray]) -> None:
         """``registered`` staging: page-lock the request rings' slots for direct DMA."""

@@ -79,8 +79,11 @@ class Op(ABC):
         It is called as ``path(cupy, requests, results)`` with two CuPy uint8
         arrays of shape ``(n, slot_bytes)`` in device memory, on the stream
         CuPy has current, and must write complete result slots (header and
-        payload), like the batch kernel. The persistent kernel always uses the
-        device function.
+        payload), like the batch kernel. If it has a ``prepare(cupy)`` method,
+        the backend calls it once at start-up, before any batch: that is where
+        constants go to the device (every stream sees them, because the
+        backend synchronises the device after it). The persistent kernel
+        always uses the device function.
         """
         return None
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gpufeed.errors import ConfigError
+from gpufeed.errors import ConfigError, InternalError
 from gpufeed.ops.base import I64, U8, Bools, Op, cuda_file
 
 
@@ -157,7 +157,7 @@ class Dense(Op):
 
 class DenseOnGpu:
     """``dense`` over a whole batch as one cuBLAS GEMM (``cupy.matmul``), with W and b
-    kept on the device after the first call."""
+    put on the device once, by ``prepare``."""
 
     def __init__(self, op: Dense) -> None:
         self.op = op
@@ -165,12 +165,19 @@ class DenseOnGpu:
         self._b: Any = None
         self._header: Any = None
 
+    def prepare(self, cp: Any) -> None:
+        """Upload W, b and the result header. Not lazily in the first batch: that
+        upload would run on one lane's stream, and the batches on the other lanes'
+        non-blocking streams would not wait for it."""
+        op = self.op
+        self._w, self._b = cp.asarray(op.w), cp.asarray(op.b)
+        # Every result header: len = 4 * out_dim, status 0 (op and seq copied below).
+        self._header = cp.asarray(np.frombuffer(np.uint32(4 * op.out_dim).tobytes(), np.uint8))
+
     def __call__(self, cp: Any, requests: Any, results: Any) -> None:
         op = self.op
         if self._w is None:
-            self._w, self._b = cp.asarray(op.w), cp.asarray(op.b)
-            # Every result header: len = 4 * out_dim, status 0 (op and seq copied below).
-            self._header = cp.asarray(np.frombuffer(np.uint32(4 * op.out_dim).tobytes(), np.uint8))
+            raise InternalError("DenseOnGpu was called before prepare()")
         width = 4 * op.in_dim
         x = cp.ascontiguousarray(requests[:, 16 : 16 + width]).view(cp.float32)
         y = cp.maximum(x @ self._w.T + self._b, cp.float32(0))

@@ -177,3 +177,20 @@ def test_a_message_that_traps_the_persistent_kernel_is_isolated_and_dead_lettere
     restarts = worker.events("child died; restarting all children")
     assert [r["reason"] for r in restarts] == ["lost its GPU (its messages are quarantined)"] * 2
     assert worker.terminate() == 0
+
+
+def test_the_kernel_is_launched_cooperatively_and_an_oversized_grid_is_refused() -> None:
+    """Every block of the persistent kernel must be resident at once: the launch is
+    cooperative (all blocks start, or error 720 at once), and a grid the GPU cannot
+    hold is refused up front rather than hanging."""
+    from gpufeed.errors import ConfigError
+    from gpufeed.gpu.persistent import GpuQueue, QueueConfig
+
+    with GpuQueue(QueueConfig(64, 256), op="echo") as queue:
+        assert queue._device._kernel.enable_cooperative_groups
+        msg_id = queue.enqueue(b"x")
+        while not queue.done(msg_id):
+            pass
+        assert queue.try_dequeue_result(msg_id) == b"x"
+    with pytest.raises(ConfigError, match="cannot all run at once"):
+        GpuQueue(QueueConfig(64, 256, blocks=1_000_000), op="echo")

@@ -166,7 +166,9 @@ class FakeCuPy:
 
     # --- the module -------------------------------------------------------------------
 
-    def RawModule(self, code: str, options: tuple[str, ...] = ()) -> Any:
+    def RawModule(
+        self, code: str, options: tuple[str, ...] = (), enable_cooperative_groups: bool = False
+    ) -> Any:
         assert "gpufeed_batch" in code
         return SimpleNamespace(get_function=self._kernel)
 

@@ -84,9 +84,20 @@ def lost(exc: BaseException, what: str) -> DeviceLost:
     return DeviceLost(f"{what}: {exc} (the CUDA context is unusable; a new process gets a new one)")
 
 
-def compile_table(cp: Any, table: OpTable) -> Any:
-    """The op table's program as a CuPy RawModule (NVRTC; CuPy caches the binary on disk)."""
-    return cp.RawModule(code=table_program(table.ops), options=("--std=c++17",))
+def compile_table(cp: Any, table: OpTable, *, cooperative: bool = False) -> Any:
+    """The op table's program as a CuPy RawModule (NVRTC; CuPy caches the binary on disk).
+
+    ``cooperative``: its kernels are launched with ``cuLaunchCooperativeKernel``,
+    which starts every block at once or fails (the persistent kernel's blocks
+    wait for each other, so a grid that is only partly resident would hang).
+    """
+    return cp.RawModule(
+        code=table_program(table.ops), options=("--std=c++17",),
+        enable_cooperative_groups=cooperative,
+    )  # fmt: skip
+
+
+COOPERATIVE_LAUNCH_TOO_LARGE = 720  # cudaErrorCooperativeLaunchTooLarge
 
 
 class DeviceOpParams:

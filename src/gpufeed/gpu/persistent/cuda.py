@@ -2,6 +2,10 @@
 
 CUDA rules this module keeps (``docs/gpu.md``):
 
+* every block of the kernel must be resident at once (the workers wait for
+  the dispatcher): the grid is sized from the occupancy the GPU allows, and
+  launched cooperatively, so a GPU shared with others (MPS, another
+  context, a MIG slice) refuses it at once (error 720) instead of hanging;
 * every buffer is allocated before the kernel is launched, and freed only
   after it has exited: allocating or freeing can synchronise the device,
   which would wait forever for a kernel that never ends;
@@ -20,6 +24,7 @@ import numpy as np
 
 from gpufeed.errors import BackendError, ConfigError
 from gpufeed.gpu.cuda_runtime import (
+    COOPERATIVE_LAUNCH_TOO_LARGE,
     MEMCPY_HOST_TO_DEVICE,
     DeviceOpParams,
     MappedHostMemory,
@@ -46,7 +51,7 @@ class CudaDevice(DeviceSide):
         self._device = cp.cuda.Device(config.gpu)
         self._device.use()
         cap, sb = config.capacity, config.slot_bytes
-        self._module = compile_table(cp, table)
+        self._module = compile_table(cp, table, cooperative=True)
         self._kernel = self._module.get_function(PERSISTENT_KERNEL)
         self._params = DeviceOpParams(cp, table)
         sms = int(self._device.attributes["MultiProcessorCount"])
@@ -111,8 +116,18 @@ class CudaDevice(DeviceSide):
             self._params.array,
             self._params.count,
         )
-        with self._stream:
-            self._kernel((self._blocks + 1,), (self._threads,), args)
+        try:
+            with self._stream:
+                self._kernel((self._blocks + 1,), (self._threads,), args)
+        except Exception as exc:
+            if getattr(exc, "status", None) == COOPERATIVE_LAUNCH_TOO_LARGE:
+                raise ConfigError(
+                    f"the persistent kernel's {self._blocks + 1} blocks of {self._threads} "
+                    "threads cannot all be resident at once on this GPU now (another "
+                    "context, an MPS client or a MIG slice holds part of it): free the "
+                    "GPU, or use --backend batched"
+                ) from exc
+            raise
         self._launched = True
 
     def publish(self, first_id: int, count: int) -> None:

@@ -74,3 +74,21 @@ def test_the_stack_is_what_the_docs_promise() -> None:
     assert '".[cuda12]"' in dockerfile
     assert "\nUSER 10001" in dockerfile, "runs as a non-root user"
     assert "\nHEALTHCHECK " in dockerfile
+
+
+def test_the_gpu_extras_bring_what_nvrtc_needs_besides_the_driver() -> None:
+    """CuPy 14 compiles the device program with NVRTC and the CUDA runtime's headers,
+    and raises "Failed to find CUDA headers" without them; only its [ctk] extra
+    installs them (with NVRTC and cuBLAS) as wheels. A machine with just the driver
+    must get everything from `pip install 'gpufeed[cuda12]'` (or cuda13)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for extra, package in (("cuda12", "cupy-cuda12x"), ("cuda13", "cupy-cuda13x")):
+        (cupy,) = [Requirement(r) for r in extras[extra] if Requirement(r).name == package]
+        assert "ctk" in cupy.extras, extra
+        assert not cupy.specifier.contains("13.6.0"), f"{extra}: CuPy 13 has no [ctk] extra"

@@ -4,6 +4,7 @@ defaults, help and GPUFEED_* variables, used by every command that takes them.""
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pytest
@@ -71,3 +72,15 @@ def test_a_bad_setting_exits_2_naming_its_option_before_anything_starts(args, en
     result = runner.invoke(app, ["worker", *args], env=env)
     assert result.exit_code == 2, result.output
     assert f"gpufeed worker: {named}" in result.output
+
+
+def test_rings_that_do_not_fit_in_shared_memory_stop_the_worker_before_it_starts() -> None:
+    stat = os.statvfs("/dev/shm")
+    free = stat.f_bavail * stat.f_frsize
+    slot_bytes = 1 << 16
+    capacity = 1 << max(10, (free // slot_bytes).bit_length())  # each ring alone is too big
+    args = ["worker", "--backend", "cpu", "--slot-bytes", str(slot_bytes),
+            "--ring-capacity", str(capacity), "--max-batch", "1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "the worker's 2 rings need" in result.output and "--shm-size" in result.output

@@ -3,6 +3,7 @@ FIFO of slots, across wrap-around, in one process."""
 
 from __future__ import annotations
 
+import os
 from collections import deque
 
 import numpy as np
@@ -152,3 +153,19 @@ def test_empty_ring_peek_times_out_with_nothing() -> None:
     assert len(first) == 0 and len(second) == 0
     consumer.close()
     producer.close()
+
+
+SHM_DIR = "/dev/shm"
+
+
+def test_a_ring_larger_than_the_free_shared_memory_is_refused_not_created() -> None:
+    """A segment is created sparse, so an oversized one would only fail on first
+    touch, with SIGBUS: the size is checked against /dev/shm first."""
+    stat = os.statvfs(SHM_DIR)
+    free = stat.f_bavail * stat.f_frsize
+    slot_bytes = 1 << 24
+    capacity = 1 << max(1, (free // slot_bytes).bit_length())  # more than is free
+    before = set(os.listdir(SHM_DIR))
+    with pytest.raises(ConfigError, match=r"MiB of shared memory .* --shm-size"):
+        RingProducer.create(capacity=capacity, slot_bytes=slot_bytes)
+    assert set(os.listdir(SHM_DIR)) - before == set()

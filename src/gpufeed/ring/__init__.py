@@ -2,7 +2,7 @@
 
 from gpufeed.errors import PeerGone, RingBusy, RingClosed, RingCorrupt, RingError
 from gpufeed.ring._header import is_power_of_two
-from gpufeed.ring.segment import RingNotFound, RingSegment
+from gpufeed.ring.segment import RingNotFound, RingSegment, check_shm_room, ring_bytes
 from gpufeed.ring.spsc import RingConsumer, RingProducer
 
 __all__ = [
@@ -15,5 +15,7 @@ __all__ = [
     "RingNotFound",
     "RingProducer",
     "RingSegment",
+    "check_shm_room",
     "is_power_of_two",
+    "ring_bytes",
 ]

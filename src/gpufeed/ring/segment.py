@@ -12,13 +12,43 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 import numpy.typing as npt
 
-from gpufeed.errors import RingCorrupt, RingError
+from gpufeed.errors import ConfigError, RingCorrupt, RingError
 from gpufeed.ring import _header as L
 from gpufeed.ring import _shm
 
 SlotArray = npt.NDArray[np.uint8]
 
 _TSO_MACHINES = {"x86_64", "amd64", "i386", "i686"}
+
+
+SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory (a tmpfs)
+
+
+def ring_bytes(capacity: int, slot_bytes: int) -> int:
+    """The shared memory one ring of ``capacity`` slots of ``slot_bytes`` takes."""
+    return L.HEADER_LEN + capacity * slot_bytes
+
+
+def check_shm_room(nbytes: int, what: str = "a ring") -> None:
+    """``ConfigError`` unless ``SHM_DIR`` has ``nbytes`` free.
+
+    A segment is created sparse, so creating it succeeds whatever its size;
+    a page that does not fit is only found when first touched, and that is a
+    SIGBUS, not an error. Docker gives a container 64 MiB of /dev/shm unless
+    told otherwise.
+    """
+    try:
+        stat = os.statvfs(SHM_DIR)
+    except OSError:
+        return  # no /dev/shm to ask: the system decides
+    free = stat.f_bavail * stat.f_frsize
+    if nbytes > free:
+        raise ConfigError(
+            f"{what} need{'s' if what == 'a ring' else ''} {nbytes / 2**20:,.1f} MiB of shared "
+            f"memory ({SHM_DIR}) and {free / 2**20:,.1f} MiB are free: use smaller rings "
+            "(--ring-capacity, --slot-bytes), or give the container more shared memory "
+            "(docker run --shm-size, shm_size in docker-compose.yml)"
+        )
 
 
 class RingNotFound(RingError, FileNotFoundError):
@@ -84,6 +114,7 @@ class RingSegment:
             creator_pid=os.getpid(),
             created_ns=time.time_ns(),
         )
+        check_shm_room(geometry.total_len)
         shm = _shm.create_segment(name or _shm.new_segment_name(), geometry.total_len)
         buf = _mapped(shm)
         buf[: L.HEADER_LEN] = bytes(L.HEADER_LEN)

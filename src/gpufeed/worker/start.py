@@ -15,12 +15,18 @@ from gpufeed.worker.config import WorkerConfig
 
 
 def check_locally(config: WorkerConfig) -> str:
-    """Load the op and check the backend can run here, before any process starts:
-    a bad ``--op`` or ``--backend batched`` on a machine without a GPU fails at
-    once (``GpufeedError``) instead of in a restart loop. Returns the backend name."""
+    """Load the op and check that the rings fit and the backend can run here, before
+    any process starts: a bad ``--op``, rings larger than /dev/shm or ``--backend
+    batched`` on a machine without a GPU fail at once (``GpufeedError``) instead
+    of in a restart loop (or a SIGBUS). Returns the backend name."""
     from gpufeed.gpu.select import check_backend
     from gpufeed.ops import OpTable
     from gpufeed.packing import payload_capacity
+    from gpufeed.ring import check_shm_room, ring_bytes
+
+    rings = 2 * config.ingest_procs  # a request ring and a response ring per ingest process
+    check_shm_room(rings * ring_bytes(config.ring_capacity, config.slot_bytes),
+                   f"the worker's {rings} rings")  # fmt: skip
 
     OpTable.for_worker(
         config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model

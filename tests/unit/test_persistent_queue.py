@@ -428,3 +428,34 @@ def test_a_queue_dropped_without_shutdown_still_stops_its_device(device) -> None
     gc.collect()
     assert side.memory.control[STOP] == 1
     assert side.join(5)
+
+
+def test_on_a_weakly_ordered_cpu_requests_are_fenced_before_ready_once_per_batch(
+    monkeypatch,
+) -> None:
+    """A Grace host must not let the device see READY before the request: with the
+    fences a weakly ordered CPU uses, one release per published batch, and an
+    acquire between seeing DONE and reading the results."""
+    from gpufeed.ring import order
+
+    fence = order.atomic_fence()
+    calls = {"release": 0, "acquire": 0}
+
+    def counted(kind: str):
+        def call() -> None:
+            calls[kind] += 1
+            fence()
+
+        return call
+
+    monkeypatch.setattr(order, "release_fence", counted("release"))
+    monkeypatch.setattr(order, "acquire_fence", counted("acquire"))
+    with open_queue("emulated", capacity=256, op="sha256") as queue:
+        datas = [b"m%d" % i for i in range(200)]
+        ids = queue.enqueue_batch(datas, timeout_ms=5000)
+        assert calls["release"] == 1
+        got = [wait_result(queue, i) for i in ids]
+        assert queue.enqueue(b"one more") == 200
+        assert calls["release"] == 2
+    assert got == [hashlib.sha256(d).digest() for d in datas]
+    assert calls["acquire"] > 0

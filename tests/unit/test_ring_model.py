@@ -169,3 +169,52 @@ def test_a_ring_larger_than_the_free_shared_memory_is_refused_not_created() -> N
     with pytest.raises(ConfigError, match=r"MiB of shared memory .* --shm-size"):
         RingProducer.create(capacity=capacity, slot_bytes=slot_bytes)
     assert set(os.listdir(SHM_DIR)) - before == set()
+
+
+def test_on_a_weakly_ordered_cpu_each_batch_costs_one_fence_per_cursor(monkeypatch) -> None:
+    """x86-64 needs no fence on the data path; AArch64 (Grace) does. With the fences a
+    weakly ordered CPU uses switched on (libatomic's, here a `lock or`), every slot
+    still arrives intact, and the fences come per batch and cursor read, not per slot."""
+    from gpufeed.ring import order
+
+    fence = order.atomic_fence()
+    calls = {"release": 0, "acquire": 0}
+
+    def counted(kind: str):
+        def call() -> None:
+            calls[kind] += 1
+            fence()
+
+        return call
+
+    monkeypatch.setattr(order, "release_fence", counted("release"))
+    monkeypatch.setattr(order, "acquire_fence", counted("acquire"))
+    batches, per_batch = 25, 40
+    with (
+        RingProducer.create(capacity=64, slot_bytes=64) as producer,
+        RingConsumer.attach(producer.segment.name) as consumer,
+    ):
+        for b in range(batches):
+            first, second = producer.reserve(per_batch)
+            assert len(first) + len(second) == per_batch
+            for part, base in ((first, 0), (second, len(first))):
+                part[:, 0] = np.arange(base, base + len(part)) + b * per_batch
+            producer.commit(per_batch)
+            first, second = consumer.peek(per_batch)
+            got = np.concatenate([first[:, 0], second[:, 0]])
+            want = (np.arange(per_batch) + b * per_batch) % 256
+            assert got.tolist() == want.tolist()
+            consumer.release(per_batch)
+    assert calls["release"] == 2 * batches  # one per commit, one per release
+    assert 0 < calls["acquire"] <= 2 * batches  # at most one per reserve and per peek
+    assert sum(calls.values()) < batches * per_batch / 10
+
+
+def test_without_libatomic_a_weakly_ordered_cpu_is_told_what_to_install(monkeypatch) -> None:
+    import ctypes.util
+
+    from gpufeed.ring import order
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(ConfigError, match=r"install GCC's runtime library .*libatomic1"):
+        order.atomic_fence()

@@ -2,6 +2,7 @@
 
 from gpufeed.errors import PeerGone, RingBusy, RingClosed, RingCorrupt, RingError
 from gpufeed.ring._header import is_power_of_two
+from gpufeed.ring.order import check_fences
 from gpufeed.ring.segment import RingNotFound, RingSegment, check_shm_room, ring_bytes
 from gpufeed.ring.spsc import RingConsumer, RingProducer
 
@@ -15,6 +16,7 @@ __all__ = [
     "RingNotFound",
     "RingProducer",
     "RingSegment",
+    "check_fences",
     "check_shm_room",
     "is_power_of_two",
     "ring_bytes",

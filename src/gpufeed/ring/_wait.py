@@ -1,5 +1,5 @@
-"""Sleeping and waking across processes: a futex on a shared word, a full fence,
-and peer liveness checks.
+"""Sleeping and waking across processes: a futex on a shared word, and peer
+liveness checks (the fences are in ``order.py``).
 
 The futex is used *shared* (no ``FUTEX_PRIVATE_FLAG``) because the word lives
 in a ``MAP_SHARED`` mapping seen by two processes; the kernel keys it by the
@@ -15,7 +15,6 @@ import errno
 import os
 import platform
 import sys
-import threading
 import time
 
 _FUTEX_WAIT = 0
@@ -77,21 +76,6 @@ def futex_wake(addr: int, count: int = 1) -> None:
         ctypes.c_void_p(None),
         ctypes.c_int(0),
     )
-
-
-# A full memory fence (StoreLoad included) from Python. Acquiring and releasing
-# an uncontended ``threading.Lock`` executes an atomic read-modify-write
-# (``lock cmpxchg``/``lock xadd`` on x86-64, via sem_trywait/sem_post on 3.11-3.12
-# and PyMutex on 3.13), and a locked instruction drains the store buffer: every
-# store before it is globally visible before any load after it. That is the
-# ordering the sleep/wake handshake needs and that plain stores and loads do not
-# give, even on x86-64.
-_fence_lock = threading.Lock()
-
-
-def full_fence() -> None:
-    _fence_lock.acquire()
-    _fence_lock.release()
 
 
 def pid_namespace() -> int:

@@ -4,9 +4,7 @@ the slot array. Who owns the name (the creator) and who only maps it."""
 from __future__ import annotations
 
 import os
-import platform
 import time
-import warnings
 from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
@@ -14,11 +12,9 @@ import numpy.typing as npt
 
 from gpufeed.errors import ConfigError, RingCorrupt, RingError
 from gpufeed.ring import _header as L
-from gpufeed.ring import _shm
+from gpufeed.ring import _shm, order
 
 SlotArray = npt.NDArray[np.uint8]
-
-_TSO_MACHINES = {"x86_64", "amd64", "i386", "i686"}
 
 
 SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory (a tmpfs)
@@ -101,13 +97,7 @@ class RingSegment:
     def create(cls, *, capacity: int, slot_bytes: int, name: str | None = None) -> RingSegment:
         """Create a new ring segment (mode 0600) and initialise its header."""
         L.check_geometry(capacity, slot_bytes)
-        if platform.machine().lower() not in _TSO_MACHINES:
-            warnings.warn(
-                "gpufeed rings rely on x86-64 store ordering; on "
-                f"{platform.machine()} slot data may be seen before its cursor",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        order.check_fences()
         geometry = L.RingGeometry(
             capacity=capacity,
             slot_bytes=slot_bytes,

@@ -17,12 +17,12 @@ before the slot bytes it covers. On x86-64 this holds without any fence:
   slot come before its ``tail`` store (TSO does not move stores above earlier
   loads), and the producer loads ``tail`` before it overwrites the slot.
 
-A weakly ordered CPU (AArch64, POWER) gives none of this: there the ``head``
-and ``tail`` stores need release semantics (``stlr``; ``lwsync`` before the
-store) and their loads acquire semantics (``ldar``; ``lwsync`` after), i.e.
-``__atomic_store_n(..., __ATOMIC_RELEASE)`` / ``__atomic_load_n(...,
-__ATOMIC_ACQUIRE)`` from a small C helper. Until gpufeed ships one, creating
-a ring on such a CPU warns.
+A weakly ordered CPU (AArch64, POWER) gives none of this: there a fence goes
+before each ``head`` or ``tail`` store (release: the slot writes, or reads,
+come first) and after each ``head`` or ``tail`` load (acquire: the slot reads,
+or overwrites, come after). ``order.py`` supplies them (libatomic's fence,
+``dmb ish`` on AArch64); one per batch committed or released and one per
+cursor read, never per slot, and none at all on x86-64.
 
 Sleeping
 --------
@@ -49,14 +49,15 @@ from typing import ClassVar, Self, TypedDict, Unpack
 
 from gpufeed.errors import InternalError, PeerGone, RingBusy, RingClosed
 from gpufeed.ring import _header as L
+from gpufeed.ring import order
 from gpufeed.ring._heartbeat import heartbeat
 from gpufeed.ring._wait import (
-    full_fence,
     futex_wait,
     futex_wake,
     pid_namespace,
     process_alive,
 )
+from gpufeed.ring.order import full_fence
 from gpufeed.ring.segment import RingSegment, SlotArray
 
 DEFAULT_SPIN = 200
@@ -280,6 +281,8 @@ class RingProducer(_Endpoint):
 
     def _refresh(self) -> int:
         tail = self._words[L.W_TAIL]
+        if order.acquire_fence is not None:  # the consumer's reads of those slots are done
+            order.acquire_fence()
         L.check_cursors(self._head, tail, self._cap)
         self._until_check -= 1
         if not self._until_check:
@@ -326,6 +329,8 @@ class RingProducer(_Endpoint):
         if n == 0:
             return
         self._head += n
+        if order.release_fence is not None:  # the slot writes before the head that covers them
+            order.release_fence()
         self._words[L.W_HEAD] = self._head
         self._wake_peer()
 
@@ -355,6 +360,8 @@ class RingConsumer(_Endpoint):
 
     def _refresh(self) -> int:
         head = self._words[L.W_HEAD]
+        if order.acquire_fence is not None:  # the slot reads after the head that covers them
+            order.acquire_fence()
         L.check_cursors(head, self._tail, self._cap)
         self._until_check -= 1
         if not self._until_check:
@@ -405,5 +412,7 @@ class RingConsumer(_Endpoint):
         if n == 0:
             return
         self._tail += n
+        if order.release_fence is not None:  # the slot reads before the tail that frees them
+            order.release_fence()
         self._words[L.W_TAIL] = self._tail
         self._wake_peer()

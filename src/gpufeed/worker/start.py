@@ -22,8 +22,9 @@ def check_locally(config: WorkerConfig) -> str:
     from gpufeed.gpu.select import check_backend
     from gpufeed.ops import OpTable
     from gpufeed.packing import payload_capacity
-    from gpufeed.ring import check_shm_room, ring_bytes
+    from gpufeed.ring import check_fences, check_shm_room, ring_bytes
 
+    check_fences()
     rings = 2 * config.ingest_procs  # a request ring and a response ring per ingest process
     check_shm_room(rings * ring_bytes(config.ring_capacity, config.slot_bytes),
                    f"the worker's {rings} rings")  # fmt: skip

@@ -51,6 +51,7 @@ from gpufeed.ops.registry import OpTable, load_op
 from gpufeed.packing import write_requests
 from gpufeed.packing.layout import HEADER_BYTES, SlotArray, payload_capacity
 from gpufeed.packing.status import STATUS_OK
+from gpufeed.ring import order
 
 log = structlog.get_logger()
 
@@ -133,6 +134,8 @@ class GpuQueue:
         self._slots.claim(np.array([msg_id], np.int64))
         self._device.publish(msg_id, 1)
         # READY last: the device reads the request only after seeing it.
+        if order.release_fence is not None:
+            order.release_fence()
         self._state[slot] = tag(msg_id, self._log2, PHASE_READY)
         self._enq += 1
         return msg_id
@@ -195,6 +198,8 @@ class GpuQueue:
     def _publish(self, ids: npt.NDArray[np.int64]) -> None:
         self._slots.claim(ids)
         self._device.publish(int(ids[0]), len(ids))
+        if order.release_fence is not None:  # the requests before their READY words
+            order.release_fence()
         self._memory.state[ids & (self._cap - 1)] = tags(ids, self._log2, PHASE_READY)
         self._enq += len(ids)
 
@@ -266,6 +271,8 @@ class GpuQueue:
             if self._failure is not None:
                 raise self._failure
             return None
+        if order.acquire_fence is not None:  # the results after their DONE words
+            order.acquire_fence()
         parts = [self._memory.results[s] for s in self._memory.slots(first_id, count)]
         out = parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
         self._slots.release(ids)

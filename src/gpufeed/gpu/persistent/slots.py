@@ -17,6 +17,7 @@ import numpy as np
 from gpufeed.gpu.persistent.memory import PHASE_DONE, Ids, QueueMemory, tag, tags
 from gpufeed.ops.base import Bools
 from gpufeed.packing.layout import HEADER_BYTES, payload_capacity
+from gpufeed.ring import order
 
 HEADER = struct.Struct("<IHHII")  # gpufeed.packing.layout.HEADER_DTYPE
 _SCAN = 4096  # ids looked at per vectorised step when freeing slots
@@ -53,7 +54,10 @@ class SlotLedger:
 
     def is_done(self, msg_id: int) -> bool:
         """One state-word read: for callers that spin on one message."""
-        return bool(self._state[msg_id & self._mask] == tag(msg_id, self._log2, PHASE_DONE))
+        done = bool(self._state[msg_id & self._mask] == tag(msg_id, self._log2, PHASE_DONE))
+        if done and order.acquire_fence is not None:  # its result after its DONE word
+            order.acquire_fence()
+        return done
 
     def release(self, msg_ids: Ids) -> None:
         """The results of ``msg_ids`` were taken: their slots are free."""
@@ -68,6 +72,10 @@ class SlotLedger:
         slots = ids & self._mask
         held = self.owner[slots] == ids
         done = self.memory.state[slots] == tags(ids, self._log2, PHASE_DONE)
+        # What the caller reads of the DONE ones (results), or writes into their slots
+        # (new requests), comes after their DONE words.
+        if order.acquire_fence is not None:
+            order.acquire_fence()
         return ids, slots, held, done
 
     def advance_tail(self) -> None:

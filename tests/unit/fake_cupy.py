@@ -53,7 +53,9 @@ class FakeCuPy:
     """``faults(slots)`` returns a CUDA error code to fail a kernel launch over
     ``slots`` with, or None. Illegal address (700), illegal instruction (715)
     and launch failure (719) lose the context, as on a GPU: every later call
-    fails too; launch out of resources (701) does not."""
+    fails too; launch out of resources (701) does not. A negative code, -N,
+    is error N reported when the batch completes (by its stream's next event),
+    with the context intact."""
 
     float32 = np.float32
     uint8 = np.uint8
@@ -63,6 +65,8 @@ class FakeCuPy:
         self.faults = faults
         self.lost = False
         self.pending = 0  # the status of a launched kernel that will fault when it runs
+        self.stream_errors: dict[int, int] = {}  # stream -> error its next event reports
+        self.event_errors: dict[int, int] = {}  # event -> error its next query reports
         self.launches: list[int] = []  # batch sizes, in launch order
         self.streams_made = 0
         self.registered: list[tuple[int, int]] = []
@@ -115,6 +119,9 @@ class FakeCuPy:
 
             def record(self, stream: Any) -> None:
                 check()
+                error = fake.stream_errors.pop(stream.ptr, 0)
+                if error:
+                    fake.event_errors[self.ptr] = error
 
             @property
             def done(self) -> bool:
@@ -123,6 +130,13 @@ class FakeCuPy:
             def synchronize(self) -> None:
                 run_pending()
                 check()
+                error = fake.event_errors.pop(self.ptr, 0)
+                if error:
+                    raise CUDARuntimeError(error)
+
+        def event_query(ptr: int) -> int:
+            error = fake.event_errors.pop(ptr, 0)
+            return error or status()
 
         def memcpy(dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
             check()
@@ -131,7 +145,7 @@ class FakeCuPy:
         runtime = SimpleNamespace(
             CUDARuntimeError=CUDARuntimeError,
             deviceSynchronize=lambda: (run_pending(), check(), fake.log.append(("sync",))),
-            eventQuery=lambda ptr: status(),
+            eventQuery=event_query,
             streamQuery=lambda ptr: status(),
             memcpyAsync=memcpy,
             hostRegister=lambda ptr, n, flags: fake.registered.append((ptr, n)),
@@ -183,6 +197,9 @@ class FakeCuPy:
             status = self.faults(np.asarray(device_in[:n]))
             if status in (700, 715, 719):
                 self.pending = status  # it faults when it runs, after the launch returned
+                return
+            if status is not None and status < 0:  # fails as it runs; the context survives
+                self.stream_errors[self.current] = -status
                 return
             if status is not None:  # refused at launch (701: out of resources)
                 raise CUDARuntimeError(status)

@@ -140,6 +140,29 @@ def test_a_launch_refused_once_is_retried_and_succeeds(monkeypatch, table) -> No
     assert fake.streams_made == before + 2, "the lanes were recreated"
 
 
+def test_a_batch_failing_as_it_completes_keeps_its_place_in_the_ring(monkeypatch, table) -> None:
+    """The oldest batch fails when it completes (the context survives) while later
+    batches of the same ring are in flight: after its retry, the ring's batches come
+    back in submission order, or the ingest process would see results out of order."""
+    failed = []
+
+    def faults(batch):
+        if marked(batch, b"first") and not failed:
+            failed.append(True)
+            return -2  # reported by the batch's completion event, not at launch
+        return None
+
+    backend, _ = backend_for(monkeypatch, table, faults, streams=3)
+    for b, tag in enumerate((b"first", b"second", b"third")):
+        backend.submit(0, slots(tag, first_seq=b))
+    done = []
+    while backend.in_flight():
+        done += written(backend.poll(1.0))
+    assert failed, "the first batch did fail once"
+    assert [seqs for _, seqs, _, _ in done] == [[0], [1], [2]]
+    assert [bodies for _, _, bodies, _ in done] == [[b"first"], [b"second"], [b"third"]]
+
+
 def test_messages_that_always_fail_are_isolated_by_halving(monkeypatch, table) -> None:
     faults = lambda batch: 701 if marked(batch, b"refuse") else None  # noqa: E731
     backend, fake = backend_for(monkeypatch, table, faults)

@@ -249,7 +249,10 @@ class BatchedBackend(Backend):
                 self._flight.popleft()
                 lane.state = "free"
                 inputs = self._inputs_of(lane, batch.count)
-                self._ready.append(self._recover(batch.ring, batch.requests, inputs, exc))
+                # Its place is here, before the later batches that _recover finishes
+                # first: each ring's batches must come back in submission order.
+                at = len(self._ready)
+                self._ready.insert(at, self._recover(batch.ring, batch.requests, inputs, exc))
                 continue
             self._flight.popleft()
             done = completed_from_slots(self.table, batch.ring, batch.requests,

@@ -66,3 +66,24 @@ def test_a_line_cut_short_by_a_crash_is_ignored(tmp_path) -> None:
     with path.open("a") as f:
         f.write("trying abc")  # no time: the write was cut short
     assert len(Quarantine(path).suspects) == 1 and not Quarantine(path).poison
+
+
+def test_poison_answered_elsewhere_expires_across_restarts_and_in_a_running_process(
+    tmp_path, monkeypatch
+) -> None:
+    """A poison message dead-lettered by another path (the reclaimer) never comes back
+    to be answered here; it must still be forgotten, or every batch of every later
+    compute process runs one message at a time."""
+    path = tmp_path / "quarantine"
+    now = [1_000_000.0]
+    monkeypatch.setattr(q.time, "time", lambda: now[0])
+    Quarantine(path).add_suspects([slots(b"poison")], reason="lost")
+    (poison,) = digests(slots(b"poison"))
+    Quarantine(path).trying(poison)  # ... and the process died: it is poison now
+    for _ in range(3):  # restarts well inside the time-to-live keep it
+        now[0] += q.SUSPECT_TTL_S / 4
+        running = Quarantine(path)
+        assert running.poison == {poison: "lost"} and running.active
+    now[0] += q.SUSPECT_TTL_S / 2  # past it, counted from when it was suspected
+    assert not running.active  # in the running process, at its next batch
+    assert not Quarantine(path).active  # and in the next one

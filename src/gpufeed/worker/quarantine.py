@@ -35,7 +35,9 @@ from gpufeed.packing.status import STATUS_ERROR, STATUS_OK
 
 log = structlog.get_logger()
 
-# Suspects that never come back (another worker took them) are forgotten after this.
+# Suspects and poison that never come back (another worker answered them, or the
+# reclaimer dead-lettered them) are forgotten this long after they were suspected,
+# in a running process too: until then every batch runs one message at a time.
 SUSPECT_TTL_S = 600.0
 MAX_ENTRIES = 100_000
 
@@ -58,14 +60,32 @@ class Quarantine:
         self.path = path
         self.suspects: dict[str, tuple[float, str]] = {}  # digest -> (since, reason)
         self.poison: dict[str, str] = {}  # digest -> reason
+        self._poison_since: dict[str, float] = {}  # digest -> when it was first suspected
+        self._expired_at = 0.0  # when entries were last looked at for their age
         self._load()
 
     @property
     def active(self) -> bool:
+        if (self.suspects or self.poison) and time.time() - self._expired_at >= 1.0:
+            self._expire()
         return bool(self.suspects or self.poison)
 
+    def _expire(self) -> None:
+        """Forget entries suspected more than ``SUSPECT_TTL_S`` ago."""
+        now = self._expired_at = time.time()
+        cutoff = now - SUSPECT_TTL_S
+        old = [d for d, (since, _) in self.suspects.items() if since < cutoff]
+        old += [d for d, since in self._poison_since.items() if since < cutoff]
+        for digest in old:
+            self.suspects.pop(digest, None)
+            self.poison.pop(digest, None)
+            self._poison_since.pop(digest, None)
+        if old:
+            log.info("quarantine entries expired", count=len(old), suspects=len(self.suspects),
+                     poison=len(self.poison))  # fmt: skip
+
     def _load(self) -> None:
-        trying: dict[str, str] = {}
+        trying: dict[str, tuple[float, str]] = {}
         try:
             lines = self.path.read_text().splitlines()
         except FileNotFoundError:
@@ -79,15 +99,15 @@ class Quarantine:
             if kind == "suspect":
                 self.suspects[digest] = (when, reason)
             elif kind == "trying":
-                trying[digest] = self.suspects.get(digest, (0.0, reason))[1]
+                trying[digest] = self.suspects.get(digest, (when, reason))
             elif kind in ("cleared", "answered"):
                 self.suspects.pop(digest, None)
                 trying.pop(digest, None)
-        for digest, reason in trying.items():  # it ran alone and the process died
+        for digest, (suspected, why) in trying.items():  # it ran alone and the process died
             self.suspects.pop(digest, None)
-            self.poison[digest] = reason
-        cutoff = time.time() - SUSPECT_TTL_S
-        self.suspects = {d: v for d, v in self.suspects.items() if v[0] >= cutoff}
+            self.poison[digest] = why
+            self._poison_since[digest] = suspected
+        self._expire()
         self._rewrite()
         if self.active:
             log.warning("quarantine active", suspects=len(self.suspects),
@@ -96,8 +116,10 @@ class Quarantine:
     def _rewrite(self) -> None:
         """Keep the file to the current state, so it never grows without bound."""
         lines = [f"suspect {d} {since} {why}" for d, (since, why) in self.suspects.items()]
-        now = time.time()
-        lines += [f"suspect {d} {now} {why}\ntrying {d} 0" for d, why in self.poison.items()]
+        # A poison entry keeps the time it was first suspected: re-stamped on every
+        # load, it would never expire.
+        lines += [f"suspect {d} {self._poison_since[d]} {why}\ntrying {d} 0"
+                  for d, why in self.poison.items()]  # fmt: skip
         self.path.write_text("".join(f"{line}\n" for line in lines[-MAX_ENTRIES:]))
 
     def _append(self, kind: str, digest: str, reason: str = "") -> None:
@@ -123,6 +145,7 @@ class Quarantine:
 
     def answered(self, digest: str) -> None:
         self.poison.pop(digest, None)
+        self._poison_since.pop(digest, None)
         self._append("answered", digest)
 
 

@@ -51,6 +51,12 @@ class RingBusy(RingError):
 # --- messages and ops ----------------------------------------------------------------
 
 
+class QueueMisconfigured(GpufeedError):
+    """A key of the queue holds another type of value than gpufeed needs there (its
+    output or dead-letter stream is a string, say). Nothing was written; the worker
+    keeps its results and tries again until someone fixes the key."""
+
+
 class InvalidPayload(GpufeedError):
     """A message payload does not fit its op's layout."""
 

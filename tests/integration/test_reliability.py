@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from conftest import (
     wait_for_results,
 )
 from gpufeed.embedded import RedisServer, free_port
+from gpufeed.errors import QueueMisconfigured
 from gpufeed.loadgen.produce import xadd_all
 from gpufeed.packing import ResultEntry, Results
 from gpufeed.worker.commit import COMMIT_LUA, Committer
@@ -134,6 +136,34 @@ def test_a_commit_mixes_plain_cid_reply_to_and_error_records(client, queue) -> N
     [(_, dead)] = client.xrange(config.dead_key)
     assert (dead[b"src"], dead[b"data"], dead[b"error"]) == (ids[3], b"e", b"bad input")
     assert client.xpending(config.in_key, "gpufeed")["pending"] == 0
+
+
+@pytest.mark.parametrize("which", ["out_key", "dead_key"])
+def test_an_output_or_dead_letter_key_of_another_type_refuses_the_commit_before_any_write(
+    client, queue, which
+) -> None:
+    """Redis keeps what a script wrote before an error: an XADD to a wrongly typed key
+    half-way through would leave results written and unacknowledged, and the retry
+    would write them again. The commit is refused whole, then goes through once the
+    key is fixed, with one result each."""
+    config = WorkerConfig(queue=queue)
+    ids = xadd_all(client, config.in_key, [b"a", b"b", b"c"])
+    read_as(client, queue, "me", 3)
+    broken = getattr(config, which)
+    client.set(broken, b"not a stream")
+    entries = [ResultEntry(ids[0], "ok", b"r0"), ResultEntry(ids[1], "error", b"bad", cid=b"c"),
+               ResultEntry(ids[2], "ok", b"r2", cid=b"c2")]  # fmt: skip
+    committer = Committer(client, config, "me")
+    with pytest.raises(QueueMisconfigured, match=f"{re.escape(broken)} holds a string"):
+        committer.commit(entries)
+    for key in (config.out_key, config.dead_key):
+        assert key == broken or client.xlen(key) == 0, "nothing was written"
+    assert client.xpending(config.in_key, "gpufeed")["pending"] == 3
+    client.delete(broken)
+    assert committer.commit(entries) == (3, 0, 1, 0)
+    assert committer.commit(entries) == (0, 3, 0, 0)  # a retried commit writes nothing twice
+    assert sorted(f[b"src"] for _, f in client.xrange(config.out_key)) == sorted(ids)
+    assert [f[b"src"] for _, f in client.xrange(config.dead_key)] == [ids[1]]
 
 
 def test_a_reply_to_key_that_cannot_take_a_result_gets_an_error_on_the_output(

@@ -74,3 +74,19 @@ GPUFEED_OP(gpufeed_test_trap_echo) {
 
 
 trap_echo = TrapEcho()
+
+
+class FragileLengths(Echo):
+    """Echo whose length check raises on a 13-byte payload: user code that fails on
+    one message while the worker packs it (before any compute)."""
+
+    name = "fragile_lengths"
+
+    def valid_lengths(self, lens):
+        start_up_check = len(lens) > 1 and (lens == np.arange(len(lens))).all()  # every length
+        if (lens == 13).any() and not start_up_check:
+            raise ValueError("13 is unlucky")
+        return lens >= 0
+
+
+fragile_lengths = FragileLengths()

@@ -14,7 +14,7 @@ from gpufeed.keys import QueueKeys
 # one by one inside it), plus the read-only figures of --metrics-port.
 WORKER_COMMANDS = (
     "ping", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xack", "xrange",
-    "xadd", "xtrim", "xdel", "script|load", "evalsha",
+    "xadd", "xtrim", "xdel", "type", "script|load", "evalsha",
     "xlen", "exists", "xinfo|groups", "xinfo|consumers",
 )  # fmt: skip
 # What a cluster client runs besides: redis-py reads the slot map and command table.

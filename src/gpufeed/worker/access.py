@@ -64,6 +64,8 @@ def probes(config: WorkerConfig) -> list[Probe]:
         Probe("xadd", out, "write results", ("XADD", out, "NOMKSTREAM", "0-0", "src", "-")),
         Probe("xadd", dead, "write dead letters",
               ("XADD", dead, "NOMKSTREAM", "0-0", "src", "-")),
+        Probe("type", out, "check that the result stream is a stream", ("TYPE", out)),
+        Probe("type", dead, "check that the dead-letter stream is a stream", ("TYPE", dead)),
         Probe("xtrim", out, "bound the result stream (--out-maxlen)",
               ("XTRIM", out, "MAXLEN", -1)),
         Probe("xtrim", dead, "bound the dead-letter stream (--out-maxlen)",
@@ -106,6 +108,7 @@ def check_worker_access(config: WorkerConfig) -> None:
         raise
     try:
         check_access(client, config)
+        check_stream_types(client, config)
     finally:
         client.close()
 
@@ -126,6 +129,27 @@ def _explain_cluster_failure(target: RedisTarget) -> None:
         ) from exc
     finally:
         node.close()
+
+
+def check_stream_types(client: Client, config: WorkerConfig) -> None:
+    """``ConfigError`` if a key the worker writes streams to holds something else.
+
+    The commit script refuses such a key before writing anything; found here, it
+    stops the worker at start with a line saying which key, not later in a loop
+    of refused commits.
+    """
+    wrong = []
+    for key in (config.in_key, config.out_key, config.dead_key):
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind not in ("stream", "none"):
+            wrong.append(f"{key} holds a {kind}")
+    if wrong:
+        raise ConfigError(
+            "the queue's keys must be streams (or not exist yet): "
+            + "; ".join(wrong)
+            + ": rename or delete them"
+        )
 
 
 def check_access(client: Client, config: WorkerConfig) -> None:

@@ -40,6 +40,19 @@ local FIRST = 10 + n_reply
 local STATUS = {[111] = 'ok', [101] = 'error', [120] = 'expired'}  -- Status.code -> name
 local MAX_DEAD_FIELDS = 2000  -- stay far below Lua's unpack() limit
 
+-- The output and dead-letter streams must be streams, or not exist yet. Redis keeps
+-- what a script wrote before an error, so an XADD to a key of another type failing
+-- half-way would leave results written and their entries unacknowledged, and the
+-- retried commit would write them again. Checked before anything is written; the
+-- worker reads this error as a misconfigured queue and retries later.
+for k = 2, 3 do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('GPUFEED_WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind ..
+                             ', not a stream: rename or delete it')
+  end
+end
+
 -- Streams written to, trimmed once at the end: MAXLEN ~ on every XADD costs
 -- about as much as the XADD itself, and one XTRIM per call bounds them alike.
 local written = {}

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from gpufeed.errors import QueueMisconfigured
 from gpufeed.packing import ResultEntry, Results
 from gpufeed.packing.ids import id_range
 from gpufeed.packing.status import RECORD_CODE
@@ -18,6 +19,8 @@ from gpufeed.worker.config import WorkerConfig
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 
 COMMIT_LUA = resources.files("gpufeed.worker").joinpath("commit.lua").read_text()
+# How commit.lua refuses an output or dead-letter key of another type than a stream.
+WRONGTYPE = "GPUFEED_WRONGTYPE"
 # Entries per script call: bounds the time one call holds the Redis core.
 COMMIT_CHUNK = 1024
 # The record head of an entry that is not a plain ok result (see commit.lua).
@@ -90,4 +93,9 @@ class Committer:
         lowest, highest = id_range([*ids, *(e.src for e in results.other)])
         args = [*self._static, len(plain) // 2, len(other) // 2, lowest, highest, len(replies),
                 *replies, *plain, *other]  # fmt: skip
-        return CommitCounts(*map(int, self._script(keys=self._keys, args=args)))
+        try:
+            return CommitCounts(*map(int, self._script(keys=self._keys, args=args)))
+        except redis.ResponseError as exc:
+            if str(exc).startswith(WRONGTYPE):  # the script checked before writing anything
+                raise QueueMisconfigured(str(exc).removeprefix(WRONGTYPE).strip()) from exc
+            raise

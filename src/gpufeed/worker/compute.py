@@ -21,7 +21,7 @@ from gpufeed.packing.results import write_results
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.exits import EXIT_DEVICE_LOST, exit_on_ring_corruption
+from gpufeed.worker.exits import EXIT_DEVICE_LOST, exit_on_known_failures
 from gpufeed.worker.gctune import tune_for_hot_loop
 from gpufeed.worker.quarantine import Quarantine, QuarantinedBackend, lost_device
 
@@ -130,7 +130,7 @@ def compute_main(
     if quarantine is not None:
         backend = QuarantinedBackend(backend, quarantine)
     names = [name for pair in rings for name in pair]
-    with exit_on_ring_corruption(*names):
+    with exit_on_known_failures(*names):
         pairs = [
             RingPair(RingConsumer.attach(req), RingProducer.attach(resp)) for req, resp in rings
         ]

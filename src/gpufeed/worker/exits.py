@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import structlog
 
-from gpufeed.errors import RingCorrupt
+from gpufeed.errors import InternalError, RingCorrupt
 
 log = structlog.get_logger()
 
@@ -20,14 +20,18 @@ EXIT_RING_CORRUPT = 3
 # The compute process lost its GPU (a kernel faulted or trapped, which leaves
 # the CUDA context unusable) and recorded what it held in the quarantine.
 EXIT_DEVICE_LOST = 4
+# A child found one of gpufeed's own invariants broken (``InternalError``).
+EXIT_INTERNAL = 5
 
 
 @contextmanager
-def exit_on_ring_corruption(*rings: str) -> Iterator[None]:
-    """Turn ``RingCorrupt`` into one error line and ``EXIT_RING_CORRUPT``.
+def exit_on_known_failures(*rings: str) -> Iterator[None]:
+    """Turn ``RingCorrupt`` into one error line and ``EXIT_RING_CORRUPT``, and an
+    ``InternalError`` (a result out of order, say) into one and ``EXIT_INTERNAL``.
 
-    Not a traceback: a damaged ring is an event the worker recovers from, and
-    the line names the rings this process used and the field found bad.
+    Not a traceback: both are events the worker recovers from (the supervisor
+    rebuilds the rings and restarts the children; whatever they held is still
+    pending in Redis), and the line says what was found.
     """
     try:
         yield
@@ -37,6 +41,12 @@ def exit_on_ring_corruption(*rings: str) -> Iterator[None]:
             rings=list(rings), field=exc.field, detail=exc.detail,
         )  # fmt: skip
         sys.exit(EXIT_RING_CORRUPT)
+    except InternalError as exc:
+        log.error(
+            "internal error; exiting so that the supervisor starts afresh",
+            kind=type(exc).__name__, error=str(exc), rings=list(rings),
+        )  # fmt: skip
+        sys.exit(EXIT_INTERNAL)
 
 
 def describe_exit(code: int | None) -> str:
@@ -46,6 +56,8 @@ def describe_exit(code: int | None) -> str:
         return "found a ring corrupt"
     if code == EXIT_DEVICE_LOST:
         return "lost its GPU (its messages are quarantined)"
+    if code == EXIT_INTERNAL:
+        return "found an internal error (a bug; see its log line)"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

@@ -22,7 +22,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from gpufeed.connect import Client, RedisTarget, cluster_reply_check
-from gpufeed.errors import RingClosed
+from gpufeed.errors import QueueMisconfigured, RingClosed
 from gpufeed.ops.registry import OpTable
 from gpufeed.packing import (
     Columns,
@@ -36,13 +36,14 @@ from gpufeed.packing import (
     reply_entries,
 )
 from gpufeed.packing.ids import ids_ms
-from gpufeed.packing.layout import payload_capacity
+from gpufeed.packing.layout import SlotArray, payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
 from gpufeed.worker.commit import REDIS_ERRORS, CommitCounts, Committer
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.exits import exit_on_ring_corruption
+from gpufeed.worker.exits import exit_on_known_failures
 from gpufeed.worker.gctune import tune_for_hot_loop
+from gpufeed.worker.isolate import NOT_ISOLATED, commit_each, pack_each
 from gpufeed.worker.reclaim import Reclaimer
 
 log = structlog.get_logger()
@@ -77,6 +78,8 @@ def ensure_group(client: Client, config: WorkerConfig) -> None:
         client.xgroup_create(config.in_key, config.group, id=config.start_id, mkstream=True)
         log.info("consumer group created", stream=config.in_key, group=config.group)
     except redis.ResponseError as exc:
+        if "WRONGTYPE" in str(exc):
+            raise QueueMisconfigured(f"{config.in_key}: {exc}") from exc
         if "BUSYGROUP" not in str(exc):
             raise
 
@@ -167,7 +170,12 @@ class Ingest:
             return
         born = np.concatenate(self.to_commit_born) if self.to_commit_born else ()
         started = time.perf_counter()
-        counts = self.committer.commit(self.to_commit)
+        try:
+            counts = self.committer.commit(self.to_commit)
+        except NOT_ISOLATED:
+            raise
+        except Exception as exc:  # one result's doing, perhaps: see worker/isolate.py
+            counts = commit_each(self.to_commit, self.committer.commit, exc)
         metrics.COMMIT.observe(time.perf_counter() - started)
         metrics.record_commit(counts, born)
         self.counts = self.counts.plus(counts)
@@ -201,13 +209,20 @@ class Ingest:
     # -- reading -----------------------------------------------------------------------
 
     def _xreadgroup(self, count: int, block: int | None) -> Any:
-        return self.client.xreadgroup(
-            self.config.group,
-            self.consumer,
-            {self.config.in_key: self.read_id},
-            count=count,
-            block=block,
-        )
+        try:
+            return self.client.xreadgroup(
+                self.config.group,
+                self.consumer,
+                {self.config.in_key: self.read_id},
+                count=count,
+                block=block,
+            )
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc) or "NOGROUP" in str(exc):
+                # The input stream was replaced by another type, or deleted with its
+                # group: wait for someone to fix it (the group is made again below).
+                raise QueueMisconfigured(f"{self.config.in_key}: {exc}") from exc
+            raise
 
     def read(self, room: int) -> list[Entry] | Columns:
         block: int | None = None if self.in_flight else max(1, self.config.max_wait_ms)
@@ -275,14 +290,7 @@ class Ingest:
             self.requests.commit(0)
             return False
         read_ms = time.time() * 1000
-        batch = pack(
-            entries,
-            (first, second),
-            table=self.table,
-            first_seq=self.seq,
-            now_ms=int(read_ms),
-            reply_to_check=self.reply_to_check,
-        )
+        batch = self._pack(entries, (first, second), int(read_ms))
         self.requests.commit(batch.count)
         self.stats["read"] += len(entries)
         self.stats["batches"] += 1
@@ -301,6 +309,22 @@ class Ingest:
             self.seq = (self.seq + batch.count) % (1 << 32)
             self.in_flight.append(_SentBatch(batch, born, time.perf_counter(), fresh))
         return True
+
+    def _pack(
+        self, entries: list[Entry] | Columns, out: tuple[SlotArray, SlotArray], now_ms: int
+    ) -> PackedBatch:
+        """``pack``; if something unexpected raises, entry by entry (worker/isolate.py)."""
+
+        def pack_some(some: Any, into: Any) -> PackedBatch:
+            return pack(some, into, table=self.table, first_seq=self.seq, now_ms=now_ms,
+                        reply_to_check=self.reply_to_check)  # fmt: skip
+
+        try:
+            return pack_some(entries, out)
+        except NOT_ISOLATED:
+            raise
+        except Exception as exc:
+            return pack_each(entries, out, pack_some, self.config.slot_bytes, exc)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -335,6 +359,16 @@ class Ingest:
                 if not self.step():
                     break
                 failures = 0
+            except QueueMisconfigured as exc:
+                # Nothing was written; the results wait here (and no more is read)
+                # until someone fixes the key.
+                group_ready = False
+                failures += 1
+                pause = backoff.compute(failures)
+                if failures == 1 or failures % 30 == 0:
+                    log.error("queue misconfigured; results are kept and the commit retried",
+                              error=str(exc), attempts=failures)  # fmt: skip
+                time.sleep(pause)
             except REDIS_ERRORS as exc:
                 failures += 1
                 pause = backoff.compute(failures)
@@ -364,7 +398,7 @@ def ingest_main(
     if setup is not None:
         setup(f"ingest-{index}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains
-    with exit_on_ring_corruption(requests_name, responses_name):
+    with exit_on_known_failures(requests_name, responses_name):
         requests = RingProducer.attach(requests_name)
         responses = RingConsumer.attach(responses_name)
         ingest = Ingest(config, index, requests, responses)

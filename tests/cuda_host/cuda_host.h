@@ -10,6 +10,12 @@
 // at another call, is a violation: the first is recorded (gpufeed_host_violation)
 // and the launch is aborted, where a GPU would silently do something undefined.
 //
+// The rule checked is the strict one: every call is a meeting of the whole warp
+// (the lanes its mask names, less those that exited) at one source line. It is
+// enough for gpufeed's sources, which synchronise with FULL_MASK at one call site;
+// code that relies on sm_70's independent thread scheduling (partial masks met
+// from different call sites) would be flagged or hang here.
+//
 // __trap() aborts the launch the way a trapped kernel loses its context; the
 // built-ins that a waiting thread calls (the warp functions, __nanosleep, the
 // fences) then end every other thread of the launch.

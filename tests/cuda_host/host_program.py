@@ -9,12 +9,14 @@ the system's g++, and loads it with ctypes. Builds are cached by their source.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +33,7 @@ FLAGS = ("-std=c++20", "-O2", "-g", "-fPIC", "-shared", "-pthread", "-Wall", "-W
          "-Werror", "-Wno-unused-parameter")  # fmt: skip
 CACHE = Path(tempfile.gettempdir()) / f"gpufeed-cuda-host-{os.getuid()}"
 THREADS_PER_BLOCK = 256  # what the batched backend launches with
+BATCH_TIMEOUT_S = 120.0
 
 
 class CompilerMissing(Exception):
@@ -45,6 +48,14 @@ def compiler() -> str:
             f"{CXX!r} on PATH (apt-get install g++, or set CXX)"
         )
     return found
+
+
+@functools.cache
+def compiler_version() -> str:
+    """What the compiler says it is: a build made by another compiler is not reused."""
+    done = subprocess.run([compiler(), "--version"], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    return done.stdout
 
 
 def source_for(ops: Sequence[Op]) -> str:
@@ -90,7 +101,9 @@ class Launch:
         """Why the launch was aborted (a trap, a broken warp rule), or ""."""
         if not self._handle:
             return self._why_at_free
-        why = bytes(self._lib.gpufeed_host_why(self._handle)).decode()
+        buffer = ctypes.create_string_buffer(4096)
+        self._lib.gpufeed_host_why(self._handle, buffer, len(buffer))
+        why = buffer.value.decode(errors="replace")
         # Quote the program's lines the message names.
         quoted = {int(n): self._lines[int(n) - 1].strip() for n in re.findall(r"line (\d+)", why)
                   if 0 < int(n) <= len(self._lines)}  # fmt: skip
@@ -115,8 +128,8 @@ class HostProgram:
                                                 ctypes.c_uint, ctypes.c_uint]  # fmt: skip
         lib.gpufeed_host_batch.restype = lib.gpufeed_host_persistent.restype = p
         lib.gpufeed_host_join.argtypes = [p, ctypes.c_double]
-        lib.gpufeed_host_why.argtypes = [p]
-        lib.gpufeed_host_why.restype = ctypes.c_char_p
+        lib.gpufeed_host_why.argtypes = [p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.gpufeed_host_why.restype = None
         lib.gpufeed_host_free.argtypes = [p]
 
     def batch(self, requests: np.ndarray, *, resident: int = 4) -> np.ndarray:
@@ -130,6 +143,13 @@ class HostProgram:
             len(self.ops), THREADS_PER_BLOCK, resident,
         )  # fmt: skip
         launch = Launch(self.lib, handle, self.source)
+        # Waited for in slices from Python, so that a test's timeout can interrupt a
+        # launch that hangs (a C++ wait would hold the interpreter until it ended).
+        deadline = time.monotonic() + BATCH_TIMEOUT_S
+        while not launch.join(0.1):
+            if time.monotonic() > deadline:
+                launch.free()  # aborts it
+                raise AssertionError(f"gpufeed_batch did not finish in {BATCH_TIMEOUT_S} s")
         why = launch.why
         launch.free()
         if why:
@@ -153,7 +173,9 @@ def build(ops: Sequence[Op]) -> HostProgram:
     """The host build of ``table_program(ops)``, compiled once per distinct source."""
     source = source_for(ops)
     header = (HERE / "cuda_host.h").read_text()
-    key = hashlib.sha256((header + source + " ".join(FLAGS)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        (compiler_version() + header + source + " ".join(FLAGS)).encode()
+    ).hexdigest()[:16]
     if key in _loaded:
         return _loaded[key]
     library = CACHE / f"{key}.so"

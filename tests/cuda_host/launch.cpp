@@ -46,7 +46,8 @@ class Grid {
     }
   }
 
-  // True once every thread has ended (then they are joined).
+  // True once every thread has ended (then they are joined). Callable from any
+  // thread at once (the queue's watchdog asks while the main thread shuts down).
   bool join(double timeout_s) {
     std::unique_lock<std::mutex> hold(ended_mutex_);
     const bool all = ended_cv_.wait_for(hold, std::chrono::duration<double>(timeout_s),
@@ -54,6 +55,14 @@ class Grid {
     hold.unlock();
     if (all) join_threads();
     return all;
+  }
+
+  // Copies why the launch was aborted ("" if it was not) into buf, under the lock.
+  void why(char* buf, size_t size) {
+    std::lock_guard<std::mutex> hold(launch.mutex);
+    const size_t n = launch.why.size() < size - 1 ? launch.why.size() : size - 1;
+    std::memcpy(buf, launch.why.data(), n);
+    buf[n] = 0;
   }
 
   ~Grid() {
@@ -65,9 +74,12 @@ class Grid {
 
  private:
   void join_threads() {
+    std::lock_guard<std::mutex> hold(join_mutex_);  // std::thread::join is not re-entrant
     for (auto& t : threads_)
       if (t.joinable()) t.join();
   }
+
+  std::mutex join_mutex_;
 
   std::vector<std::unique_ptr<Warp>> warps_;
   std::vector<std::thread> threads_;
@@ -81,8 +93,8 @@ class Grid {
 
 extern "C" {
 
-// gpufeed_batch over `n` slots, as the batched backend launches it; returns
-// when it is done. Its warps share nothing, so `resident` run at a time.
+// gpufeed_batch over `n` slots, as the batched backend launches it; returns at
+// once (join it). Its warps share nothing, so `resident` run at a time.
 void* gpufeed_host_batch(const uint8_t* in_slots, uint8_t* out_slots, uint32_t n,
                          uint32_t slot_bytes, const gpufeed::OpParams* params, uint32_t n_ops,
                          unsigned threads_per_block, unsigned resident) {
@@ -90,7 +102,6 @@ void* gpufeed_host_batch(const uint8_t* in_slots, uint8_t* out_slots, uint32_t n
   auto* grid = new gpufeed_host::Grid(
       [=] { gpufeed_batch(in_slots, out_slots, n, slot_bytes, params, n_ops); }, blocks,
       threads_per_block, resident);
-  grid->join(1e9);
   return grid;
 }
 
@@ -113,11 +124,9 @@ int gpufeed_host_join(void* grid, double timeout_s) {
   return static_cast<gpufeed_host::Grid*>(grid)->join(timeout_s) ? 1 : 0;
 }
 
-// Why the launch was aborted (a trap, a broken warp rule), or "".
-const char* gpufeed_host_why(void* grid) {
-  auto& launch = static_cast<gpufeed_host::Grid*>(grid)->launch;
-  std::lock_guard<std::mutex> hold(launch.mutex);
-  return launch.why.c_str();
+// Why the launch was aborted (a trap, a broken warp rule), or "", into buf.
+void gpufeed_host_why(void* grid, char* buf, size_t size) {
+  static_cast<gpufeed_host::Grid*>(grid)->why(buf, size);
 }
 
 void gpufeed_host_free(void* grid) { delete static_cast<gpufeed_host::Grid*>(grid); }

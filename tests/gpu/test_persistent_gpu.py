@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from gpu_support import needs_gpu, random_slots
+from gpu_support import DEVICES, needs_gpu, random_slots
 
 from conftest import keys, results_by_src
 from gpufeed.gpu.cpu import compute
@@ -135,13 +135,13 @@ def test_a_trapped_kernel_is_a_lost_device_at_once_not_a_stall() -> None:
     assert queue.unfinished_requests().shape[0] == 1  # the quarantine's suspects
 
 
+@pytest.mark.skipif(DEVICES < 2, reason="needs two GPUs: device 0 is every thread's default")
 def test_the_watchdog_thread_talks_to_the_queues_device() -> None:
     """With --device N, the watchdog's CUDA calls go to device N (selected on the
     calling thread), not to device 0, where they would create a second context."""
     import threading
 
     import cupy
-    from gpu_support import DEVICES
 
     from gpufeed.gpu.persistent import GpuQueue, QueueConfig
 

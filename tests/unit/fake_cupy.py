@@ -63,10 +63,11 @@ class FakeCuPy:
     def __init__(self, table: OpTable, faults: Callable[[np.ndarray], int | None]) -> None:
         self.table = table
         self.faults = faults
-        self.lost = False
+        self.lost = 0  # the sticky error that lost the context, 0 while it is fine
         self.pending = 0  # the status of a launched kernel that will fault when it runs
         self.stream_errors: dict[int, int] = {}  # stream -> error its next event reports
         self.event_errors: dict[int, int] = {}  # event -> error its next query reports
+        self.running: set[int] = set()  # events whose first query says not-ready (600)
         self.launches: list[int] = []  # batch sizes, in launch order
         self.streams_made = 0
         self.registered: list[tuple[int, int]] = []
@@ -82,15 +83,15 @@ class FakeCuPy:
         def run_pending() -> None:
             """Work queued so far runs: a kernel that faults loses the context now."""
             if fake.pending:
-                fake.pending, fake.lost = 0, True
+                fake.lost, fake.pending = fake.pending, 0
 
         def status() -> int:
             run_pending()
-            return 719 if fake.lost else 0
+            return fake.lost or 0
 
         def check() -> None:
             if fake.lost:
-                raise CUDARuntimeError(719)
+                raise CUDARuntimeError(fake.lost)
 
         class Stream:
             def __init__(self, non_blocking: bool = False) -> None:
@@ -122,12 +123,14 @@ class FakeCuPy:
                 error = fake.stream_errors.pop(stream.ptr, 0)
                 if error:
                     fake.event_errors[self.ptr] = error
+                fake.running.add(self.ptr)  # its work is still running at the first query
 
             @property
             def done(self) -> bool:
                 return bool(runtime.eventQuery(self.ptr) == 0)  # CuPy's own definition
 
             def synchronize(self) -> None:
+                fake.running.discard(self.ptr)
                 run_pending()
                 check()
                 error = fake.event_errors.pop(self.ptr, 0)
@@ -135,6 +138,9 @@ class FakeCuPy:
                     raise CUDARuntimeError(error)
 
         def event_query(ptr: int) -> int:
+            if ptr in fake.running:  # work takes a moment on a GPU: not done at first look
+                fake.running.discard(ptr)
+                return 600
             error = fake.event_errors.pop(ptr, 0)
             return error or status()
 
@@ -192,7 +198,7 @@ class FakeCuPy:
         def launch(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
             device_in, device_out, n = args[0], args[1], int(args[2])
             if self.lost:
-                raise CUDARuntimeError(719)
+                raise CUDARuntimeError(self.lost)
             assert grid[0] * block[0] >= 32 * n, "one warp per slot"
             status = self.faults(np.asarray(device_in[:n]))
             if status in (700, 715, 719):

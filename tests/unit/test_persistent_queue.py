@@ -433,7 +433,7 @@ def test_a_queue_dropped_without_shutdown_still_stops_its_device(device) -> None
 
 
 def test_on_a_weakly_ordered_cpu_requests_are_fenced_before_ready_once_per_batch(
-    monkeypatch,
+    device, monkeypatch
 ) -> None:
     """A Grace host must not let the device see READY before the request: with the
     fences a weakly ordered CPU uses, one release per published batch, and an
@@ -452,7 +452,7 @@ def test_on_a_weakly_ordered_cpu_requests_are_fenced_before_ready_once_per_batch
 
     monkeypatch.setattr(order, "release_fence", counted("release"))
     monkeypatch.setattr(order, "acquire_fence", counted("acquire"))
-    with open_queue("emulated", capacity=256, op="sha256") as queue:
+    with open_queue(device, capacity=256, op="sha256") as queue:
         datas = [b"m%d" % i for i in range(200)]
         ids = queue.enqueue_batch(datas, timeout_ms=5000)
         assert calls["release"] == 1

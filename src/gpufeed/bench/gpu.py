@@ -40,7 +40,7 @@ from gpufeed.gpu.batched import STAGINGS
 from gpufeed.ops.registry import OpTable, load_op
 from gpufeed.packing import write_requests
 from gpufeed.packing.layout import SlotArray, payload_capacity
-from gpufeed.ring import RingConsumer, RingProducer, RingSegment
+from gpufeed.ring import RingConsumer, RingProducer, RingSegment, check_shm_room, ring_bytes
 
 _CTX = mp.get_context("spawn")
 _TIMEOUT_S = 300.0
@@ -240,6 +240,8 @@ def compute_stage(cfg: GpuBenchConfig, slot_bytes: int, messages: int, staging: 
     """Messages per second from request ring to response ring through a compute process."""
     batch = min(cfg.batch, max(1, (64 << 20) // slot_bytes))  # at most 64 MiB per batch
     config = _worker_config(cfg, slot_bytes, staging, batch)
+    # Both at once: each alone could fit in /dev/shm and the two together not (SIGBUS).
+    check_shm_room(2 * ring_bytes(config.ring_capacity, slot_bytes), "the benchmark's 2 rings")
     requests = RingSegment.create(capacity=config.ring_capacity, slot_bytes=slot_bytes)
     responses = RingSegment.create(capacity=config.ring_capacity, slot_bytes=slot_bytes)
     source = request_slots(cfg.op, slot_bytes, batch)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gpufeed.errors import ConfigError, DeviceLost
+from gpufeed.errors import BackendError, ConfigError, DeviceLost
 from gpufeed.ops.program import table_program
 from gpufeed.ops.registry import OpTable
 
@@ -78,6 +78,26 @@ def work_done(cp: Any, status: int) -> bool:
     if status == CUDA_ERROR_NOT_READY:
         return False
     raise cp.cuda.runtime.CUDARuntimeError(status)
+
+
+def classify(exc: BaseException, what: str) -> BackendError:
+    """A CUDA error as gpufeed's: ``DeviceLost`` when it is sticky (only a new process
+    gets a working context), else a ``BackendError`` the caller may retry."""
+    if is_sticky(exc):
+        return lost(exc, what)
+    return BackendError(f"{what}: {exc}")
+
+
+def cooperative_launch_refused(exc: BaseException, blocks: int, threads: int) -> ConfigError | None:
+    """The ``ConfigError`` for a cooperative launch the driver refused (720: the grid
+    cannot all be resident), or None for any other error."""
+    if getattr(exc, "status", None) != COOPERATIVE_LAUNCH_TOO_LARGE:
+        return None
+    return ConfigError(
+        f"the persistent kernel's {blocks} blocks of {threads} threads cannot all be "
+        "resident at once on this GPU now (an MPS limit on this process's share of the "
+        "GPU, say): free the GPU or raise the limit, or use --backend batched"
+    )
 
 
 def lost(exc: BaseException, what: str) -> DeviceLost:

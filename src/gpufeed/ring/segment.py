@@ -42,8 +42,9 @@ def check_shm_room(nbytes: int, what: str = "a ring") -> None:
         raise ConfigError(
             f"{what} need{'s' if what == 'a ring' else ''} {nbytes / 2**20:,.1f} MiB of shared "
             f"memory ({SHM_DIR}) and {free / 2**20:,.1f} MiB are free: use smaller rings "
-            "(--ring-capacity, --slot-bytes), or give the container more shared memory "
-            "(docker run --shm-size, shm_size in docker-compose.yml)"
+            "(--ring-capacity, --slot-bytes; the benchmarks' own options), or give the "
+            "container more shared memory (docker run --shm-size, shm_size in "
+            "docker-compose.yml)"
         )
 
 

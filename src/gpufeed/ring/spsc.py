@@ -199,6 +199,8 @@ class _Endpoint:
             self._closed = True
         heartbeat.discard(self)
         words = self._words
+        if order.release_fence is not None:  # our last cursor store before CLOSED
+            order.release_fence()
         words[L.W_CLOSED] = 1
         words[self._PEER_EVENT] = (words[self._PEER_EVENT] + 1) & 0xFFFFFFFF
         full_fence()
@@ -388,6 +390,10 @@ class RingConsumer(_Endpoint):
             avail = self._refresh()
             if avail == 0:
                 if self._words[L.W_CLOSED]:
+                    # The producer's last head store came before CLOSED: read head
+                    # after it, or a stale head would drop its last slots.
+                    if order.acquire_fence is not None:
+                        order.acquire_fence()
                     if self._refresh() == 0:
                         raise RingClosed(f"ring {self.segment.name} is closed")
                 elif timeout == 0.0 or not self._wait(timeout):

@@ -3,9 +3,10 @@
 CUDA rules this module keeps (``docs/gpu.md``):
 
 * every block of the kernel must be resident at once (the workers wait for
-  the dispatcher): the grid is sized from the occupancy the GPU allows, and
-  launched cooperatively, so a GPU shared with others (MPS, another
-  context, a MIG slice) refuses it at once (error 720) instead of hanging;
+  the dispatcher): the grid is sized from the occupancy the GPU allows (a
+  MIG slice reports its own SMs), and launched cooperatively, so where the
+  driver knows better (an MPS limit on this process's share) it refuses the
+  launch at once (error 720) instead of leaving blocks waiting for SMs;
 * every buffer is allocated before the kernel is launched, and freed only
   after it has exited: allocating or freeing can synchronise the device,
   which would wait forever for a kernel that never ends;
@@ -22,16 +23,16 @@ import time
 
 import numpy as np
 
-from gpufeed.errors import BackendError, ConfigError
+from gpufeed.errors import ConfigError
 from gpufeed.gpu.cuda_runtime import (
-    COOPERATIVE_LAUNCH_TOO_LARGE,
     MEMCPY_HOST_TO_DEVICE,
     DeviceOpParams,
     MappedHostMemory,
+    classify,
     compile_table,
+    cooperative_launch_refused,
     import_cupy,
     is_sticky,
-    lost,
     work_done,
 )
 from gpufeed.gpu.persistent.config import QueueConfig
@@ -120,13 +121,9 @@ class CudaDevice(DeviceSide):
             with self._stream:
                 self._kernel((self._blocks + 1,), (self._threads,), args)
         except Exception as exc:
-            if getattr(exc, "status", None) == COOPERATIVE_LAUNCH_TOO_LARGE:
-                raise ConfigError(
-                    f"the persistent kernel's {self._blocks + 1} blocks of {self._threads} "
-                    "threads cannot all be resident at once on this GPU now (another "
-                    "context, an MPS client or a MIG slice holds part of it): free the "
-                    "GPU, or use --backend batched"
-                ) from exc
+            refused = cooperative_launch_refused(exc, self._blocks + 1, self._threads)
+            if refused is not None:
+                raise refused from exc
             raise
         self._launched = True
 
@@ -146,9 +143,7 @@ class CudaDevice(DeviceSide):
             self._copy_stream.synchronize()
         except Exception as exc:
             # A copy fails when the context is gone (the kernel trapped): the device.
-            if is_sticky(exc):
-                raise lost(exc, "copying requests to the device") from exc
-            raise BackendError(f"copying requests to the device: {exc}") from exc
+            raise classify(exc, "copying requests to the device") from exc
 
     def failure(self) -> str | None:
         if self._error is None and self._launched and self._host:
@@ -176,8 +171,8 @@ class CudaDevice(DeviceSide):
 
     def _kernel_ended(self) -> bool:
         """Whether the kernel's stream is idle; raises for the error it ended with."""
-        self._device.use()  # the calling thread's device: the watchdog's is its own
-        return work_done(self._cp, self._cp.cuda.runtime.streamQuery(self._stream.ptr))
+        with self._device:  # the calling thread's device: the watchdog's is its own
+            return work_done(self._cp, self._cp.cuda.runtime.streamQuery(self._stream.ptr))
 
     def close(self) -> None:
         for memory in self._host:

@@ -79,6 +79,7 @@ class GpuQueue:
         if table is None:
             table = OpTable([load_op(op) if isinstance(op, str) else op], capacity_bytes)
         self.table = table
+        order.check_fences()  # a weakly ordered CPU must have its fences before publishing
         self._device = device or make_device(config, table)
         m = self._memory = self._device.memory
         self._cap, self._log2, self._sb = m.capacity, m.capacity_log2, m.slot_bytes
@@ -132,7 +133,7 @@ class GpuQueue:
         HEADER.pack_into(self._req, offset, n, op_id, 0, msg_id & _SEQ_MASK, 0)
         self._req[offset + HEADER_BYTES : offset + HEADER_BYTES + n] = data
         self._slots.claim(np.array([msg_id], np.int64))
-        self._device.publish(msg_id, 1)
+        self._publish_to_device(msg_id, 1)
         # READY last: the device reads the request only after seeing it.
         if order.release_fence is not None:
             order.release_fence()
@@ -195,9 +196,19 @@ class GpuQueue:
         self._publish(np.arange(first, first + count, dtype=np.int64))
         return count
 
+    def _publish_to_device(self, first_id: int, count: int) -> None:
+        """The device side's copy of requests it keeps in its own memory. If that fails,
+        the claimed slots would never be READY: the queue fails now, rather than with
+        KernelStalled once the watchdog notices."""
+        try:
+            self._device.publish(first_id, count)
+        except BackendError as exc:
+            self._fail(exc)
+            raise
+
     def _publish(self, ids: npt.NDArray[np.int64]) -> None:
         self._slots.claim(ids)
-        self._device.publish(int(ids[0]), len(ids))
+        self._publish_to_device(int(ids[0]), len(ids))
         if order.release_fence is not None:  # the requests before their READY words
             order.release_fence()
         self._memory.state[ids & (self._cap - 1)] = tags(ids, self._log2, PHASE_READY)

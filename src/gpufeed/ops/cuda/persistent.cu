@@ -130,6 +130,11 @@ __device__ void worker(const uint8_t* requests, uint8_t* results, volatile uint3
         const uint64_t visible = sync[VISIBLE];
         if (visible > id) break;
         if (sync[DEVICE_STOP] != 0) {
+          // The dispatcher advanced VISIBLE before it set DEVICE_STOP; look again
+          // after seeing the stop, or a message made visible just before it, and
+          // read here as not yet visible, would be dropped.
+          __threadfence();
+          if (sync[VISIBLE] > id) break;
           stop = 1;
           break;
         }

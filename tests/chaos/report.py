@@ -75,6 +75,25 @@ NOTES = """
   it (the magic within 64 cursor reads, a wild cursor on the next read); that
   process exits with code 3 and the supervisor rebuilds every ring. What the
   rings held is still pending in Redis and is read again.
+- The hostile producer writes any field names (the known ones among them,
+  duplicated too) with any values: empty, binary, long, a megabyte now and
+  then, not UTF-8, numbers written every odd way (padded, signed, exponents,
+  `nan`/`inf`, past 2^63 and 2^64, negative zero), `reply_to` streams of
+  another type or naming the queue's own input or dead-letter stream; half
+  way, the output stream and then the dead-letter stream are replaced by a
+  string for a while. Every entry must get exactly one result (on the output
+  stream or its `reply_to` stream), every valid one an ok result, every error
+  exactly one dead letter, and no child process may restart: bad input is
+  answered by packing, anything unexpected by redoing the batch entry by
+  entry, and a wrongly typed key holds the commit (nothing written) until it
+  is a stream again.
+- An entry that kills a child outright (a native crash: nothing to catch)
+  is dead-lettered after three restarts, and nothing else is: the first
+  crash cannot tell it from the other entries pending with it; entries still
+  pending at the second crash are suspects and are each run alone, one at a
+  time across the worker, before any other work; the one running when the
+  third crash comes is convicted and answered with an error at the next
+  start. An innocent suspect costs one run on its own.
 - A producer over ten times faster than the worker: the worker holds at
   most a full request ring, a full response ring and one batch (reads stop
   when the request ring is full), so its processes' memory stays flat (the

@@ -1,7 +1,16 @@
-"""A hostile producer: random field sets, binary junk, huge entries, unknown ops.
+"""A hostile producer against a real worker: anything a producer can put into an entry,
+and keys around the queue of the wrong type.
 
-Invariants: the worker never crashes; every entry gets exactly one result (ok
-or error); every error result has exactly one dead letter.
+Fields: any names (the known ones among them, duplicated too) with values that
+are empty, binary, long, huge, not UTF-8, numbers written every odd way
+(padded, signed, exponents, nan/inf, past 2^63 and 2^64, negative zero), and
+``reply_to`` streams that are another type, or the queue's own input or
+dead-letter stream. Keys: the output and dead-letter streams are replaced by
+strings for a while during the run, then restored.
+
+Invariants: every entry gets exactly one result (on the output stream or its
+``reply_to`` stream); every valid entry among them an ok result; no child
+process restarts; each error result has exactly one dead letter.
 """
 
 from __future__ import annotations
@@ -16,81 +25,145 @@ from report import Row, record, sized
 
 from conftest import keys
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(3600)]
 
 KNOWN = [b"data", b"op", b"cid", b"reply_to", b"deadline_ms"]
 junk = st.binary(min_size=0, max_size=64)
+NUMBERS = [
+    b"0", b"-0", b"+5", b" 5", b"5 ", b"\t5\n", b"1e3", b"1E-3", b"0x10", b"1_000",
+    b"nan", b"NaN", b"inf", b"-inf", b"-1", b"3.5", b"9223372036854775807",
+    b"9223372036854775808", b"18446744073709551615", b"18446744073709551616",
+    b"-9223372036854775809", b"9" * 40, b"\xd9\xa1",  # an Arabic-Indic digit, not ASCII
+]  # fmt: skip
 value = st.one_of(
     junk,
     st.sampled_from([b"echo", b"sha256", b"vector_add", b"dense", b"nope", b"", b"\xff\xfe"]),
+    st.sampled_from(NUMBERS),
     st.integers(-(2**70), 2**70).map(lambda i: str(i).encode()),
+    st.integers(0, 2**64).map(lambda i: b"%d" % (int(time.time() * 1000) + i % 120_000 - 60_000)),
     st.binary(min_size=200, max_size=600),  # larger than a slot's payload
-    st.just(b"x" * 1_000_000),  # a huge entry
 )
+# A huge entry now and then; more would fill the server with copies (dead letters).
+huge = st.integers(0, sized(50, 2000)).map(lambda k: b"x" * 1_000_000 if k == 0 else b"small")
 
 
 def reply_name(queue: str) -> st.SearchStrategy[bytes]:
-    # Reply streams the test can find again; any bytes after the prefix.
-    return junk.map(lambda tail: f"gpufeed:{{{queue}}}:reply:".encode() + tail)
-
-
-def fields_for(queue: str) -> st.SearchStrategy[dict[bytes, bytes]]:
-    name = st.one_of(st.sampled_from(KNOWN), junk.filter(bool))
-    base = st.dictionaries(name, value, min_size=1, max_size=8)
-    many = st.dictionaries(junk.filter(bool), junk, min_size=60, max_size=80)  # too many fields
-    valid = st.fixed_dictionaries({b"data": st.binary(max_size=240)})
+    # Reply streams the test can find again, any bytes after the prefix; and keys that
+    # cannot take a result: another type, the queue's own input and dead-letter streams.
     return st.one_of(
+        junk.map(lambda tail: f"gpufeed:{{{queue}}}:reply:".encode() + tail),
+        st.sampled_from([f"gpufeed:{{{queue}}}:{k}".encode() for k in ("in", "dead", "a-string")]),
+    )
+
+
+def entries_for(queue: str) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
+    """One entry: (field, value) pairs, names repeating as a producer may repeat them."""
+    name = st.one_of(st.sampled_from(KNOWN), junk.filter(bool))
+    pair = st.tuples(name, st.one_of(value, huge))
+    base = st.lists(pair, min_size=1, max_size=8)
+    many = st.lists(st.tuples(junk.filter(bool), junk), min_size=60, max_size=80)
+    valid = st.tuples(st.just(b"data"), st.binary(max_size=240)).map(lambda p: [p])
+    return st.one_of(
+        valid,
         valid,
         base,
         many,
-        st.tuples(base, reply_name(queue)).map(lambda t: {**t[0], b"reply_to": t[1]}),
+        st.tuples(base, reply_name(queue)).map(lambda t: [*t[0], (b"reply_to", t[1])]),
     )
+
+
+def is_plain_valid(fields: list[tuple[bytes, bytes]]) -> bool:
+    return len(fields) == 1 and fields[0][0] == b"data" and len(fields[0][1]) <= 240
 
 
 def test_a_hostile_producer_cannot_break_the_worker(client, queue, start_worker) -> None:
     started = time.monotonic()
-    worker = start_worker("--max-batch", "64")
-    worker.wait_ready(client, keys(queue)[0])
     stream, out, dead = keys(queue)
+    client.set(f"gpufeed:{{{queue}}}:a-string", b"not a stream")
+    worker = start_worker("--max-batch", "64", "--log-format", "json")
+    worker.wait_ready(client, stream)
     sent: list[bytes] = []
+    valid: set[bytes] = set()
     replies: set[bytes] = set()
 
-    @settings(max_examples=sized(60, 600), deadline=None, database=None,
+    @settings(max_examples=sized(60, 1000), deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
-    @given(st.lists(fields_for(queue), min_size=1, max_size=20))
-    def produce(batch: list[dict[bytes, bytes]]) -> None:
+    @given(st.lists(entries_for(queue), min_size=sized(1, 60), max_size=sized(20, 150)))
+    def produce(batch: list[list[tuple[bytes, bytes]]]) -> None:
         pipe = client.pipeline(transaction=False)
         for fields in batch:
-            pipe.xadd(stream, fields)  # type: ignore[arg-type]
-            if b"reply_to" in fields and len(fields) <= 64:
-                replies.add(fields[b"reply_to"])
-        sent.extend(pipe.execute())
+            pipe.execute_command("XADD", stream, "*", *[x for pair in fields for x in pair])
+            replies.update(v for k, v in fields if k == b"reply_to")
+        ids = pipe.execute()
+        sent.extend(ids)
+        valid.update(i for i, f in zip(ids, batch, strict=True) if is_plain_valid(f))
 
     produce()
+    half = len(sent)
+    for broken in (out, dead):  # results wait while it is broken, then arrive
+        sentinel = break_and_restore(client, worker, broken, stream)
+        sent.append(sentinel)
+        valid.add(sentinel)
+        produce()
+    streams = [out, *(r for r in replies if r not in (stream.encode(), dead.encode()))]
+    results = wait_for_every_result(client, worker, sent, streams, timeout_s=sized(300, 1800))
+    lost = sum(1 for i in sent if i not in results)
+    duplicated = sum(len(r) - 1 for r in results.values())
+    errors = sorted(i for i, r in results.items() if r[0][b"status"] == b"error")
+    dead_srcs = sorted(f[b"src"] for _id, f in client.xrange(dead))
+    restarts = worker.events("child died; restarting all children")
+    record(Row("hostile producer: any fields and values, keys of the wrong type",
+               len(sent), lost, duplicated, time.monotonic() - started,
+               f"{len(errors)} errors, {len(dead_srcs)} dead letters, {len(restarts)} "
+               f"restarts; output and dead-letter streams broken and restored "
+               f"after {half:,} and {len(sent):,} entries"))  # fmt: skip
+    assert (lost, duplicated) == (0, 0)
+    assert all(results[i][0][b"status"] == b"ok" for i in valid), "every valid entry answered"
+    assert dead_srcs == errors  # exactly one dead letter per error
+    assert restarts == [] and worker.proc.poll() is None
+
+
+MISCONFIGURED = "queue misconfigured; results are kept and the commit retried"
+
+
+def break_and_restore(client: redis.Redis, worker, key: str, stream: str) -> bytes:
+    """Replace ``key`` by a string until the worker says it is waiting (a valid entry
+    sent meanwhile makes it commit), then put the stream back as it was; the entry's id."""
+    aside = key + ":aside"
+    if client.exists(key):
+        client.rename(key, aside)
+    client.set(key, b"someone's string")
+    seen = len(worker.events(MISCONFIGURED))
+    sentinel: bytes = client.xadd(stream, {"data": b"sent while " + key.encode() + b" was broken"})
+    deadline = time.monotonic() + 60
+    while len(worker.events(MISCONFIGURED)) == seen:
+        assert time.monotonic() < deadline, "the worker never tried to commit"
+        time.sleep(0.2)
+    assert client.get(key) == b"someone's string", "the worker wrote nothing over it"
+    client.delete(key)
+    if client.exists(aside):
+        client.rename(aside, key)
+    return sentinel
+
+
+def wait_for_every_result(
+    client: redis.Redis, worker, sent: list[bytes], streams: list, timeout_s: float
+) -> dict[bytes, list[dict[bytes, bytes]]]:
+    deadline = time.monotonic() + timeout_s
     results: dict[bytes, list[dict[bytes, bytes]]] = {}
-    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert worker.proc.poll() is None, f"the worker died:\n{worker.log()[-3000:]}"
         results = {}
-        for key in [out, *replies]:
+        for key in streams:
             try:
                 entries = client.xrange(key)
             except redis.ResponseError:
-                continue
+                continue  # not a stream: nothing was written there
             for _id, f in entries:
-                results.setdefault(f[b"src"], []).append(f)
+                if b"src" in f and b"status" in f:
+                    results.setdefault(f[b"src"], []).append(f)
         if len(results) >= len(set(sent)):
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     time.sleep(0.5)
-    lost = sum(1 for i in sent if i not in results)
-    duplicated = sum(len(r) - 1 for r in results.values())
-    errors = {i for i, r in results.items() if r[0][b"status"] == b"error"}
-    dead_srcs = [f[b"src"] for _id, f in client.xrange(dead)]
-    record(Row("hostile producer: random fields, junk, huge entries, unknown ops",
-               len(sent), lost, duplicated, time.monotonic() - started,
-               f"{len(errors)} errors, {len(dead_srcs)} dead letters"))  # fmt: skip
-    assert (lost, duplicated) == (0, 0)
-    assert sorted(dead_srcs) == sorted(errors)  # exactly one dead letter per error
-    assert worker.proc.poll() is None
-    assert "child died" not in worker.log()
+    return results

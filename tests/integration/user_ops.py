@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import time
 
 import numpy as np
@@ -90,3 +91,18 @@ class FragileLengths(Echo):
 
 
 fragile_lengths = FragileLengths()
+
+
+class Segfaulting(Echo):
+    """Echo that crashes its process outright on a payload starting with b"segv": a
+    native crash, with no exception to catch (the compute process dies of SIGSEGV)."""
+
+    name = "segv_echo"
+
+    def cpu(self, payloads, lens):
+        if (payloads[:, :4] == np.frombuffer(b"segv", np.uint8)).all(axis=1).any():
+            ctypes.string_at(0)  # reads address 0
+        return self.reference(payloads, lens)
+
+
+segv_echo = Segfaulting()

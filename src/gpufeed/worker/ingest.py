@@ -13,27 +13,25 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 import structlog
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
-from gpufeed.connect import Client, RedisTarget, cluster_reply_check
+from gpufeed.connect import cluster_reply_check
 from gpufeed.errors import QueueMisconfigured, RingClosed
 from gpufeed.ops.registry import OpTable
 from gpufeed.packing import (
     Columns,
     Entry,
     PackedBatch,
+    ResultEntry,
     Results,
     Status,
     collect_results,
     pack,
-    read_entries,
-    reply_entries,
 )
 from gpufeed.packing.ids import ids_ms
 from gpufeed.packing.layout import SlotArray, payload_capacity
@@ -41,47 +39,31 @@ from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
 from gpufeed.worker.commit import REDIS_ERRORS, CommitCounts, Committer
 from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.crashlog import Trials
 from gpufeed.worker.exits import exit_on_known_failures
 from gpufeed.worker.gctune import tune_for_hot_loop
-from gpufeed.worker.isolate import NOT_ISOLATED, commit_each, pack_each
+from gpufeed.worker.isolate import NOT_ISOLATED, as_entries, commit_each, pack_each
+from gpufeed.worker.reader import GroupReader, ensure_group, make_client
 from gpufeed.worker.reclaim import Reclaimer
 
 log = structlog.get_logger()
 
-HISTORY = "0"
-NEW = ">"
-# A blocked read that woke with fewer entries than this reads once more (Ingest._top_up).
-TOP_UP_BELOW = 64
 
+def reply_to_check_for(config: WorkerConfig) -> Callable[[bytes], str | None]:
+    """Why a ``reply_to`` stream cannot be used: the queue's own input or dead-letter
+    stream (a result written there would be read as a message, or as a dead letter),
+    or, on a cluster, a stream in another hash slot than the queue's (the commit
+    script writes every stream in one call)."""
+    own = {config.in_key.encode(): "input", config.dead_key.encode(): "dead-letter"}
+    cluster = cluster_reply_check(config.in_key) if config.redis.cluster else None
 
-def make_client(target: RedisTarget) -> Client:
-    """A client that retries lost connections with capped exponential backoff.
+    def check(reply_to: bytes) -> str | None:
+        kind = own.get(reply_to)
+        if kind is not None:
+            return f"reply_to names the queue's own {kind} stream"
+        return cluster(reply_to) if cluster is not None else None
 
-    XREADGROUP replies are left unparsed (``read_entries`` reads them: a
-    data-only read becomes two lists, with no dict per message); a cluster
-    client parses them on the node anyway, which ``reply_entries`` reads as well.
-    """
-    client = target.connect(
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
-        retry_on_error=list(REDIS_ERRORS),
-        health_check_interval=30,
-        socket_keepalive=True,
-        protocol=2,
-    )
-    client.set_response_callback("XREADGROUP", lambda response, **options: response)
-    return client
-
-
-def ensure_group(client: Client, config: WorkerConfig) -> None:
-    """Create the consumer group (and the stream) unless it exists."""
-    try:
-        client.xgroup_create(config.in_key, config.group, id=config.start_id, mkstream=True)
-        log.info("consumer group created", stream=config.in_key, group=config.group)
-    except redis.ResponseError as exc:
-        if "WRONGTYPE" in str(exc):
-            raise QueueMisconfigured(f"{config.in_key}: {exc}") from exc
-        if "BUSYGROUP" not in str(exc):
-            raise
+    return check
 
 
 # How often each ingest process logs a throughput summary (info level).
@@ -103,7 +85,12 @@ class _SentBatch:
 
 class Ingest:
     def __init__(
-        self, config: WorkerConfig, index: int, requests: RingProducer, responses: RingConsumer
+        self,
+        config: WorkerConfig,
+        index: int,
+        requests: RingProducer,
+        responses: RingConsumer,
+        trials: Trials | None = None,
     ) -> None:
         self.config = config
         self.consumer = config.consumer_name(index)
@@ -113,8 +100,8 @@ class Ingest:
             config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
         )
         self.client = make_client(config.redis)
-        # On a cluster the commit script can only write reply_to streams in our slot.
-        self.reply_to_check = cluster_reply_check(config.in_key) if config.redis.cluster else None
+        self.reader = GroupReader(self.client, config, self.consumer)
+        self.reply_to_check = reply_to_check_for(config)
         self.committer = Committer(self.client, config, self.consumer)
         self.counts = CommitCounts()
         self.reclaimer = Reclaimer(self.client, config, self.consumer)
@@ -124,9 +111,9 @@ class Ingest:
         self.summary_at = time.monotonic()
         self.summary_answered = 0
         self.seq = 0
-        self.read_id = HISTORY
         self.draining = False
         self.stats = {"read": 0, "batches": 0, "rejected": 0}
+        self.trials = trials  # entries pending across crashes (worker/crashlog.py)
 
     # -- results -----------------------------------------------------------------------
 
@@ -206,58 +193,6 @@ class Ingest:
         )  # fmt: skip
         self.summary_at, self.summary_answered = now, answered
 
-    # -- reading -----------------------------------------------------------------------
-
-    def _xreadgroup(self, count: int, block: int | None) -> Any:
-        try:
-            return self.client.xreadgroup(
-                self.config.group,
-                self.consumer,
-                {self.config.in_key: self.read_id},
-                count=count,
-                block=block,
-            )
-        except redis.ResponseError as exc:
-            if "WRONGTYPE" in str(exc) or "NOGROUP" in str(exc):
-                # The input stream was replaced by another type, or deleted with its
-                # group: wait for someone to fix it (the group is made again below).
-                raise QueueMisconfigured(f"{self.config.in_key}: {exc}") from exc
-            raise
-
-    def read(self, room: int) -> list[Entry] | Columns:
-        block: int | None = None if self.in_flight else max(1, self.config.max_wait_ms)
-        reply: Any = self._xreadgroup(room, block)
-        if self.read_id == NEW:
-            if block is not None and reply:
-                reply = self._top_up(reply, room)
-            return read_entries(reply)
-        # Pending history comes back in id order; page through it, then go live.
-        entries = reply_entries(reply)
-        if entries:
-            self.read_id = entries[-1][0].decode()
-            held = self._held()
-            entries = [e for e in entries if e[0] not in held]
-        else:
-            self.read_id = NEW
-        return entries
-
-    def _top_up(self, reply: Any, room: int) -> Any:
-        """After a blocked read wakes, read once more without blocking.
-
-        Redis wakes a blocked reader as soon as the first entry of a producer's
-        pipelined burst is added, so that read holds one entry or a few, and the
-        rest of the burst is in the stream by the time the next command is
-        served. Taking it now makes one batch, computed and committed once,
-        instead of a tiny batch whose commit the rest waits behind.
-        """
-        got = len(reply[0][1])
-        if got >= min(room, TOP_UP_BELOW):
-            return reply
-        more: Any = self._xreadgroup(room - got, None)
-        if not more:
-            return reply
-        return [[reply[0][0], [*reply[0][1], *more[0][1]]]]
-
     def _held(self) -> set[bytes]:
         """The ids of the entries in the request ring or waiting for their results."""
         return {i for f in self.in_flight for i in f.batch.ids}
@@ -284,13 +219,23 @@ class Ingest:
             for d in dead:
                 self._log_failed(d.src, d.reason, d.status)
         else:
-            fresh = self.read_id == NEW
-            entries = self.read(room)
+            fresh = self.reader.live
+            block = None if self.in_flight else max(1, self.config.max_wait_ms)
+            entries = self.reader.read(room, block, self._held)
+        if entries and self.trials is not None and self.trials.poison:
+            entries = self._answer_poison(entries)
         if not entries:
             self.requests.commit(0)
             return False
+        self._send(entries, (first, second), fresh)
+        return True
+
+    def _send(
+        self, entries: list[Entry] | Columns, out: tuple[SlotArray, SlotArray], fresh: bool
+    ) -> None:
+        """Pack ``entries`` into the reserved slots ``out`` and hand them to compute."""
         read_ms = time.time() * 1000
-        batch = self._pack(entries, (first, second), int(read_ms))
+        batch = self._pack(entries, out, int(read_ms))
         self.requests.commit(batch.count)
         self.stats["read"] += len(entries)
         self.stats["batches"] += 1
@@ -308,7 +253,48 @@ class Ingest:
             metrics.RING_OCCUPANCY.inc(batch.count)
             self.seq = (self.seq + batch.count) % (1 << 32)
             self.in_flight.append(_SentBatch(batch, born, time.perf_counter(), fresh))
-        return True
+
+    # -- entries that keep killing the worker (worker/crashlog.py) -----------------------
+
+    def _answer_poison(self, entries: list[Entry] | Columns) -> list[Entry] | Columns:
+        """Answer the entries convicted of crashing the worker with an error; the rest."""
+        assert self.trials is not None
+        poison = self.trials.poison
+        ids = entries.ids if isinstance(entries, Columns) else [e[0] for e in entries]
+        if not poison.keys() & set(ids):
+            return entries
+        kept: list[Entry] = []
+        for entry in as_entries(entries):
+            why = poison.get(entry[0])
+            if why is None:
+                kept.append(entry)
+                continue
+            result = ResultEntry(entry[0], Status.ERROR, why.encode())
+            self.to_commit.extend([result])
+            self._log_failed(entry[0], why, Status.ERROR)
+            self.trials.answered(entry[0])
+        return kept
+
+    def run_trials(self) -> None:
+        """Before any other work: run each suspect of this consumer alone, through the
+        ring and the compute process to its commit; then wait for the other ingest
+        processes' suspects."""
+        assert self.trials is not None
+        for entry_id in self.trials.mine:
+            with self.trials.alone(entry_id):
+                found: Any = self.client.xrange(self.config.in_key, entry_id, entry_id)
+                entries: list[Entry] = [(entry_id, found[0][1] if found else None)]
+                if self.trials.poison:
+                    entries = self._answer_poison(entries)  # type: ignore[assignment]
+                if entries:
+                    self._send(entries, self.requests.reserve(1, timeout=None), fresh=False)
+                while self.in_flight:
+                    self.collect(timeout=0.05)
+                self.commit()
+            log.debug("suspect ran alone and was answered", entry_id=entry_id.decode())
+        if self.trials.mine:
+            log.info("suspects ran alone", consumer=self.consumer, count=len(self.trials.mine))
+        self.trials.wait_for_the_others()
 
     def _pack(
         self, entries: list[Entry] | Columns, out: tuple[SlotArray, SlotArray], now_ms: int
@@ -356,6 +342,8 @@ class Ingest:
                     ensure_group(self.client, self.config)
                     self.committer.load()
                     group_ready = True
+                if self.trials is not None and self.trials.pending:
+                    self.run_trials()
                 if not self.step():
                     break
                 failures = 0
@@ -376,7 +364,7 @@ class Ingest:
                 time.sleep(pause)
                 # A reply lost with the connection may have delivered entries we never
                 # saw: re-read our pending history (entries in flight are filtered out).
-                self.read_id = HISTORY
+                self.reader.reread_history()
         log.info(
             "ingest drained",
             consumer=self.consumer,
@@ -393,15 +381,18 @@ def ingest_main(
     responses_name: str,
     drain: Any,
     setup: Callable[[str], None] | None = None,
+    crashlog: str | None = None,
 ) -> None:
-    """Entry point of ingest process ``index`` (started with ``spawn``)."""
+    """Entry point of ingest process ``index`` (started with ``spawn``); ``crashlog``
+    is the supervisor's crash log (worker/crashlog.py)."""
     if setup is not None:
         setup(f"ingest-{index}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains
     with exit_on_known_failures(requests_name, responses_name):
         requests = RingProducer.attach(requests_name)
         responses = RingConsumer.attach(responses_name)
-        ingest = Ingest(config, index, requests, responses)
+        trials = Trials(Path(crashlog), config.consumer_name(index)) if crashlog else None
+        ingest = Ingest(config, index, requests, responses, trials)
 
         def on_term(signum: int, frame: Any) -> None:
             ingest.draining = True

@@ -40,7 +40,8 @@ def internal_error(entry_id: bytes, exc: BaseException) -> ResultEntry:
     return ResultEntry(entry_id, Status.ERROR, text.encode(errors="replace")[:MAX_REASON_BYTES])
 
 
-def _as_entries(entries: Sequence[Entry] | Columns) -> list[Entry]:
+def as_entries(entries: Sequence[Entry] | Columns) -> list[Entry]:
+    """Entries one by one, whether a read came as entries or as ``Columns``."""
     if isinstance(entries, Columns):
         return [(i, {b"data": d}) for i, d in zip(entries.ids, entries.datas, strict=True)]
     return list(entries)
@@ -59,7 +60,7 @@ def pack_each(
     scratch = np.zeros((1, slot_bytes), np.uint8)
     good: list[Entry] = []
     failed: list[ResultEntry] = []
-    for entry in _as_entries(entries):
+    for entry in as_entries(entries):
         try:
             pack_some([entry], scratch)
         except NOT_ISOLATED:

@@ -35,7 +35,8 @@ from gpufeed.worker.access import check_worker_access
 from gpufeed.worker.commit import REDIS_ERRORS
 from gpufeed.worker.compute import compute_main
 from gpufeed.worker.config import WorkerConfig
-from gpufeed.worker.exits import describe_exit
+from gpufeed.worker.crashlog import MAX_PENDING, CrashLog
+from gpufeed.worker.exits import EXIT_DEVICE_LOST, EXIT_RING_CORRUPT, describe_exit
 from gpufeed.worker.ingest import ingest_main
 
 log = structlog.get_logger()
@@ -73,9 +74,10 @@ class Supervisor:
         self.child_setup = child_setup
         self.stopping = False
         self.restarts = 0
-        # Outlives every compute process, not the worker (worker/quarantine.py).
+        # Outlive every child, not the worker (worker/quarantine.py, worker/crashlog.py).
         self._quarantine_dir = tempfile.TemporaryDirectory(prefix="gpufeed-quarantine-")
         self.quarantine_path = Path(self._quarantine_dir.name) / "quarantine"
+        self.crashlog = CrashLog(Path(self._quarantine_dir.name) / "entries")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if not self.stopping:
@@ -103,7 +105,15 @@ class Supervisor:
             gen.children.append(
                 _CTX.Process(
                     target=ingest_main,
-                    args=(cfg, i, req_name, resp_name, gen.drain, self.child_setup),
+                    args=(
+                        cfg,
+                        i,
+                        req_name,
+                        resp_name,
+                        gen.drain,
+                        self.child_setup,
+                        str(self.crashlog.path),
+                    ),
                     name=f"gpufeed-ingest-{i}",
                 )
             )
@@ -149,6 +159,7 @@ class Supervisor:
                     child=crashed.name, reason=describe_exit(crashed.exitcode),
                 )  # fmt: skip
                 gen.close()
+                self._record_crash(crashed.exitcode)
                 self.restarts += 1
                 self._pause(min(MAX_RESTART_PAUSE_S, 0.1 * 2 ** min(self.restarts, 7)))
                 if self.stopping:
@@ -157,6 +168,30 @@ class Supervisor:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self._quarantine_dir.cleanup()
+
+    def _record_crash(self, code: int | None) -> None:
+        """Count the crash against every entry pending for our consumers
+        (worker/crashlog.py). A lost GPU has its own quarantine, and a damaged ring
+        is nobody's entry's doing."""
+        if code in (EXIT_DEVICE_LOST, EXIT_RING_CORRUPT):
+            return
+        cfg = self.config
+        pending: dict[bytes, str] = {}
+        try:
+            client = cfg.redis.connect(socket_timeout=5.0)
+            try:
+                for i in range(cfg.ingest_procs):
+                    consumer = cfg.consumer_name(i)
+                    rows: Any = client.xpending_range(
+                        cfg.in_key, cfg.group, "-", "+", MAX_PENDING, consumername=consumer
+                    )
+                    pending.update((r["message_id"], consumer) for r in rows)
+            finally:
+                client.close()
+        except (*REDIS_ERRORS, redis.ResponseError) as exc:
+            log.warning("pending entries unknown after a crash; not counted", error=str(exc))
+            return
+        self.crashlog.record_crash(pending, describe_exit(code))
 
     def _preflight(self) -> bool:
         """Wait for Redis, then check the user may do all a worker does.

@@ -1,0 +1,128 @@
+"""Reading a queue's input stream as one consumer of its group: pending history first,
+then new entries, and the client and group that takes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import structlog
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from gpufeed.connect import Client, RedisTarget
+from gpufeed.errors import QueueMisconfigured
+from gpufeed.packing import Columns, Entry, read_entries, reply_entries
+from gpufeed.worker.commit import REDIS_ERRORS
+from gpufeed.worker.config import WorkerConfig
+
+log = structlog.get_logger()
+
+HISTORY = "0"
+NEW = ">"
+# A blocked read that woke with fewer entries than this reads once more (_top_up).
+TOP_UP_BELOW = 64
+
+
+def make_client(target: RedisTarget) -> Client:
+    """A client that retries lost connections with capped exponential backoff.
+
+    XREADGROUP replies are left unparsed (``read_entries`` reads them: a
+    data-only read becomes two lists, with no dict per message); a cluster
+    client parses them on the node anyway, which ``reply_entries`` reads as well.
+    """
+    client = target.connect(
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.02), retries=8),
+        retry_on_error=list(REDIS_ERRORS),
+        health_check_interval=30,
+        socket_keepalive=True,
+        protocol=2,
+    )
+    client.set_response_callback("XREADGROUP", lambda response, **options: response)
+    return client
+
+
+def ensure_group(client: Client, config: WorkerConfig) -> None:
+    """Create the consumer group (and the stream) unless it exists."""
+    try:
+        client.xgroup_create(config.in_key, config.group, id=config.start_id, mkstream=True)
+        log.info("consumer group created", stream=config.in_key, group=config.group)
+    except redis.ResponseError as exc:
+        if "WRONGTYPE" in str(exc):
+            raise QueueMisconfigured(f"{config.in_key}: {exc}") from exc
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class GroupReader:
+    """XREADGROUP for one consumer: its pending history (what it read and did not
+    answer before a restart or a lost connection), page by page, then new entries."""
+
+    def __init__(self, client: Client, config: WorkerConfig, consumer: str) -> None:
+        self.client = client
+        self.config = config
+        self.consumer = consumer
+        self.read_id = HISTORY
+
+    @property
+    def live(self) -> bool:
+        """Reading new entries (``>``), past the pending history."""
+        return self.read_id == NEW
+
+    def reread_history(self) -> None:
+        """A reply lost with the connection may have delivered entries we never saw."""
+        self.read_id = HISTORY
+
+    def _xreadgroup(self, count: int, block: int | None) -> Any:
+        try:
+            return self.client.xreadgroup(
+                self.config.group,
+                self.consumer,
+                {self.config.in_key: self.read_id},
+                count=count,
+                block=block,
+            )
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc) or "NOGROUP" in str(exc):
+                # The input stream was replaced by another type, or deleted with its
+                # group: wait for someone to fix it (the group is made again below).
+                raise QueueMisconfigured(f"{self.config.in_key}: {exc}") from exc
+            raise
+
+    def read(
+        self, room: int, block: int | None, held: Callable[[], set[bytes]]
+    ) -> list[Entry] | Columns:
+        """Up to ``room`` entries; waits up to ``block`` ms (None: not at all) for new
+        ones. History already ``held`` (in flight) is left out."""
+        reply: Any = self._xreadgroup(room, block)
+        if self.read_id == NEW:
+            if block is not None and reply:
+                reply = self._top_up(reply, room)
+            return read_entries(reply)
+        # Pending history comes back in id order; page through it, then go live.
+        entries = reply_entries(reply)
+        if entries:
+            self.read_id = entries[-1][0].decode()
+            holding = held()
+            entries = [e for e in entries if e[0] not in holding]
+        else:
+            self.read_id = NEW
+        return entries
+
+    def _top_up(self, reply: Any, room: int) -> Any:
+        """After a blocked read wakes, read once more without blocking.
+
+        Redis wakes a blocked reader as soon as the first entry of a producer's
+        pipelined burst is added, so that read holds one entry or a few, and the
+        rest of the burst is in the stream by the time the next command is
+        served. Taking it now makes one batch, computed and committed once,
+        instead of a tiny batch whose commit the rest waits behind.
+        """
+        got = len(reply[0][1])
+        if got >= min(room, TOP_UP_BELOW):
+            return reply
+        more: Any = self._xreadgroup(room - got, None)
+        if not more:
+            return reply
+        return [[reply[0][0], [*reply[0][1], *more[0][1]]]]

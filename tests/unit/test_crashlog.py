@@ -1,0 +1,56 @@
+"""The crash log's bookkeeping: which pending entries become suspects, which suspect
+is convicted, and what each ingest process is told (worker/crashlog.py)."""
+
+from __future__ import annotations
+
+from gpufeed.worker.crashlog import SUSPECT_AFTER, CrashLog, CrashLogState, Trials
+
+
+def test_an_entry_pending_at_two_crashes_in_a_row_is_a_suspect_of_its_consumer(tmp_path):
+    log = CrashLog(tmp_path / "entries")
+    log.record_crash({b"1-0": "host-0", b"1-1": "host-0", b"1-2": "host-1"}, "killed by SIGSEGV")
+    assert CrashLogState.read(log.path).suspects == {}  # one crash tells nothing apart
+    # 1-0 was answered in between; 1-3 is new
+    log.record_crash({b"1-1": "host-0", b"1-2": "host-1", b"1-3": "host-1"}, "killed by SIGSEGV")
+    assert SUSPECT_AFTER == 2
+    assert CrashLogState.read(log.path).suspects == {b"1-1": "host-0", b"1-2": "host-1"}
+    assert Trials(log.path, "host-0").mine == [b"1-1"]
+    assert Trials(log.path, "host-1").mine == [b"1-2"]
+    assert Trials(log.path, "host-2").pending  # the others' suspects hold it back too
+
+
+def test_a_suspect_that_was_running_alone_when_the_children_died_is_poison(tmp_path) -> None:
+    log = CrashLog(tmp_path / "entries")
+    pending = {b"1-1": "host-0", b"1-2": "host-0", b"1-3": "host-0"}
+    log.record_crash(pending, "killed by SIGSEGV")
+    log.record_crash(pending, "killed by SIGSEGV")
+    trials = Trials(log.path, "host-0")
+    with trials.alone(b"1-1"):
+        pass  # its result was committed: cleared
+    with trials.alone(b"1-2"):
+        log.record_crash({b"1-2": "host-0", b"1-3": "host-0"}, "killed by SIGSEGV")
+    state = CrashLogState.read(log.path)
+    assert list(state.poison) == [b"1-2"]
+    assert "died 3 times while this entry was pending, the last time while it was " \
+           "handled alone (killed by SIGSEGV)" in state.poison[b"1-2"]  # fmt: skip
+    assert state.suspects == {b"1-3": "host-0"}  # not yet run alone: it still will be
+    next_one = Trials(log.path, "host-0")
+    assert next_one.poison.keys() == {b"1-2"} and next_one.mine == [b"1-3"]
+    next_one.answered(b"1-2")
+    assert Trials(log.path, "host-0").poison == {}
+    log.record_crash({}, "killed by SIGKILL")  # answered poison is not carried over
+    assert CrashLogState.read(log.path).poison == {}
+
+
+def test_waiting_for_the_others_ends_when_every_suspect_has_run(tmp_path) -> None:
+    log = CrashLog(tmp_path / "entries")
+    for _ in range(2):
+        log.record_crash({b"1-1": "host-0", b"2-1": "host-1"}, "exit code 1")
+    mine, theirs = Trials(log.path, "host-0"), Trials(log.path, "host-1")
+    with mine.alone(b"1-1"):
+        pass
+    with theirs.alone(b"2-1"):
+        pass
+    mine.wait_for_the_others(timeout_s=5)
+    assert not mine.pending
+    assert CrashLogState.read(log.path).unresolved == set()

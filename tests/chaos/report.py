@@ -93,7 +93,11 @@ NOTES = """
   pending at the second crash are suspects and are each run alone, one at a
   time across the worker, before any other work; the one running when the
   third crash comes is convicted and answered with an error at the next
-  start. An innocent suspect costs one run on its own.
+  start. An innocent suspect costs one run on its own; each further poison
+  entry among the suspects, one restart more. Only deaths an entry can cause
+  count (a fault signal such as SIGSEGV or SIGABRT, an unexpected exit
+  code): SIGKILL and SIGTERM come from outside, so the scenario that
+  SIGKILLs the compute process dead-letters nothing.
 - A producer over ten times faster than the worker: the worker holds at
   most a full request ring, a full response ring and one batch (reads stop
   when the request ring is full), so its processes' memory stays flat (the

@@ -11,7 +11,7 @@ import pytest
 from harness import finish, start_producer
 from report import Row, record, sized
 
-from conftest import WorkerProcess, keys
+from conftest import WorkerProcess, keys, results_by_src
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
@@ -41,5 +41,9 @@ def test_compute_process_sigkill_with_the_supervisor_surviving(
     record(Row("compute process SIGKILLed, supervisor restarts it", n, lost, duplicated,
                time.monotonic() - started, f"{kills} kills, {restarts} restarts"))  # fmt: skip
     assert (lost, duplicated) == (0, 0)
+    # Killed from outside, the compute process accuses none of the entries it held
+    # (worker/crashlog.py): every one is answered as if nothing had happened.
+    statuses = {r[0][b"status"] for r in results_by_src(client, queue).values()}
+    assert statuses == {b"ok"} and client.xlen(keys(queue)[2]) == 0
     assert worker.proc.poll() is None  # the supervisor itself never died
     assert restarts == kills and "killed by SIGKILL" in worker.log()

@@ -3,7 +3,9 @@ the worker, and a misconfigured key holds the queue up without losing anything."
 
 from __future__ import annotations
 
+import signal
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,7 +14,9 @@ from gpufeed.loadgen.produce import xadd_all
 from gpufeed.packing import ResultEntry, Results
 from gpufeed.worker.commit import Committer
 from gpufeed.worker.config import WorkerConfig
+from gpufeed.worker.crashlog import CrashLogState
 from gpufeed.worker.isolate import commit_each
+from gpufeed.worker.supervisor import Supervisor, _Generation
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -71,7 +75,7 @@ def test_an_output_stream_of_another_type_stops_the_worker_at_start(
     client.set(keys(queue)[1], b"not a stream")
     worker = start_worker()
     assert worker.proc.wait(60) == 2
-    assert f"{keys(queue)[1]} holds a string" in worker.log()
+    assert f"{keys(queue)[1]} is not a stream" in worker.log()
 
 
 def test_an_output_stream_broken_while_serving_holds_results_until_it_is_fixed(
@@ -131,3 +135,63 @@ def struct_error(text: str) -> Exception:
     import struct
 
     return struct.error(text)
+
+
+def test_only_a_crash_an_entry_can_cause_counts_against_the_pending_entries(
+    client, redis_server, queue
+) -> None:
+    """Killed from outside (SIGKILL, SIGTERM), a child accuses no entry: a restart storm
+    of an operator's making must not dead-letter innocent messages. A fault counts, and
+    an ingest process's fault counts against its own entries only."""
+    config = WorkerConfig(queue=queue, redis_url=redis_server.url, ingest_procs=2)
+    stream = config.in_key
+    xadd_all(client, stream, [b"a", b"b", b"c", b"d"])
+    client.xgroup_create(stream, config.group, id="0")
+    mine = client.xreadgroup(config.group, config.consumer_name(0), {stream: ">"}, count=2)
+    theirs = client.xreadgroup(config.group, config.consumer_name(1), {stream: ">"}, count=2)
+    ids0, ids1 = ([i for i, _ in r[0][1]] for r in (mine, theirs))
+    supervisor = Supervisor(config)
+    try:
+        compute, ingest0, ingest1 = (SimpleNamespace(exitcode=None) for _ in range(3))
+        gen = _Generation(children=[compute, ingest0, ingest1])
+
+        def crash(child: SimpleNamespace, code: int) -> dict[bytes, str]:
+            child.exitcode = code
+            supervisor._record_crash(gen, child)
+            return CrashLogState.read(supervisor.crashlog.path).suspects
+
+        for _ in range(3):
+            assert crash(compute, -signal.SIGKILL) == {}
+            assert crash(ingest0, -signal.SIGTERM) == {}
+        crash(ingest0, -signal.SIGSEGV)
+        assert crash(ingest0, -signal.SIGSEGV) == dict.fromkeys(ids0, config.consumer_name(0))
+        crash(compute, -signal.SIGABRT)
+        assert set(crash(compute, -signal.SIGABRT)) == {*ids0, *ids1}
+    finally:
+        supervisor._quarantine_dir.cleanup()
+
+
+def test_a_server_refusing_writes_holds_results_until_it_takes_them_again(
+    client, queue, start_worker
+) -> None:
+    """Out of memory (``maxmemory`` reached, no eviction), Redis refuses the commit.
+    No entry is to blame and a restart would meet the same refusal: the ingest keeps
+    its results, says so, and commits them once the server takes writes again."""
+    stream = keys(queue)[0]
+    ids = xadd_all(client, stream, [b"m%d" % i for i in range(20)])
+    before = client.config_get("maxmemory")["maxmemory"]
+    try:
+        client.config_set("maxmemory", 1)  # reads still go through, writes do not
+        worker = start_worker("--log-format", "json")
+        deadline = time.monotonic() + 60
+        while not worker.events("redis refused a command; results are kept and the "
+                                "commit retried"):  # fmt: skip
+            assert time.monotonic() < deadline, worker.log()[-3000:]
+            time.sleep(0.1)
+        assert client.xlen(keys(queue)[1]) == 0
+    finally:
+        client.config_set("maxmemory", before)
+    results = wait_for_results(client, queue, 20, worker=worker)
+    assert set(results) == set(ids) and all(len(r) == 1 for r in results.values())
+    assert all(r[0][b"status"] == b"ok" for r in results.values())
+    assert_no_restart(worker)

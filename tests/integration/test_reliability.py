@@ -154,7 +154,7 @@ def test_an_output_or_dead_letter_key_of_another_type_refuses_the_commit_before_
     entries = [ResultEntry(ids[0], "ok", b"r0"), ResultEntry(ids[1], "error", b"bad", cid=b"c"),
                ResultEntry(ids[2], "ok", b"r2", cid=b"c2")]  # fmt: skip
     committer = Committer(client, config, "me")
-    with pytest.raises(QueueMisconfigured, match=f"{re.escape(broken)} holds a string"):
+    with pytest.raises(QueueMisconfigured, match=f"{re.escape(broken)} is not a stream"):
         committer.commit(entries)
     for key in (config.out_key, config.dead_key):
         assert key == broken or client.xlen(key) == 0, "nothing was written"

@@ -3,6 +3,10 @@ is convicted, and what each ingest process is told (worker/crashlog.py)."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from gpufeed.worker.crashlog import SUSPECT_AFTER, CrashLog, CrashLogState, Trials
 
 
@@ -54,3 +58,66 @@ def test_waiting_for_the_others_ends_when_every_suspect_has_run(tmp_path) -> Non
     mine.wait_for_the_others(timeout_s=5)
     assert not mine.pending
     assert CrashLogState.read(log.path).unresolved == set()
+
+
+def test_a_trial_given_up_on_an_exception_convicts_nobody(tmp_path) -> None:
+    log = CrashLog(tmp_path / "entries")
+    pending = {b"1-1": "host-0"}
+    log.record_crash(pending, "killed by SIGSEGV")
+    log.record_crash(pending, "killed by SIGSEGV")
+    trials = Trials(log.path, "host-0")
+    with pytest.raises(ConnectionError), trials.alone(b"1-1"):
+        raise ConnectionError("redis went away mid-trial")
+    assert CrashLogState.read(log.path).unresolved == {b"1-1"}  # it runs again
+    assert trials.mine == [b"1-1"]
+    log.record_crash(pending, "killed by SIGSEGV")  # a crash after the trial was given up
+    state = CrashLogState.read(log.path)
+    assert state.poison == {} and state.suspects == {b"1-1": "host-0"}
+
+
+def test_a_cleared_suspect_leaves_the_list_of_those_still_to_run(tmp_path) -> None:
+    log = CrashLog(tmp_path / "entries")
+    for _ in range(2):
+        log.record_crash({b"1-1": "host-0", b"1-2": "host-0"}, "killed by SIGSEGV")
+    trials = Trials(log.path, "host-0")
+    with trials.alone(b"1-1"):
+        pass
+    assert trials.mine == [b"1-2"]
+
+
+def test_one_ingest_process_dying_leaves_the_others_counts_and_suspects(tmp_path) -> None:
+    log = CrashLog(tmp_path / "entries")
+    both = {b"1-1": "host-0", b"2-1": "host-1"}
+    log.record_crash(both, "killed by SIGSEGV", ["host-0", "host-1"])  # compute died
+    log.record_crash(both, "killed by SIGSEGV", ["host-0", "host-1"])
+    assert CrashLogState.read(log.path).suspects == both
+    # ingest 1 died alone: host-0's pending entries were not asked for, nor involved
+    log.record_crash({b"2-1": "host-1"}, "exit code 1", ["host-1"])
+    state = CrashLogState.read(log.path)
+    assert state.suspects == both
+    assert b"1-1 host-0 2" in log.path.read_bytes() and b"2-1 host-1 3" in log.path.read_bytes()
+
+
+def test_poison_answered_elsewhere_is_forgotten_at_the_next_crash(tmp_path) -> None:
+    log = CrashLog(tmp_path / "entries")
+    pending = {b"1-1": "host-0"}
+    for _ in range(2):
+        log.record_crash(pending, "killed by SIGSEGV")
+    with Trials(log.path, "host-0").alone(b"1-1"):
+        log.record_crash(pending, "killed by SIGSEGV")
+    assert CrashLogState.read(log.path).poison.keys() == {b"1-1"}
+    log.record_crash({b"2-2": "host-1"}, "killed by SIGSEGV", ["host-1"])  # not host-0's
+    assert CrashLogState.read(log.path).poison.keys() == {b"1-1"}
+    # host-0 involved, and 1-1 no longer pending: the reclaimer of another worker took it
+    log.record_crash({}, "killed by SIGSEGV", ["host-0"])
+    assert CrashLogState.read(log.path).poison == {}
+
+
+def test_waiting_for_the_others_gives_up_on_a_stop(tmp_path) -> None:
+    log = CrashLog(tmp_path / "entries")
+    for _ in range(2):
+        log.record_crash({b"2-1": "host-1"}, "killed by SIGSEGV")
+    mine = Trials(log.path, "host-0")
+    started = time.monotonic()
+    mine.wait_for_the_others(timeout_s=30, stop=lambda: True)
+    assert time.monotonic() - started < 5

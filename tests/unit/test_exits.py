@@ -3,15 +3,19 @@ reads, and no traceback."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import structlog
 
 from gpufeed.errors import ResultOutOfOrder, RingCorrupt
 from gpufeed.worker.exits import (
+    EXIT_DEVICE_LOST,
     EXIT_INTERNAL,
     EXIT_RING_CORRUPT,
     describe_exit,
     exit_on_known_failures,
+    may_be_an_entrys_doing,
 )
 
 OUT_OF_ORDER = "result slot carries seq 7, expected 3"
@@ -43,3 +47,17 @@ def test_a_known_failure_is_one_log_line_and_an_exit_code(error, code, event, fi
 def test_anything_else_still_raises() -> None:
     with pytest.raises(KeyError), exit_on_known_failures():
         raise KeyError("not ours to hide")
+
+
+@pytest.mark.parametrize(
+    ("code", "may_be"),
+    [
+        (-signal.SIGSEGV, True), (-signal.SIGBUS, True), (-signal.SIGABRT, True),
+        (-signal.SIGFPE, True), (1, True), (EXIT_INTERNAL, True),
+        # from outside: an operator, a container runtime, the out-of-memory killer
+        (-signal.SIGKILL, False), (-signal.SIGTERM, False), (-signal.SIGINT, False),
+        (0, False), (None, False), (EXIT_RING_CORRUPT, False), (EXIT_DEVICE_LOST, False),
+    ],
+)  # fmt: skip
+def test_only_a_death_an_entry_can_cause_counts_against_entries(code, may_be) -> None:
+    assert may_be_an_entrys_doing(code) is may_be

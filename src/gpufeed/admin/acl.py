@@ -11,10 +11,10 @@ from gpufeed.errors import ConfigError
 from gpufeed.keys import QueueKeys
 
 # What a worker runs: reading and answering (the commit script's commands are checked
-# one by one inside it), plus the read-only figures of --metrics-port.
+# one by one inside it, XLEN among them), plus the read-only figures of --metrics-port.
 WORKER_COMMANDS = (
     "ping", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xack", "xrange",
-    "xadd", "xtrim", "xdel", "type", "script|load", "evalsha",
+    "xadd", "xtrim", "xdel", "script|load", "evalsha",
     "xlen", "exists", "xinfo|groups", "xinfo|consumers",
 )  # fmt: skip
 # What a cluster client runs besides: redis-py reads the slot map and command table.

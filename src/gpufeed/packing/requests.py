@@ -302,6 +302,17 @@ def _reject(
     return ResultEntry(entry_id, status, body, fields.get(b"cid"), fields.get(b"reply_to"))
 
 
+def error_result(
+    entry_id: bytes, reason: str, fields: Fields | None, reply_to_check: ReplyToCheck | None
+) -> ResultEntry:
+    """An error result for an entry answered without packing it (delivered too often,
+    convicted of crashing the worker): it echoes the entry's cid and goes to its
+    reply_to stream only if packing would have accepted them."""
+    fields = fields or {}
+    safe = _metadata_problem(fields, reply_to_check) is None
+    return _reject(entry_id, reason, fields, safe_ids=safe)
+
+
 def _metadata_problem(fields: Fields, reply_to_check: ReplyToCheck | None = None) -> str | None:
     """Why a message's optional fields are unusable, or None."""
     if len(fields) > MAX_FIELDS:

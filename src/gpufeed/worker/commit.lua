@@ -44,12 +44,17 @@ local MAX_DEAD_FIELDS = 2000  -- stay far below Lua's unpack() limit
 -- what a script wrote before an error, so an XADD to a key of another type failing
 -- half-way would leave results written and their entries unacknowledged, and the
 -- retried commit would write them again. Checked before anything is written; the
--- worker reads this error as a misconfigured queue and retries later.
+-- worker reads this error as a misconfigured queue and retries later. XLEN, not
+-- TYPE: it needs no permission beyond those the worker's ACL user already has, and a
+-- key that does not exist yet answers 0.
 for k = 2, 3 do
-  local kind = redis.call('TYPE', KEYS[k])['ok']
-  if kind ~= 'stream' and kind ~= 'none' then
-    return redis.error_reply('GPUFEED_WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind ..
-                             ', not a stream: rename or delete it')
+  local len = redis.pcall('XLEN', KEYS[k])
+  if type(len) == 'table' and len.err then
+    if not string.find(len.err, 'WRONGTYPE', 1, true) then
+      return redis.error_reply(len.err)
+    end
+    return redis.error_reply('GPUFEED_WRONGTYPE ' .. KEYS[k] ..
+                             ' is not a stream: rename or delete it')
   end
 end
 

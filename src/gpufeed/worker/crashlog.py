@@ -13,11 +13,19 @@ reclaims, not these re-reads) or for ever. So the supervisor keeps a crash log:
 2. an entry pending at ``SUSPECT_AFTER`` crashes in a row is a *suspect*.
    The next children, before anything else, run each suspect alone, one at a
    time across all ingest processes (a file lock), noting ``trying`` before
-   and ``cleared`` once its result is committed; no other work starts until
-   every suspect is cleared;
-3. a suspect whose ``trying`` has no ``cleared`` when the children die was
-   alone in the worker when they did: it is *poison*. The next children
-   answer it with an error result and a dead letter, without running it.
+   and ``cleared`` once its result is committed (``aborted`` if the trial
+   ended on an exception, such as a lost connection: it runs again); no other
+   work starts until every suspect is cleared;
+3. a suspect whose last note is ``trying`` when the children die was alone in
+   the worker when they did: it is *poison*. The next children answer it with
+   an error result and a dead letter, without running it.
+
+Only a death an entry can cause counts (``exits.may_be_an_entrys_doing``): a
+fault signal or an unexpected exit code, not SIGKILL or SIGTERM, which come
+from outside (an operator, a container runtime; the out-of-memory killer
+cannot be told apart from them, so an entry that exhausts memory natively is
+not found this way). And only the entries of the consumers involved count: all
+of them when the compute process died, one ingest process's own when it did.
 
 So a poison entry is dead-lettered after three crashes: two to make it a
 suspect (the first crash cannot tell it from its batch-mates; the second
@@ -33,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,8 +60,7 @@ class CrashLogState:
 
     suspects: dict[bytes, str] = field(default_factory=dict)  # entry id -> consumer
     poison: dict[bytes, str] = field(default_factory=dict)  # entry id -> why
-    trying: set[bytes] = field(default_factory=set)
-    cleared: set[bytes] = field(default_factory=set)
+    trial: dict[bytes, bytes] = field(default_factory=dict)  # entry id -> last trial note
     answered: set[bytes] = field(default_factory=set)
 
     @classmethod
@@ -72,10 +79,8 @@ class CrashLogState:
                 state.suspects[entry_id] = parts[2].decode(errors="replace")
             elif kind == b"poison":
                 state.poison[entry_id] = parts[4].decode(errors="replace") if len(parts) > 4 else ""
-            elif kind == b"trying":
-                state.trying.add(entry_id)
-            elif kind == b"cleared":
-                state.cleared.add(entry_id)
+            elif kind in (b"trying", b"cleared", b"aborted"):
+                state.trial[entry_id] = kind
             elif kind == b"answered":
                 state.answered.add(entry_id)
         return state
@@ -83,7 +88,12 @@ class CrashLogState:
     @property
     def unresolved(self) -> set[bytes]:
         """Suspects not yet run alone to the end."""
-        return set(self.suspects) - self.cleared
+        return {i for i in self.suspects if self.trial.get(i) != b"cleared"}
+
+    @property
+    def on_trial(self) -> set[bytes]:
+        """Suspects whose trial began and neither ended nor was given up."""
+        return {i for i in self.suspects if self.trial.get(i) == b"trying"}
 
 
 class CrashLog:
@@ -91,18 +101,23 @@ class CrashLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._crashes: dict[bytes, int] = {}  # entry id -> crashes it was pending at, in a row
+        # entry id -> (its consumer, the crashes of that consumer's it was pending at, in a row)
+        self._crashes: dict[bytes, tuple[str, int]] = {}
         self._poison: dict[bytes, tuple[str, str]] = {}  # entry id -> (consumer, why)
 
-    def record_crash(self, pending: dict[bytes, str], why: str) -> None:
-        """After a crash: ``pending`` maps the entries pending for our consumers then to
-        their consumer; ``why`` is how the child died."""
+    def record_crash(
+        self, pending: dict[bytes, str], why: str, consumers: Iterable[str] | None = None
+    ) -> None:
+        """After a crash that involved ``consumers`` (by default those in ``pending``):
+        ``pending`` maps the entries pending for them then to their consumer; ``why``
+        is how the child died. Other consumers' counts and suspects stand."""
+        involved = set(pending.values() if consumers is None else consumers)
         state = CrashLogState.read(self.path)
         for entry_id in state.answered:
             self._poison.pop(entry_id, None)
-        for entry_id in (state.trying & set(state.suspects)) - state.cleared:
+        for entry_id in state.on_trial:
             if entry_id in pending:  # it was alone in the worker when the children died
-                crashes = self._crashes.get(entry_id, 0) + 1
+                crashes = self._crashes.get(entry_id, ("", 0))[1] + 1
                 self._poison[entry_id] = (
                     pending[entry_id],
                     f"the worker's processes died {crashes} times while this entry was "
@@ -110,17 +125,24 @@ class CrashLog:
                 )
                 log.error("entry convicted of crashing the worker", entry_id=entry_id.decode(),
                           crashes=crashes, reason=why)  # fmt: skip
-        self._crashes = {i: self._crashes.get(i, 0) + 1 for i in pending}
-        suspects = {i: c for i, c in pending.items()
-                    if self._crashes[i] >= SUSPECT_AFTER and i not in self._poison}  # fmt: skip
-        lines = [b"suspect %s %s %d" % (i, c.encode(), self._crashes[i])
-                 for i, c in suspects.items()]  # fmt: skip
-        lines += [b"poison %s %s %d %s" % (i, c.encode(), self._crashes.get(i, 0), w.encode())
+        # Poison of an involved consumer no longer pending was answered elsewhere.
+        self._poison = {i: p for i, p in self._poison.items()
+                        if p[0] not in involved or i in pending}  # fmt: skip
+        before = self._crashes
+        self._crashes = {i: cc for i, cc in before.items() if cc[0] not in involved}
+        self._crashes.update((i, (c, before.get(i, (c, 0))[1] + 1)) for i, c in pending.items())
+        suspects = {i: cc for i, cc in self._crashes.items()
+                    if cc[1] >= SUSPECT_AFTER and i not in self._poison}  # fmt: skip
+        lines = [b"suspect %s %s %d" % (i, c.encode(), n) for i, (c, n) in suspects.items()]
+        lines += [b"poison %s %s %d %s" % (i, c.encode(), self._count(i), w.encode())
                   for i, (c, w) in self._poison.items()]  # fmt: skip
         self.path.write_bytes(b"".join(line + b"\n" for line in lines))
         if suspects or self._poison:
             log.warning("entries pending across crashes", suspects=len(suspects),
                         poison=len(self._poison), path=str(self.path))  # fmt: skip
+
+    def _count(self, entry_id: bytes) -> int:
+        return self._crashes.get(entry_id, ("", 0))[1]
 
 
 class Trials:
@@ -147,13 +169,21 @@ class Trials:
     @contextlib.contextmanager
     def alone(self, entry_id: bytes) -> Iterator[None]:
         """Run one suspect with nothing else of this worker's in flight: across ingest
-        processes, one at a time (a lock file); ``trying`` before, ``cleared`` after."""
+        processes, one at a time (a lock file); ``trying`` before, ``cleared`` after,
+        ``aborted`` if the trial raised (it is not the suspect's doing: a lost
+        connection, a stop)."""
         with self.path.with_suffix(".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 self._append(b"trying", entry_id)
-                yield
+                try:
+                    yield
+                except BaseException:
+                    self._append(b"aborted", entry_id)
+                    raise
                 self._append(b"cleared", entry_id)
+                if entry_id in self.mine:
+                    self.mine.remove(entry_id)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -161,10 +191,15 @@ class Trials:
         self.poison.pop(entry_id, None)
         self._append(b"answered", entry_id)
 
-    def wait_for_the_others(self, timeout_s: float = 600.0) -> None:
-        """Until every suspect of every ingest process has been run alone: until then,
-        work of ours beside a suspect would blur who crashed the worker."""
+    def wait_for_the_others(
+        self, timeout_s: float = 600.0, stop: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Until every suspect of every ingest process has been run alone (or ``stop()``
+        says to give up): until then, work of ours beside a suspect would blur who
+        crashed the worker."""
         deadline = time.monotonic() + timeout_s
         while CrashLogState.read(self.path).unresolved and time.monotonic() < deadline:
+            if stop():
+                return
             time.sleep(0.05)
         self._any = False

@@ -49,6 +49,27 @@ def exit_on_known_failures(*rings: str) -> Iterator[None]:
         sys.exit(EXIT_INTERNAL)
 
 
+# Signals a process gets for its own fault (or its own abort()): an entry can cause
+# them, in an op or in a library it calls. SIGKILL and SIGTERM come from outside (an
+# operator, a container runtime, the out-of-memory killer).
+_FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                            signal.SIGABRT, signal.SIGSYS, signal.SIGTRAP})  # fmt: skip
+# Exits that are nobody's entry's doing: a damaged ring, and a lost GPU, which has a
+# quarantine of its own (worker/quarantine.py).
+_NOT_AN_ENTRYS = frozenset({0, EXIT_RING_CORRUPT, EXIT_DEVICE_LOST})
+
+
+def may_be_an_entrys_doing(code: int | None) -> bool:
+    """Whether a child that ended with ``code`` may have been killed by an entry it
+    held: a fault signal, or an exit other than the known ones (an uncaught
+    ``MemoryError``, an internal error an entry keeps provoking)."""
+    if code is None or code in _NOT_AN_ENTRYS:
+        return False
+    if code < 0:
+        return -code in _FAULT_SIGNALS
+    return True
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 import structlog
 from redis.backoff import ExponentialBackoff
 
@@ -27,10 +28,10 @@ from gpufeed.packing import (
     Columns,
     Entry,
     PackedBatch,
-    ResultEntry,
     Results,
     Status,
     collect_results,
+    error_result,
     pack,
 )
 from gpufeed.packing.ids import ids_ms
@@ -104,7 +105,7 @@ class Ingest:
         self.reply_to_check = reply_to_check_for(config)
         self.committer = Committer(self.client, config, self.consumer)
         self.counts = CommitCounts()
-        self.reclaimer = Reclaimer(self.client, config, self.consumer)
+        self.reclaimer = Reclaimer(self.client, config, self.consumer, self.reply_to_check)
         self.in_flight: deque[_SentBatch] = deque()
         self.to_commit = Results(ordered=True)
         self.to_commit_born: list[Any] = []
@@ -269,8 +270,7 @@ class Ingest:
             if why is None:
                 kept.append(entry)
                 continue
-            result = ResultEntry(entry[0], Status.ERROR, why.encode())
-            self.to_commit.extend([result])
+            self.to_commit.extend([error_result(entry[0], why, entry[1], self.reply_to_check)])
             self._log_failed(entry[0], why, Status.ERROR)
             self.trials.answered(entry[0])
         return kept
@@ -280,7 +280,10 @@ class Ingest:
         ring and the compute process to its commit; then wait for the other ingest
         processes' suspects."""
         assert self.trials is not None
-        for entry_id in self.trials.mine:
+        for entry_id in list(self.trials.mine):
+            while self.in_flight:  # a trial cut short by a lost connection, say
+                self.collect(timeout=0.05)
+            self.commit()  # nothing of ours beside the suspect, not even in Redis's hands
             with self.trials.alone(entry_id):
                 found: Any = self.client.xrange(self.config.in_key, entry_id, entry_id)
                 entries: list[Entry] = [(entry_id, found[0][1] if found else None)]
@@ -291,10 +294,8 @@ class Ingest:
                 while self.in_flight:
                     self.collect(timeout=0.05)
                 self.commit()
-            log.debug("suspect ran alone and was answered", entry_id=entry_id.decode())
-        if self.trials.mine:
-            log.info("suspects ran alone", consumer=self.consumer, count=len(self.trials.mine))
-        self.trials.wait_for_the_others()
+            log.info("suspect ran alone and was answered", entry_id=entry_id.decode())
+        self.trials.wait_for_the_others(stop=lambda: self.draining)
 
     def _pack(
         self, entries: list[Entry] | Columns, out: tuple[SlotArray, SlotArray], now_ms: int
@@ -347,14 +348,20 @@ class Ingest:
                 if not self.step():
                     break
                 failures = 0
-            except QueueMisconfigured as exc:
+            except (QueueMisconfigured, redis.ResponseError) as exc:
                 # Nothing was written; the results wait here (and no more is read)
-                # until someone fixes the key.
+                # until someone fixes the key, or the server takes writes again (it
+                # was out of memory, a replica, the group was deleted...). Not a
+                # restart: a restarted process would meet the same refusal.
+                if self.draining:
+                    break  # what was not committed is still pending in Redis
                 group_ready = False
                 failures += 1
                 pause = backoff.compute(failures)
                 if failures == 1 or failures % 30 == 0:
-                    log.error("queue misconfigured; results are kept and the commit retried",
+                    what = "queue misconfigured" if isinstance(exc, QueueMisconfigured) \
+                        else "redis refused a command"  # fmt: skip
+                    log.error(f"{what}; results are kept and the commit retried",
                               error=str(exc), attempts=failures)  # fmt: skip
                 time.sleep(pause)
             except REDIS_ERRORS as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import redis
 import structlog
 
 from gpufeed.errors import InternalError, QueueMisconfigured, RingError
@@ -25,9 +26,11 @@ from gpufeed.worker.commit import REDIS_ERRORS, CommitCounts
 
 log = structlog.get_logger()
 
-# Not one entry's doing: retried (Redis away, a misconfigured key), or a restart
-# (a ring gone or damaged, a broken invariant).
-NOT_ISOLATED = (*REDIS_ERRORS, QueueMisconfigured, RingError, InternalError)
+# Not one entry's doing: retried (Redis away, a misconfigured key, a command Redis
+# refused: the commit script answers its entries' own failures, such as a wrongly
+# typed reply_to stream, itself), or a restart (a ring gone or damaged, a broken
+# invariant).
+NOT_ISOLATED = (*REDIS_ERRORS, redis.ResponseError, QueueMisconfigured, RingError, InternalError)
 MAX_REASON_BYTES = 1000
 
 PackSome = Callable[[Sequence[Entry] | Columns, SlotArray | Sequence[SlotArray]], PackedBatch]

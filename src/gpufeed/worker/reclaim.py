@@ -8,7 +8,7 @@ from typing import Any
 import redis
 import structlog
 
-from gpufeed.packing import Entry, ResultEntry, Status
+from gpufeed.packing import Entry, ReplyToCheck, ResultEntry, error_result
 from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
 
@@ -23,8 +23,17 @@ class Reclaimer:
     entry instead (both written by the commit script).
     """
 
-    def __init__(self, client: redis.Redis, config: WorkerConfig, consumer: str) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: WorkerConfig,
+        consumer: str,
+        reply_to_check: ReplyToCheck | None = None,
+    ) -> None:
+        """``reply_to_check``: as ``pack`` takes it; a dead letter's result goes to the
+        entry's reply_to stream only if it passes."""
         self.client = client
+        self.reply_to_check = reply_to_check
         self.config = config
         self.consumer = consumer
         self.cursor = "0-0"
@@ -66,13 +75,7 @@ class Reclaimer:
             times = deliveries.get(entry_id, 0)
             if times > cfg.max_deliveries:
                 reason = f"delivered {times} times, more than --max-deliveries {cfg.max_deliveries}"
-                fields = fields or {}
-                dead.append(
-                    ResultEntry(
-                        entry_id, Status.ERROR, reason.encode(), fields.get(b"cid"),
-                        fields.get(b"reply_to"),
-                    )
-                )  # fmt: skip
+                dead.append(error_result(entry_id, reason, fields, self.reply_to_check))
             else:
                 keep.append((entry_id, fields))
         return keep, dead

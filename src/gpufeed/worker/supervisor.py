@@ -36,7 +36,7 @@ from gpufeed.worker.commit import REDIS_ERRORS
 from gpufeed.worker.compute import compute_main
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.crashlog import MAX_PENDING, CrashLog
-from gpufeed.worker.exits import EXIT_DEVICE_LOST, EXIT_RING_CORRUPT, describe_exit
+from gpufeed.worker.exits import describe_exit, may_be_an_entrys_doing
 from gpufeed.worker.ingest import ingest_main
 
 log = structlog.get_logger()
@@ -159,7 +159,7 @@ class Supervisor:
                     child=crashed.name, reason=describe_exit(crashed.exitcode),
                 )  # fmt: skip
                 gen.close()
-                self._record_crash(crashed.exitcode)
+                self._record_crash(gen, crashed)
                 self.restarts += 1
                 self._pause(min(MAX_RESTART_PAUSE_S, 0.1 * 2 ** min(self.restarts, 7)))
                 if self.stopping:
@@ -169,29 +169,31 @@ class Supervisor:
                 signal.signal(s, handler)
             self._quarantine_dir.cleanup()
 
-    def _record_crash(self, code: int | None) -> None:
-        """Count the crash against every entry pending for our consumers
-        (worker/crashlog.py). A lost GPU has its own quarantine, and a damaged ring
-        is nobody's entry's doing."""
-        if code in (EXIT_DEVICE_LOST, EXIT_RING_CORRUPT):
+    def _record_crash(self, gen: _Generation, crashed: Any) -> None:
+        """Count a crash an entry may have caused against every entry pending for the
+        consumers involved: all of them if the compute process died, the one ingest
+        process's own if it did (worker/crashlog.py)."""
+        code = crashed.exitcode
+        if not may_be_an_entrys_doing(code):
             return
         cfg = self.config
+        index = gen.children.index(crashed) - 1  # children: compute, then ingest 0, 1...
+        consumers = [cfg.consumer_name(i) for i in range(cfg.ingest_procs) if index in (-1, i)]
         pending: dict[bytes, str] = {}
         try:
             client = cfg.redis.connect(socket_timeout=5.0)
             try:
-                for i in range(cfg.ingest_procs):
-                    consumer = cfg.consumer_name(i)
+                for consumer in consumers:
                     rows: Any = client.xpending_range(
                         cfg.in_key, cfg.group, "-", "+", MAX_PENDING, consumername=consumer
                     )
                     pending.update((r["message_id"], consumer) for r in rows)
             finally:
                 client.close()
-        except (*REDIS_ERRORS, redis.ResponseError) as exc:
+        except Exception as exc:  # not worth the supervisor's life: nothing is counted
             log.warning("pending entries unknown after a crash; not counted", error=str(exc))
             return
-        self.crashlog.record_crash(pending, describe_exit(code))
+        self.crashlog.record_crash(pending, describe_exit(code), consumers)
 
     def _preflight(self) -> bool:
         """Wait for Redis, then check the user may do all a worker does.

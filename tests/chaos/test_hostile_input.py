@@ -8,9 +8,11 @@ are empty, binary, long, huge, not UTF-8, numbers written every odd way
 dead-letter stream. Keys: the output and dead-letter streams are replaced by
 strings for a while during the run, then restored.
 
-Invariants: every entry gets exactly one result (on the output stream or its
-``reply_to`` stream); every valid entry among them an ok result; no child
-process restarts; each error result has exactly one dead letter.
+Invariants: every entry gets exactly one result, where its sender looks for it
+(its ``reply_to`` stream where that is usable, whatever else is wrong with the
+entry, else the output stream) and with its cid where that is usable; every
+valid entry among them an ok result; no child process restarts; each error
+result has exactly one dead letter.
 """
 
 from __future__ import annotations
@@ -72,6 +74,28 @@ def entries_for(queue: str) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
     )
 
 
+def answer_for(
+    pairs: list[tuple[bytes, bytes]], out: str, unusable: set[bytes]
+) -> tuple[bytes, bytes | None]:
+    """The stream an entry's result must land on, and the cid it must carry: its own
+    where usable, whatever else is wrong with the entry (repeated names: the last)."""
+    fields = dict(pairs)
+    cid = fields.get(b"cid")
+    if cid is not None and (len(cid) > 256 or not is_utf8(cid)):
+        cid = None
+    reply_to = fields.get(b"reply_to")
+    usable = reply_to is not None and 0 < len(reply_to) <= 512 and reply_to not in unusable
+    return (reply_to if usable else out.encode()), cid  # type: ignore[return-value]
+
+
+def is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def is_plain_valid(fields: list[tuple[bytes, bytes]]) -> bool:
     return len(fields) == 1 and fields[0][0] == b"data" and len(fields[0][1]) <= 240
 
@@ -86,6 +110,9 @@ def test_a_hostile_producer_cannot_break_the_worker(client, queue, start_worker)
     valid: set[bytes] = set()
     replies: set[bytes] = set()
     hostile = [0]
+    # Where each entry's sender looks for its result, and the cid it matches it by.
+    expected: dict[bytes, tuple[bytes, bytes | None]] = {}
+    unusable = {stream.encode(), dead.encode(), f"gpufeed:{{{queue}}}:a-string".encode()}
 
     # Short lists, many examples: Hypothesis draws long lists far more slowly
     # (60-150 entries: 0.14 s an example, against 0.016 s for 1-20).
@@ -100,6 +127,7 @@ def test_a_hostile_producer_cannot_break_the_worker(client, queue, start_worker)
         ids = pipe.execute()
         sent.extend(ids)
         valid.update(i for i, f in zip(ids, batch, strict=True) if is_plain_valid(f))
+        expected.update((i, answer_for(f, out, unusable)) for i, f in zip(ids, batch, strict=True))
         hostile[0] += sum(1 for f in batch if not is_plain_valid(f))
 
     produce()
@@ -108,6 +136,7 @@ def test_a_hostile_producer_cannot_break_the_worker(client, queue, start_worker)
         sentinel = break_and_restore(client, worker, broken, stream)
         sent.append(sentinel)
         valid.add(sentinel)
+        expected[sentinel] = (out.encode(), None)
         produce()
     streams = [out, *(r for r in replies if r not in (stream.encode(), dead.encode()))]
     results = wait_for_every_result(client, worker, stream, streams, timeout_s=sized(300, 1800))
@@ -127,6 +156,8 @@ def test_a_hostile_producer_cannot_break_the_worker(client, queue, start_worker)
     assert (lost, duplicated) == (0, 0)
     assert all(results[i][0][b"status"] == b"ok" for i in valid), "every valid entry answered"
     assert internal == [], "packing answers every hostile entry itself, crash isolation none"
+    matched = {i: (r[0][b"stream"], r[0].get(b"cid")) for i, r in results.items()}
+    assert matched == expected, "every result where its sender looks, with its cid"
     assert client.xpending(stream, "gpufeed")["pending"] == 0
     assert dead_srcs == errors  # exactly one dead letter per error
     assert restarts == [] and worker.proc.poll() is None
@@ -176,5 +207,6 @@ def wait_for_every_result(
             continue  # not a stream: nothing was written there
         for _id, f in entries:
             if b"src" in f and b"status" in f:
-                results.setdefault(f[b"src"], []).append(f)
+                name = key.encode() if isinstance(key, str) else key
+                results.setdefault(f[b"src"], []).append({**f, b"stream": name})
     return results

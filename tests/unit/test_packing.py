@@ -363,3 +363,38 @@ def test_unusable_metadata_is_rejected_without_echoing_it(fields, reason) -> Non
     reject = reject_of((b"1-0", fields))
     assert reason in reject.reason
     assert reject.cid is None and reject.reply_to is None
+
+
+OWN_INPUT = b"gpufeed:{jobs}:in"
+
+
+def own_input_check(reply_to: bytes) -> str | None:
+    return "reply_to names the queue's own input stream" if reply_to == OWN_INPUT else None
+
+
+@pytest.mark.parametrize(
+    ("fields", "cid", "reply_to", "reason"),
+    [
+        # Whatever else is wrong, a usable cid and reply_to are echoed and honoured.
+        ({b"payload": b"x", b"cid": b"c1", b"reply_to": b"r"}, b"c1", b"r", "missing data"),
+        ({b"data": b"x" * 49, b"cid": b"c2", b"reply_to": b"r"}, b"c2", b"r", "larger than"),
+        ({b"data": b"x", b"op": b"nope", b"cid": b"c3", b"reply_to": b"r"}, b"c3", b"r",
+         "unknown op"),
+        ({b"data": b"x", b"cid": b"c" * 300, b"reply_to": b"r"}, None, b"r", "cid is 300"),
+        ({b"data": b"x", b"cid": b"c4", **{b"f%d" % i: b"" for i in range(64)},
+          b"reply_to": b"r"}, b"c4", b"r", "too many fields"),
+        # An unusable reply_to: answered on the output stream, saying why.
+        ({b"data": b"x", b"cid": b"c5", b"reply_to": OWN_INPUT}, b"c5", None,
+         "reply_to names the queue's own input stream"),
+        ({b"payload": b"x", b"cid": b"c6", b"reply_to": b""}, b"c6", None,
+         "missing data field; not answered on reply_to: reply_to must be a stream key"),
+        ({b"data": b"x", b"cid": b"\xff", b"reply_to": OWN_INPUT}, None, None,
+         "cid is not valid UTF-8; not answered on reply_to: reply_to names the queue's own"),
+    ],
+)  # fmt: skip
+def test_every_reject_can_be_matched_by_its_sender(fields, cid, reply_to, reason) -> None:
+    batch = pack([(b"1-0", fields)], np.zeros((1, 64), np.uint8), table=table_for(64),
+                 first_seq=0, now_ms=0, reply_to_check=own_input_check)  # fmt: skip
+    (reject,) = batch.rejects
+    assert (reject.cid, reject.reply_to) == (cid, reply_to)
+    assert reason in reject.reason

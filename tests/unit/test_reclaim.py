@@ -47,5 +47,6 @@ def test_an_entry_delivered_too_often_is_answered_where_packing_would_answer_it(
     assert entries == []
     by_src = {d.src: d for d in dead}
     assert (by_src[good].cid, by_src[good].reply_to) == (b"c1", b"gpufeed:{q}:r")
-    assert (by_src[bad].cid, by_src[bad].reply_to) == (None, None)
+    assert (by_src[bad].cid, by_src[bad].reply_to) == (b"c2", None)  # on the output stream
+    assert b"not answered on reply_to: its own" in by_src[bad].body
     assert all(b"more than --max-deliveries 1" in d.body for d in dead)

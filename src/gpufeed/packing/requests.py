@@ -207,7 +207,7 @@ def pack(
             reason = _reason(code, int(lens[i]), table.ops[int(op_ids[i])], capacity)
             status = Status.EXPIRED if code == _EXPIRED else Status.ERROR
             fields = {b"data": datas[i]} if kept_fields is None else kept_fields[i]
-            batch.rejects.append(_reject(ids[i], reason, fields, status))
+            batch.rejects.append(_reject(ids[i], reason, fields, status, reply_to_check))
         keep = np.flatnonzero(bad == 0)
         kept = keep.tolist()
         ids = [ids[i] for i in kept]
@@ -249,7 +249,7 @@ def _triage(
         data = fields.get(b"data") if fields else None
         if data is None:
             reason = "missing data field" if fields else "entry has no fields (deleted?)"
-            rejects.append(ResultEntry(entry_id, Status.ERROR, reason.encode()))
+            rejects.append(_reject(entry_id, reason, fields, Status.ERROR, reply_to_check))
             continue
         assert fields is not None
         op_id = 0
@@ -257,7 +257,7 @@ def _triage(
         if len(fields) > 1:  # anything beyond data: look at the optional fields
             problem = _metadata_problem(fields, reply_to_check)
             if problem is not None:
-                rejects.append(_reject(entry_id, problem, fields, safe_ids=False))
+                rejects.append(_reject(entry_id, problem, fields, Status.ERROR, reply_to_check))
                 continue
             op_name = fields.get(b"op")
             if op_name is not None:
@@ -265,7 +265,7 @@ def _triage(
                 if found is None:
                     name = op_name.decode(errors="replace")
                     reason = table.unusable.get(name) or f"unknown op {name!r}"
-                    rejects.append(_reject(entry_id, reason, fields))
+                    rejects.append(_reject(entry_id, reason, fields, Status.ERROR, reply_to_check))
                     continue
                 op_id = found
             raw_deadline = fields.get(b"deadline_ms")
@@ -277,7 +277,7 @@ def _triage(
                         f"malformed deadline_ms {raw_deadline[:40]!r}: "
                         "expected Unix time in milliseconds"
                     )
-                    rejects.append(_reject(entry_id, reason, fields))
+                    rejects.append(_reject(entry_id, reason, fields, Status.ERROR, reply_to_check))
                     continue
         ids.append(entry_id)
         datas.append(data)
@@ -290,27 +290,49 @@ def _triage(
 def _reject(
     entry_id: bytes,
     reason: str,
-    fields: Fields,
+    fields: Fields | None,
     status: Status = Status.ERROR,
-    *,
-    safe_ids: bool = True,
+    reply_to_check: ReplyToCheck | None = None,
 ) -> ResultEntry:
-    """A reject echoing the message's cid and reply_to, unless they are themselves bad."""
-    body = reason.encode()
-    if not safe_ids:
-        return ResultEntry(entry_id, status, body)
-    return ResultEntry(entry_id, status, body, fields.get(b"cid"), fields.get(b"reply_to"))
+    """A reject its sender can match, whatever else is wrong with the entry: it echoes
+    the cid, and goes to the reply_to stream, each where it is usable itself. An
+    unusable reply_to sends the result to the output stream, saying why."""
+    fields = fields or {}
+    cid = fields.get(b"cid")
+    if cid is not None and _cid_problem(cid) is not None:
+        cid = None
+    reply_to = fields.get(b"reply_to")
+    if reply_to is not None:
+        unusable = _reply_to_problem(reply_to, reply_to_check)
+        if unusable is not None:
+            if unusable not in reason:
+                reason = f"{reason}; not answered on reply_to: {unusable}"
+            reply_to = None
+    return ResultEntry(entry_id, status, reason.encode(), cid, reply_to)
 
 
 def error_result(
     entry_id: bytes, reason: str, fields: Fields | None, reply_to_check: ReplyToCheck | None
 ) -> ResultEntry:
     """An error result for an entry answered without packing it (delivered too often,
-    convicted of crashing the worker): it echoes the entry's cid and goes to its
-    reply_to stream only if packing would have accepted them."""
-    fields = fields or {}
-    safe = _metadata_problem(fields, reply_to_check) is None
-    return _reject(entry_id, reason, fields, safe_ids=safe)
+    convicted of crashing the worker, failed unexpectedly), echoing what it can."""
+    return _reject(entry_id, reason, fields, Status.ERROR, reply_to_check)
+
+
+def _cid_problem(cid: bytes) -> str | None:
+    if len(cid) > MAX_CID_BYTES:
+        return f"cid is {len(cid)} bytes, at most {MAX_CID_BYTES}"
+    try:
+        cid.decode()
+    except UnicodeDecodeError:
+        return "cid is not valid UTF-8"
+    return None
+
+
+def _reply_to_problem(reply_to: bytes, reply_to_check: ReplyToCheck | None) -> str | None:
+    if not 0 < len(reply_to) <= MAX_REPLY_TO_BYTES:
+        return f"reply_to must be a stream key of 1 to {MAX_REPLY_TO_BYTES} bytes"
+    return reply_to_check(reply_to) if reply_to_check is not None else None
 
 
 def _metadata_problem(fields: Fields, reply_to_check: ReplyToCheck | None = None) -> str | None:
@@ -318,20 +340,11 @@ def _metadata_problem(fields: Fields, reply_to_check: ReplyToCheck | None = None
     if len(fields) > MAX_FIELDS:
         return f"too many fields: {len(fields)}, at most {MAX_FIELDS}"
     cid = fields.get(b"cid")
-    if cid is not None:
-        if len(cid) > MAX_CID_BYTES:
-            return f"cid is {len(cid)} bytes, at most {MAX_CID_BYTES}"
-        try:
-            cid.decode()
-        except UnicodeDecodeError:
-            return "cid is not valid UTF-8"
+    if cid is not None and (problem := _cid_problem(cid)) is not None:
+        return problem
     reply_to = fields.get(b"reply_to")
-    if reply_to is not None and not 0 < len(reply_to) <= MAX_REPLY_TO_BYTES:
-        return f"reply_to must be a stream key of 1 to {MAX_REPLY_TO_BYTES} bytes"
-    if reply_to is not None and reply_to_check is not None:
-        problem = reply_to_check(reply_to)
-        if problem is not None:
-            return problem
+    if reply_to is not None:
+        return _reply_to_problem(reply_to, reply_to_check)
     return None
 
 

@@ -311,7 +311,8 @@ class Ingest:
         except NOT_ISOLATED:
             raise
         except Exception as exc:
-            return pack_each(entries, out, pack_some, self.config.slot_bytes, exc)
+            return pack_each(entries, out, pack_some, self.config.slot_bytes, exc,
+                             self.reply_to_check)  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------
 

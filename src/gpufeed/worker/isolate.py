@@ -20,7 +20,16 @@ import redis
 import structlog
 
 from gpufeed.errors import InternalError, QueueMisconfigured, RingError
-from gpufeed.packing import Columns, Entry, PackedBatch, ResultEntry, Results, Status
+from gpufeed.packing import (
+    Columns,
+    Entry,
+    PackedBatch,
+    ReplyToCheck,
+    ResultEntry,
+    Results,
+    Status,
+    error_result,
+)
 from gpufeed.packing.layout import SlotArray
 from gpufeed.worker.commit import REDIS_ERRORS, CommitCounts
 
@@ -37,10 +46,14 @@ PackSome = Callable[[Sequence[Entry] | Columns, SlotArray | Sequence[SlotArray]]
 CommitSome = Callable[[Results], CommitCounts]
 
 
-def internal_error(entry_id: bytes, exc: BaseException) -> ResultEntry:
-    """The error result of an entry on which ``exc`` was raised."""
+def internal_error(
+    entry_id: bytes, exc: BaseException, cid: bytes | None = None, reply_to: bytes | None = None
+) -> ResultEntry:
+    """The error result of an entry on which ``exc`` was raised (``cid`` and ``reply_to``:
+    already checked, as its sender can match it)."""
     text = f"internal error: {type(exc).__name__}: {exc}"
-    return ResultEntry(entry_id, Status.ERROR, text.encode(errors="replace")[:MAX_REASON_BYTES])
+    reason = text.encode(errors="replace")[:MAX_REASON_BYTES]
+    return ResultEntry(entry_id, Status.ERROR, reason, cid, reply_to)
 
 
 def as_entries(entries: Sequence[Entry] | Columns) -> list[Entry]:
@@ -56,6 +69,7 @@ def pack_each(
     pack_some: PackSome,
     slot_bytes: int,
     first: BaseException,
+    reply_to_check: ReplyToCheck | None = None,
 ) -> PackedBatch:
     """After packing ``entries`` raised ``first``: pack each alone (into a scratch
     slot) to find the ones that raise, then the others together into ``out``; the
@@ -69,7 +83,8 @@ def pack_each(
         except NOT_ISOLATED:
             raise
         except Exception as exc:
-            failed.append(internal_error(entry[0], exc))
+            echo = error_result(entry[0], "", entry[1], reply_to_check)
+            failed.append(internal_error(entry[0], exc, echo.cid, echo.reply_to))
         else:
             good.append(entry)
     log.warning("a batch could not be packed; packed entry by entry", error=repr(first),
@@ -94,7 +109,7 @@ def commit_each(results: Results, commit_some: CommitSome, first: BaseException)
         except NOT_ISOLATED:
             raise
         except Exception as exc:
-            error = internal_error(entry.src, exc)
+            error = internal_error(entry.src, exc, entry.cid, entry.reply_to)
         log.warning("message failed", entry_id=entry.src.decode(errors="replace"),
                     status=str(error.status), reason=error.reason)  # fmt: skip
         try:

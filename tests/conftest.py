@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -64,6 +65,16 @@ class WorkerProcess:
     def events(self, event: str) -> list[dict[str, Any]]:
         """The ``event`` records of the log, oldest first (``--log-format json``)."""
         return list(log_events(self.log_path, event))
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every JSON record of the log; a line that is not one (a traceback) as such."""
+        out: list[dict[str, Any]] = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": line, "level": "error"})
+        return out
 
     def wait_ready(self, client: redis.Redis, stream: str, consumers: int = 1) -> None:
         deadline = time.monotonic() + 60

@@ -165,6 +165,41 @@ def test_sigterm_drains_and_commits_everything_read(client, queue, start_worker)
     assert answered < 20_000, "the drain stopped reading"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_the_whole_process_group_is_a_clean_shutdown(
+    client, queue, start_worker, signum
+) -> None:
+    """Ctrl-C on a terminal, ``timeout``, a shell's ``kill -- -PGID``: the children get
+    the signal too. Nothing is an error, the worker says it stopped, exits 0, and
+    what it read is committed."""
+    stream = keys(queue)[0]
+    xadd_all(client, stream, [b"m%d" % i for i in range(20_000)])
+    # A fast op: the children drain within milliseconds, before the supervisor has
+    # looked up from its wait (the race a slow drain would hide).
+    worker = start_worker("--max-batch", "64", "--log-format", "json")
+    wait_for_results(client, queue, 500, worker=worker)
+    os.killpg(worker.proc.pid, signum)
+    assert worker.proc.wait(30) == 0
+    assert worker.events("worker stopped"), worker.log()[-3000:]
+    errors = [e for e in worker.records() if e.get("level") in ("error", "critical")]
+    assert errors == [] and not worker.events("child died; restarting all children")
+    assert client.xpending(stream, "gpufeed")["pending"] == 0
+
+
+def test_a_child_stopped_alone_is_replaced_without_an_error(client, queue, start_worker) -> None:
+    stream = keys(queue)[0]
+    ids = xadd_all(client, stream, [b"c%d" % i for i in range(5_000)])
+    worker = start_worker("--max-batch", "64", "--log-format", "json")
+    wait_for_results(client, queue, 500, worker=worker)
+    (ingest,) = [e["pid"] for e in worker.events("ingest started")]
+    os.kill(ingest, signal.SIGTERM)
+    results = wait_for_results(client, queue, 5_000, worker=worker)
+    assert set(results) == set(ids) and all(len(r) == 1 for r in results.values())
+    (stopped,) = worker.events("child stopped; restarting all children")
+    assert stopped["level"] == "warning" and stopped["reason"] == "stopped on request (SIGTERM)"
+    assert worker.terminate() == 0
+
+
 def test_a_crashed_child_is_logged_and_replaced(client, queue, start_worker) -> None:
     stream = keys(queue)[0]
     ids = xadd_all(client, stream, [b"c%d" % i for i in range(20_000)])

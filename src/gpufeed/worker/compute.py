@@ -23,6 +23,7 @@ from gpufeed.worker import metrics
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.exits import EXIT_DEVICE_LOST, exit_on_known_failures
 from gpufeed.worker.gctune import tune_for_hot_loop
+from gpufeed.worker.lifeline import tie_to_parent
 from gpufeed.worker.quarantine import Quarantine, QuarantinedBackend, lost_device
 
 log = structlog.get_logger()
@@ -111,15 +112,19 @@ def compute_main(
     rings: list[tuple[str, str]],
     setup: Callable[[str], None] | None = None,
     quarantine_path: str | None = None,
+    supervisor_pid: int | None = None,
 ) -> None:
     """Entry point of the compute process (started with ``spawn``).
 
     ``quarantine_path`` is the supervisor's quarantine file, which outlives
-    this process (``worker/quarantine.py``).
+    this process (``worker/quarantine.py``); it dies with ``supervisor_pid``
+    (``worker/lifeline.py``).
     """
     # The supervisor coordinates shutdown; this process ends when its rings close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if supervisor_pid is not None:
+        tie_to_parent(supervisor_pid)
     if setup is not None:
         setup("compute")
     table = OpTable.for_worker(

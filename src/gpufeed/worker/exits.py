@@ -22,6 +22,9 @@ EXIT_RING_CORRUPT = 3
 EXIT_DEVICE_LOST = 4
 # A child found one of gpufeed's own invariants broken (``InternalError``).
 EXIT_INTERNAL = 5
+# An ingest process drained and stopped because it was sent SIGTERM (often with
+# the whole process group, the supervisor included): asked to stop, not dead.
+EXIT_STOPPED = 6
 
 
 @contextmanager
@@ -56,7 +59,7 @@ _FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal
                             signal.SIGABRT, signal.SIGSYS, signal.SIGTRAP})  # fmt: skip
 # Exits that are nobody's entry's doing: a damaged ring, and a lost GPU, which has a
 # quarantine of its own (worker/quarantine.py).
-_NOT_AN_ENTRYS = frozenset({0, EXIT_RING_CORRUPT, EXIT_DEVICE_LOST})
+_NOT_AN_ENTRYS = frozenset({0, EXIT_RING_CORRUPT, EXIT_DEVICE_LOST, EXIT_STOPPED})
 
 
 def may_be_an_entrys_doing(code: int | None) -> bool:
@@ -79,6 +82,8 @@ def describe_exit(code: int | None) -> str:
         return "lost its GPU (its messages are quarantined)"
     if code == EXIT_INTERNAL:
         return "found an internal error (a bug; see its log line)"
+    if code == EXIT_STOPPED:
+        return "stopped on request (SIGTERM)"
     if code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.connection
+import os
 import signal
 import tempfile
 import time
@@ -36,8 +37,9 @@ from gpufeed.worker.commit import REDIS_ERRORS
 from gpufeed.worker.compute import compute_main
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.crashlog import MAX_PENDING, CrashLog
-from gpufeed.worker.exits import describe_exit, may_be_an_entrys_doing
+from gpufeed.worker.exits import EXIT_STOPPED, describe_exit, may_be_an_entrys_doing
 from gpufeed.worker.ingest import ingest_main
+from gpufeed.worker.lifeline import stop_signals_blocked
 
 log = structlog.get_logger()
 _CTX = mp.get_context("spawn")
@@ -97,7 +99,7 @@ class Supervisor:
         log.info("rings created", rings=names, capacity=capacity, slot_bytes=cfg.slot_bytes)
         compute = _CTX.Process(
             target=compute_main,
-            args=(cfg, names, self.child_setup, str(self.quarantine_path)),
+            args=(cfg, names, self.child_setup, str(self.quarantine_path), os.getpid()),
             name="gpufeed-compute",
         )
         gen.children.append(compute)
@@ -113,12 +115,14 @@ class Supervisor:
                         gen.drain,
                         self.child_setup,
                         str(self.crashlog.path),
+                        os.getpid(),
                     ),
                     name=f"gpufeed-ingest-{i}",
                 )
             )
-        for proc in gen.children:
-            proc.start()
+        with stop_signals_blocked():  # until each child handles them (worker/lifeline.py)
+            for proc in gen.children:
+                proc.start()
         return gen
 
     def _drain(self, gen: _Generation) -> None:
@@ -154,10 +158,11 @@ class Supervisor:
                     self._drain(gen)
                     log.info("worker stopped", restarts=self.restarts)
                     return 0
-                log.error(
-                    "child died; restarting all children",
-                    child=crashed.name, reason=describe_exit(crashed.exitcode),
-                )  # fmt: skip
+                # A child sent SIGTERM alone (by an operator, say) is not a failure.
+                level = log.warning if crashed.exitcode == EXIT_STOPPED else log.error
+                event = "stopped" if crashed.exitcode == EXIT_STOPPED else "died"
+                level(f"child {event}; restarting all children", child=crashed.name,
+                      reason=describe_exit(crashed.exitcode))  # fmt: skip
                 gen.close()
                 self._record_crash(gen, crashed)
                 self.restarts += 1
@@ -243,12 +248,16 @@ class Supervisor:
                 ended = [sentinels[r] for r in ready]
                 for child in ended:
                     child.join(5)  # reap it, so its exit code is known
-                if all(child.exitcode == 0 for child in ended):
+                if all(child.exitcode in (0, EXIT_STOPPED) for child in ended):
                     # A clean exit is an echo: the compute process ends when the
                     # other side closes its rings. Give the cause a moment to end.
+                    # A stop on request is often a signal to the whole process
+                    # group, on its way to this process too.
                     others = [s for s in sentinels if s not in ready]
                     for r in mp.connection.wait(others, timeout=CAUSE_GRACE_S):
                         sentinels[r].join(5)
                         ended.append(sentinels[r])
+                if self.stopping:
+                    return None  # the children were told as well: a drain, not a death
                 return next((c for c in ended if c.exitcode != 0), ended[0])
         return None

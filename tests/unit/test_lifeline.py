@@ -1,0 +1,73 @@
+"""A worker's children die with their supervisor, and start deaf to stop signals until
+they handle them (worker/lifeline.py). Real processes: what is tested is the OS's part."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpufeed.worker.lifeline import stop_signals_blocked
+
+pytestmark = pytest.mark.timeout(60)
+
+# A parent that starts a child tied to it, prints the child's pid, and dies.
+PARENT = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid())])
+print(child.pid, flush=True)
+time.sleep(1.0)  # long enough for the child to tie itself
+os._exit(0)
+"""
+CHILD = {
+    "kernel": "import sys, time\nfrom gpufeed.worker.lifeline import tie_to_parent\n"
+              "tie_to_parent(int(sys.argv[1]))\ntime.sleep(60)",
+    "thread": "import sys, time\nfrom gpufeed.worker.lifeline import _watch_parent\n"
+              "_watch_parent(int(sys.argv[1]))\ntime.sleep(60)",
+}  # fmt: skip
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["kernel", "thread"])
+def test_a_child_dies_within_a_second_of_its_parent(how: str) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD[how]], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert parent.wait(10) == 0
+        died = time.monotonic()
+        while alive(child) and time.monotonic() - died < 5:
+            time.sleep(0.02)
+        assert not alive(child), "the child outlived its parent"
+        assert time.monotonic() - died < 1.5
+    finally:
+        if alive(child):
+            subprocess.run(["kill", "-9", str(child)], check=False)
+
+
+def test_children_start_with_stop_signals_blocked_and_the_parent_gets_its_own() -> None:
+    got: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    try:
+        with stop_signals_blocked():
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+            signal.raise_signal(signal.SIGTERM)
+            assert got == []  # held back while children start
+        assert got == [signal.SIGTERM]  # and delivered after
+        with open(f"/proc/{child.pid}/status") as f:
+            blocked = int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+        child.kill()
+        child.wait(10)
+        assert blocked & (1 << (signal.SIGTERM - 1)) and blocked & (1 << (signal.SIGINT - 1))
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -51,7 +51,18 @@ class RedisTarget:
             raise ConfigError("--tls-ca-cert/--tls-cert/--tls-key need a rediss:// URL")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: a client certificate and key")
-        if self.cluster and urlsplit(self.url).path.strip("/") not in ("", "0"):
+        parts = urlsplit(self.url)
+        try:
+            parts.port  # noqa: B018 -- raises for a port out of range or not a number
+        except ValueError as exc:
+            raise ConfigError(f"--redis-url: bad port: {exc}") from None
+        db = parts.path.strip("/")
+        if scheme != "unix" and db and not db.isdigit():
+            # redis-py would quietly take database 0
+            raise ConfigError(
+                f"--redis-url: database {db!r} is not a number, as in redis://HOST:6379/0"
+            )
+        if self.cluster and db not in ("", "0"):
             raise ConfigError("--redis-url: Redis Cluster has only database 0")
 
     @property
@@ -113,6 +124,25 @@ def cluster_reply_check(key: str) -> Callable[[bytes], str | None]:
         )
 
     return check
+
+
+def describe_failure(exc: redis.RedisError, target: RedisTarget) -> str:
+    """One line for an operator: what went wrong talking to Redis, and what to check."""
+    where = target.safe_url
+    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in str(exc):
+        return f"Redis at {where} refused the credentials ({exc}): check the user and " \
+               "password in --redis-url"  # fmt: skip
+    if isinstance(exc, redis.ConnectionError) and is_tls_failure(exc):
+        return f"TLS handshake with {where} failed ({exc}): check --tls-ca-cert, and " \
+               "--tls-cert/--tls-key if the server checks clients"  # fmt: skip
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return f"the Redis user may not do this ({exc}): `gpufeed acl` prints the rules it needs"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.RedisClusterException)):
+        return f"cannot reach Redis at {where} ({exc}): is the server up, and are the host " \
+               "and port right?"  # fmt: skip
+    if isinstance(exc, redis.ResponseError):
+        return f"Redis at {where} refused the command: {exc}"
+    return f"Redis at {where}: {type(exc).__name__}: {exc}"
 
 
 def is_tls_failure(exc: BaseException) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 import redis
@@ -112,3 +113,75 @@ def test_purge_by_id_and_replay_all(redis_server, client: redis.Redis, queue) ->
     assert cli("dead", "replay", *url, "--all")[0] == 0
     assert client.xlen(dead) == 0
     assert [f for _, f in client.xrange(stream)] == [{b"data": b"d%d" % i} for i in range(1, 5)]
+
+
+COMMANDS = {
+    "stats": ["stats"],
+    "produce": ["produce", "--count", "10"],
+    "dead list": ["dead", "list"],
+    "dead replay": ["dead", "replay", "--all"],
+    "dead purge": ["dead", "purge", "--yes"],
+}
+
+
+@pytest.fixture
+def wrong_password(redis_server, client):
+    """A URL naming a real user of the test server with the wrong password."""
+    user = f"gpufeed-test-{secrets.token_hex(3)}"
+    client.execute_command("ACL", "SETUSER", user, "on", ">right", "~*", "+@all")
+    host_port = redis_server.url.split("//", 1)[1]
+    yield f"redis://{user}:wrong@{host_port}"
+    client.execute_command("ACL", "DELUSER", user)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize(
+    ("problem", "said"),
+    [
+        ("unreachable", "cannot reach Redis at redis://127.0.0.1:1/0"),
+        ("unknown host", "cannot reach Redis at redis://no-such-host.invalid:6379/0"),
+        ("wrong password", "refused the credentials"),
+        ("port out of range", "--redis-url: bad port"),
+        ("database not a number", "--redis-url: database 'abc' is not a number"),
+    ],
+)
+def test_every_command_says_in_one_line_what_is_wrong_with_its_redis_and_exits_2(
+    command, problem, said, request
+) -> None:
+    url = {
+        "unreachable": "redis://127.0.0.1:1/0",
+        "unknown host": "redis://no-such-host.invalid:6379/0",
+        "port out of range": "redis://localhost:99999/0",
+        "database not a number": "redis://localhost/abc",
+    }.get(problem) or request.getfixturevalue("wrong_password")
+    code, out = cli(*COMMANDS[command], "--queue", "jobs", "--redis-url", url)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, out
+    assert lines[0].startswith(f"gpufeed {command}: ") and said in lines[0]
+    assert "Traceback" not in out and ":wrong@" not in out  # no password in the message
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["dead", "replay", "notanid"], ["dead", "purge", "--yes", "1-0", "x"],
+     ["dead", "list", "--start", "yesterday"]],
+)  # fmt: skip
+def test_a_malformed_dead_letter_id_is_refused_before_redis_is_asked(args, redis_server) -> None:
+    code, out = cli(*args, "--queue", "jobs", "--redis-url", redis_server.url)
+    assert code == 2 and "not a dead-letter id" in out and "Traceback" not in out
+
+
+def test_produce_refuses_a_slot_size_the_worker_would_refuse(redis_server) -> None:
+    code, out = cli("produce", "--slot-bytes", "100", "--redis-url", redis_server.url)
+    assert code == 2 and "--slot-bytes: must be a power of two" in out
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [("redis://localhost:99999/0", "--redis-url: bad port"),
+     ("redis://localhost:port/0", "--redis-url: bad port"),
+     ("redis://localhost/abc", "--redis-url: database 'abc' is not a number")],
+)  # fmt: skip
+def test_the_worker_refuses_a_malformed_url_before_starting(url, said) -> None:
+    code, out = cli("worker", "--redis-url", url, "--queue", "jobs")
+    assert code == 2 and out.startswith(f"gpufeed worker: {said}") and "Traceback" not in out

@@ -96,3 +96,19 @@ def test_a_tls_cluster(tmp_path, start_worker) -> None:
         ids = xadd_all(client, keys(queue)[0], [b"t%d" % i for i in range(2000)])
         results = wait_for_results(client, queue, len(ids), worker=worker)
         assert set(results) == set(ids) and all(len(r) == 1 for r in results.values())
+
+
+@pytest.mark.parametrize(
+    "command", [["stats"], ["produce", "--count", "10"], ["dead", "list"],
+                ["dead", "replay", "--all"], ["dead", "purge", "--yes"]],
+)  # fmt: skip
+def test_every_command_says_in_one_line_that_the_tls_handshake_failed(
+    tls, tmp_path, command
+) -> None:
+    _server, port, files = tls
+    stranger = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    run = gpufeed(*command, *tls_args(port, files, ca=stranger), "--queue", "jobs", timeout=60)
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert "TLS handshake with rediss://127.0.0.1" in lines[0] and "--tls-ca-cert" in lines[0]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
 from typing import Annotated, Any
 
 import typer
 
-from gpufeed.cli.options import REDIS_OPTIONS, redis_client, with_settings
+from gpufeed.cli.options import REDIS_OPTIONS, fail, redis_session, with_settings
 from gpufeed.worker.config import WorkerConfig
 
 dead_app = typer.Typer(
@@ -27,22 +29,27 @@ Examples:
     no_args_is_help=True,
 )
 
+# A stream entry id, as Redis takes it: milliseconds, and a sequence number.
+STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 # Where a queue is: the worker's own settings of the same names.
 queue_options = with_settings(WorkerConfig, *REDIS_OPTIONS, "queue")
 
 
-def _setup(command: str, settings: dict[str, Any]) -> tuple[Any, Any]:
-    """A client and the queue's keys, or exit 2 saying what is wrong with the options."""
+def _keys(command: str, settings: dict[str, Any], ids: list[str] | None = None) -> Any:
+    """The queue's keys, or exit 2 saying what is wrong with the name or ``ids``."""
     from gpufeed.errors import ConfigError
     from gpufeed.keys import QueueKeys
 
     try:
         keys = QueueKeys(settings["queue"])
     except ConfigError as exc:
-        typer.echo(f"gpufeed {command}: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    return redis_client(command, settings), keys
+        raise fail(command, exc) from exc
+    bad = [i for i in ids or [] if not STREAM_ID.fullmatch(i)]
+    if bad:
+        raise fail(command, f"not a dead-letter id: {', '.join(map(repr, bad))} (ids look "
+                            "like 1712000000000-0; `gpufeed dead list` shows them)")  # fmt: skip
+    return keys
 
 
 def _ago(ms: int | None) -> str:
@@ -96,9 +103,9 @@ def stats(
     """
     from gpufeed.admin.stats import queue_stats
 
-    client, keys = _setup("stats", settings)
+    keys = _keys("stats", settings)
     shown = 0
-    try:
+    with redis_session("stats", settings) as client, contextlib.suppress(KeyboardInterrupt):
         while True:
             snapshot = queue_stats(client, keys, settings["group"])
             if as_json:
@@ -111,8 +118,6 @@ def stats(
             if not watch or (count and shown >= count):
                 return
             time.sleep(interval)
-    except KeyboardInterrupt:
-        return
 
 
 @dead_app.command("list")
@@ -129,8 +134,9 @@ def dead_list(
     """
     from gpufeed.admin.dead import dead_letters
 
-    client, keys = _setup("dead list", settings)
-    rows = dead_letters(client, keys, count=count, start=start)
+    keys = _keys("dead list", settings, [] if start == "-" else [start])
+    with redis_session("dead list", settings) as client:
+        rows = dead_letters(client, keys, count=count, start=start)
     if as_json:
         for row in rows:
             fields = {k: v.decode(errors="replace") for k, v in row.fields.items()}
@@ -165,8 +171,9 @@ def dead_replay(
 
     if not ids and not replay_all:
         raise typer.BadParameter("give dead-letter ids, or --all")
-    client, keys = _setup("dead replay", settings)
-    moved = replay(client, keys, None if replay_all else list(ids or []))
+    keys = _keys("dead replay", settings, ids)
+    with redis_session("dead replay", settings) as client:
+        moved = replay(client, keys, None if replay_all else list(ids or []))
     missing = [i for i in ids or [] if i not in moved]
     typer.echo(f"replayed {len(moved)} dead letters to {keys.in_key}")
     if missing:
@@ -187,11 +194,13 @@ def dead_purge(
     """
     from gpufeed.admin.dead import purge
 
-    client, keys = _setup("dead purge", settings)
-    what = f"{len(ids)} dead letters" if ids else f"all {client.xlen(keys.dead_key)} dead letters"
-    if not yes:
-        typer.confirm(f"Delete {what} from {keys.dead_key}?", abort=True)
-    typer.echo(f"deleted {purge(client, keys, list(ids) if ids else None)} dead letters")
+    keys = _keys("dead purge", settings, ids)
+    with redis_session("dead purge", settings) as client:
+        count = len(ids) if ids else client.xlen(keys.dead_key)
+        what = f"{count} dead letters" if ids else f"all {count} dead letters"
+        if not yes:
+            typer.confirm(f"Delete {what} from {keys.dead_key}?", abort=True)
+        typer.echo(f"deleted {purge(client, keys, list(ids) if ids else None)} dead letters")
 
 
 def acl(
@@ -222,7 +231,6 @@ def acl(
     try:
         rules = acl_rules(role, queue, reply=reply, cluster=cluster)
     except ConfigError as exc:
-        typer.echo(f"gpufeed acl: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail("acl", exc) from exc
     name = user or f"gpufeed-{role}"
     typer.echo(" ".join(["ACL", "SETUSER", name, "on", ">PASSWORD", *rules]))

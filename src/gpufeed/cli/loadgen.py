@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gpufeed.cli.options import REDIS_OPTIONS, redis_client, with_settings
+from gpufeed.cli.options import REDIS_OPTIONS, fail, redis_session, with_settings
 from gpufeed.errors import GpufeedError
 from gpufeed.worker.config import WorkerConfig
 
@@ -37,14 +37,16 @@ def produce(
 
     op = settings["op"]
     try:
+        WorkerConfig(**settings)  # the worker's own checks: a slot size it would refuse
         stream = QueueKeys(settings["queue"]).in_key
         capacity = payload_capacity(settings["slot_bytes"])
         payloads = sample_payloads(load_op(op), count, capacity, seed)
     except GpufeedError as exc:
-        typer.echo(f"gpufeed produce: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    client = redis_client("produce", settings)
-    with Progress(transient=not sys.stderr.isatty()) as progress:
+        raise fail("produce", exc) from exc
+    with (
+        redis_session("produce", settings) as client,
+        Progress(transient=not sys.stderr.isatty()) as progress,
+    ):
         task = progress.add_task(f"XADD {stream}", total=count)
         xadd_all(
             client, stream, payloads, op=op, rate=rate,

@@ -9,11 +9,12 @@ command and passes their values on as keyword arguments.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -79,10 +80,21 @@ def with_settings(cls: type, *names: str) -> Callable[[Callable[..., Any]], Call
 REDIS_OPTIONS = ("redis_url", "tls_ca_cert", "tls_cert", "tls_key")
 
 
-def redis_client(command: str, settings: dict[str, Any]) -> Any:
-    """A client for the Redis options in ``settings``, or exit 2 saying what is wrong
-    with them."""
-    from gpufeed.connect import RedisTarget
+def fail(command: str, why: object) -> typer.Exit:
+    """Say ``why`` on one line of stderr; the ``Exit`` (code 2) to raise."""
+    typer.echo(f"gpufeed {command}: {why}", err=True)
+    return typer.Exit(2)
+
+
+@contextlib.contextmanager
+def redis_session(command: str, settings: dict[str, Any]) -> Iterator[Any]:
+    """A client for the Redis options in ``settings``. Whatever goes wrong with them, or
+    with Redis (unreachable, credentials, TLS, permissions, a refused command), ends
+    the command with one line saying what to check, and exit code 2: never a
+    traceback for an operator's ordinary mistake."""
+    import redis
+
+    from gpufeed.connect import RedisTarget, describe_failure
 
     try:
         target = RedisTarget(
@@ -90,6 +102,11 @@ def redis_client(command: str, settings: dict[str, Any]) -> Any:
             tls_cert=settings["tls_cert"], tls_key=settings["tls_key"],
         )  # fmt: skip
     except ConfigError as exc:
-        typer.echo(f"gpufeed {command}: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    return target.connect()
+        raise fail(command, exc) from exc
+    client = target.connect()
+    try:
+        yield client
+    except redis.RedisError as exc:
+        raise fail(command, describe_failure(exc, target)) from exc
+    finally:
+        client.close()

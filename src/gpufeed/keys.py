@@ -1,4 +1,5 @@
-"""A queue's names in Redis: ``gpufeed:{QUEUE}:in``, ``:out``, ``:dead`` and reply streams.
+"""A queue's names in Redis: ``gpufeed:{QUEUE}:in``, ``:out``, ``:dead``, reply streams and
+the leases on consumer names.
 
 Every key of a queue carries the hash tag ``{QUEUE}``, so on Redis Cluster
 they live in one hash slot and the commit script may touch all of them.
@@ -47,6 +48,10 @@ class QueueKeys:
     def every_key(self) -> str:
         """The pattern of every key of the queue, reply streams included (for ACL rules)."""
         return queue_key(self.queue, "*")
+
+    def lease_key(self, consumer: str) -> str:
+        """Who holds consumer name ``consumer`` (worker/lease.py)."""
+        return queue_key(self.queue, f"consumer:{consumer}")
 
     def reply_key(self, name: str) -> str:
         """A reply stream in the queue's hash slot, as a cluster needs:

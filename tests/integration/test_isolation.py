@@ -178,11 +178,17 @@ def test_a_server_refusing_writes_holds_results_until_it_takes_them_again(
     No entry is to blame and a restart would meet the same refusal: the ingest keeps
     its results, says so, and commits them once the server takes writes again."""
     stream = keys(queue)[0]
-    ids = xadd_all(client, stream, [b"m%d" % i for i in range(20)])
+    worker = start_worker("--log-format", "json")
+    worker.wait_ready(client, stream)
     before = client.config_get("maxmemory")["maxmemory"]
     try:
-        client.config_set("maxmemory", 1)  # reads still go through, writes do not
-        worker = start_worker("--log-format", "json")
+        # The entries and the memory limit in one transaction: the worker reads the
+        # entries (reads go through) and commits under the limit (writes do not).
+        pipe = client.pipeline(transaction=True)
+        for i in range(20):
+            pipe.xadd(stream, {"data": b"m%d" % i})
+        pipe.config_set("maxmemory", 1)
+        ids = pipe.execute()[:20]
         deadline = time.monotonic() + 60
         while not worker.events("redis refused a command; results are kept and the "
                                 "commit retried"):  # fmt: skip

@@ -72,7 +72,10 @@ def test_every_key_of_a_queue_shares_one_hash_slot() -> None:
 def test_acl_rules_confine_each_role_to_its_keys() -> None:
     worker = acl_rules("worker", "images")
     assert worker[:3] == ["resetkeys", "resetchannels", "-@all"]
-    assert worker[-1] == "~gpufeed:{images}:*" and "+xautoclaim" in worker
+    assert worker[-2] == "~gpufeed:{images}:*" and "+xautoclaim" in worker
+    # string commands for the consumer-name lease, on the lease keys alone
+    assert worker[-1] == "(+get +set +del ~gpufeed:{images}:consumer:*)"
+    assert "+set" not in worker
     assert "+cluster|slots" not in worker and "+cluster|slots" in acl_rules(
         "worker", "images", cluster=True
     )
@@ -88,7 +91,12 @@ def test_the_worker_acl_grants_every_command_the_start_up_check_tries() -> None:
     rules `gpufeed acl worker` prints. A probe the rules miss would fail every worker
     started under such a user."""
     config = WorkerConfig(queue="images", delete_acked=True, metrics_port=9400)
-    granted = set(acl_rules("worker", "images"))
+    rules = acl_rules("worker", "images")
+    selector = rules[-1].strip("()").split()
+    granted = set(rules) | set(selector)
     missing = [p.rule for p in probes(config) if f"+{p.rule}" not in granted]
     assert missing == []
+    lease_keys = selector[-1].removeprefix("~").removesuffix("*")
+    assert all(p.key.startswith(lease_keys) for p in probes(config)
+               if f"+{p.rule}" in selector and p.key)  # fmt: skip
     assert all(p.key is None or p.key.startswith("gpufeed:{images}:") for p in probes(config))

@@ -17,6 +17,9 @@ WORKER_COMMANDS = (
     "xadd", "xtrim", "xdel", "script|load", "evalsha",
     "xlen", "exists", "xinfo|groups", "xinfo|consumers",
 )  # fmt: skip
+# The lease on the worker's consumer name (worker/lease.py), run in a script: string
+# commands, allowed on the lease keys alone by an ACL selector (Redis 7).
+LEASE_COMMANDS = ("get", "set", "del")
 # What a cluster client runs besides: redis-py reads the slot map and command table.
 CLUSTER_COMMANDS = ("cluster|slots", "command")
 
@@ -35,7 +38,9 @@ def acl_rules(
     base = ["resetkeys", "resetchannels", "-@all", "+ping"]
     extra = [f"+{c}" for c in CLUSTER_COMMANDS] if cluster else []
     if role == "worker":
-        return [*base, *(f"+{c}" for c in WORKER_COMMANDS[1:]), *extra, f"~{keys.every_key}"]
+        lease = " ".join([*(f"+{c}" for c in LEASE_COMMANDS), f"~{keys.lease_key('*')}"])
+        return [*base, *(f"+{c}" for c in WORKER_COMMANDS[1:]), *extra, f"~{keys.every_key}",
+                f"({lease})"]  # fmt: skip
     if role == "producer":
         rules = [*base, "+xadd", *extra, f"%W~{keys.in_key}"]
         if reply:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 import time
 from typing import Annotated, Any
 
@@ -233,4 +234,5 @@ def acl(
     except ConfigError as exc:
         raise fail("acl", exc) from exc
     name = user or f"gpufeed-{role}"
-    typer.echo(" ".join(["ACL", "SETUSER", name, "on", ">PASSWORD", *rules]))
+    # A selector, "(+get ~KEYS)", is one argument: quoted, for redis-cli and shells alike.
+    typer.echo(" ".join(["ACL", "SETUSER", name, "on", ">PASSWORD", *map(shlex.quote, rules)]))

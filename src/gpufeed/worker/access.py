@@ -75,6 +75,14 @@ def probes(config: WorkerConfig) -> list[Probe]:
         Probe("evalsha", src, "run the commit script",
               ("EVALSHA", COMMIT_SHA, 3, src, out, dead, group, consumer, 0, 0, 0, 0, 0)),
     ]  # fmt: skip
+    # The lease on the consumer name (worker/lease.py): a key of the queue's no worker
+    # uses, so that the probes touch nobody's lease.
+    nobody = cfg.keys.lease_key(nogroup)
+    found += [
+        Probe("get", nobody, "read who holds the consumer name", ("GET", nobody)),
+        Probe("set", nobody, "hold the consumer name", ("SET", nobody, "", "XX")),
+        Probe("del", nobody, "let go of the consumer name", ("DEL", nobody)),
+    ]
     if cfg.delete_acked:
         found.append(Probe("xdel", src, "delete answered entries (--delete-acked)",
                            ("XDEL", src, "0-0")))  # fmt: skip

@@ -139,5 +139,10 @@ class WorkerConfig:
     def dead_key(self) -> str:
         return self.keys.dead_key
 
+    @property
+    def consumer_prefix(self) -> str:
+        """The worker's consumer name (``--consumer``, or the host name)."""
+        return self.consumer or socket.gethostname()
+
     def consumer_name(self, index: int) -> str:
-        return f"{self.consumer or socket.gethostname()}-{index}"
+        return f"{self.consumer_prefix}-{index}"

@@ -39,6 +39,7 @@ from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.crashlog import MAX_PENDING, CrashLog
 from gpufeed.worker.exits import EXIT_STOPPED, describe_exit, may_be_an_entrys_doing
 from gpufeed.worker.ingest import ingest_main
+from gpufeed.worker.lease import ConsumerLease
 from gpufeed.worker.lifeline import stop_signals_blocked
 
 log = structlog.get_logger()
@@ -80,6 +81,8 @@ class Supervisor:
         self._quarantine_dir = tempfile.TemporaryDirectory(prefix="gpufeed-quarantine-")
         self.quarantine_path = Path(self._quarantine_dir.name) / "quarantine"
         self.crashlog = CrashLog(Path(self._quarantine_dir.name) / "entries")
+        self.lease: ConsumerLease | None = None
+        self.exit_code = 0
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if not self.stopping:
@@ -157,7 +160,7 @@ class Supervisor:
                 if crashed is None:
                     self._drain(gen)
                     log.info("worker stopped", restarts=self.restarts)
-                    return 0
+                    return self.exit_code
                 # A child sent SIGTERM alone (by an operator, say) is not a failure.
                 level = log.warning if crashed.exitcode == EXIT_STOPPED else log.error
                 event = "stopped" if crashed.exitcode == EXIT_STOPPED else "died"
@@ -168,11 +171,12 @@ class Supervisor:
                 self.restarts += 1
                 self._pause(min(MAX_RESTART_PAUSE_S, 0.1 * 2 ** min(self.restarts, 7)))
                 if self.stopping:
-                    return 0
+                    return self.exit_code
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             self._quarantine_dir.cleanup()
+            self._release_lease()
 
     def _record_crash(self, gen: _Generation, crashed: Any) -> None:
         """Count a crash an entry may have caused against every entry pending for the
@@ -212,6 +216,8 @@ class Supervisor:
         while not self.stopping:
             try:
                 check_worker_access(self.config)
+                self.lease = ConsumerLease(target.connect(socket_timeout=5.0), self.config)
+                self.lease.acquire()
                 return True
             except ConfigError as exc:
                 log.error("worker cannot start", reason=str(exc))
@@ -220,7 +226,9 @@ class Supervisor:
                 log.error("worker cannot start: Redis refused the credentials",
                           url=target.safe_url, error=str(exc))  # fmt: skip
                 return False
-            except (*REDIS_ERRORS, redis.RedisClusterException) as exc:
+            except (*REDIS_ERRORS, redis.RedisClusterException, redis.ResponseError) as exc:
+                # A refused command (out of memory, say) may pass: wait as for a server
+                # that is down. Missing permissions were named above (ConfigError).
                 if is_tls_failure(exc):
                     log.error("worker cannot start: TLS handshake failed",
                               url=target.safe_url, error=str(exc))  # fmt: skip
@@ -236,13 +244,39 @@ class Supervisor:
         """Sleep up to ``seconds``, waking early when a stop is requested."""
         end = time.monotonic() + seconds
         while time.monotonic() < end and not self.stopping:
+            self._renew_lease()
             time.sleep(0.05)
+
+    def _renew_lease(self) -> None:
+        """Keep the consumer name (worker/lease.py); stop, exit 2, if another worker
+        took it over (this one looked dead: Redis unreachable past the lease's life)."""
+        if self.lease is None:
+            return
+        try:
+            self.lease.renew_if_due()
+        except Exception as exc:  # Redis away: the lease outlives a short outage
+            log.warning("consumer name lease not renewed", error=str(exc))
+            return
+        if self.lease.lost and not self.stopping:
+            log.error("another worker took over this worker's consumer name; stopping",
+                      consumer=self.lease.name)  # fmt: skip
+            self.stopping = True
+            self.exit_code = 2
+
+    def _release_lease(self) -> None:
+        if self.lease is None or self.lease.lost:
+            return
+        try:
+            self.lease.release()
+        except Exception as exc:  # it expires on its own
+            log.warning("consumer name lease not released", error=str(exc))
 
     def _watch(self, gen: _Generation) -> Any | None:
         """Wait for a stop request (None) or a child that ended on its own (the one
         whose exit code tells why, when several ended)."""
         sentinels = {proc.sentinel: proc for proc in gen.children}
         while not self.stopping:
+            self._renew_lease()
             ready = mp.connection.wait(list(sentinels), timeout=0.2)
             if ready:
                 ended = [sentinels[r] for r in ready]

@@ -1,0 +1,177 @@
+"""One consumer name, one live worker.
+
+A worker's ingest processes read as ``<consumer>-<i>``, and a worker
+restarted under the same name re-reads their pending entries: that is how a
+crash loses nothing. Two live workers under one name would share those
+pending lists, each re-reading and answering the other's entries. So a worker
+holds a lease on its name, a key of the queue's
+(``gpufeed:{QUEUE}:consumer:<name>``) whose value says who holds it: a random
+token, the host, the supervisor's pid and a renewal count. The supervisor
+renews it every ``RENEW_S``; it expires ``TTL_MS`` after the last renewal, and
+a clean stop deletes it.
+
+A worker that finds the name held takes it over at once if the holder is
+dead for sure: on this host, its pid is gone (the common case: a worker
+restarted after a crash, by hand, systemd or a container's restart policy).
+Held from another host, it watches the value for ``STALE_AFTER_S``: a live
+holder renews it meanwhile, and the worker exits 2 naming both and
+``--consumer``; a value that did not change belongs to a dead worker, and is
+taken over. Every change is a compare-and-set in one script call, so two
+successors cannot both win.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from gpufeed.errors import ConfigError
+from gpufeed.worker.config import WorkerConfig
+
+log = structlog.get_logger()
+
+TTL_MS = 15_000
+RENEW_S = 1.0
+# Three renewals missed: the holder is not renewing.
+STALE_AFTER_S = 3.5
+
+# KEYS[1] the lease; ARGV: the value expected now ('' for none), the value to put
+# ('' to delete), its time to live, and 'token' to expect only the value's first
+# word. Returns the value found: the swap happened only if it was the one expected.
+_SWAP = """
+local found = redis.call('GET', KEYS[1]) or ''
+local match = found == ARGV[1]
+if ARGV[4] == 'token' and ARGV[1] ~= '' then
+  match = string.sub(found, 1, #ARGV[1] + 1) == ARGV[1] .. ' '
+end
+if match then
+  if ARGV[2] == '' then redis.call('DEL', KEYS[1])
+  else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+end
+return found
+"""
+
+
+@dataclass(frozen=True)
+class Holder:
+    token: str
+    host: str
+    pid: int
+    renewals: int
+
+    @classmethod
+    def parse(cls, raw: str) -> Holder | None:
+        parts = raw.split(" ")
+        if len(parts) != 4 or not (parts[2].isdigit() and parts[3].isdigit()):
+            return None  # not ours: treat as foreign and live
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]))
+
+    def __str__(self) -> str:
+        return f"{self.token} {self.host} {self.pid} {self.renewals}"
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}"
+
+
+def _alive_here(pid: int) -> bool:
+    """Whether ``pid`` on this host is a live gpufeed process other than this one. A
+    container restarted under the same host name reuses small pids: this process,
+    or another program, may have the dead holder's."""
+    if pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"gpufeed" in f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass  # no /proc (macOS): whether the pid is in use at all
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ConsumerLease:
+    """The supervisor's lease on its consumer name."""
+
+    def __init__(self, client: Any, config: WorkerConfig) -> None:
+        self.client = client
+        self.name = config.consumer_prefix
+        self.key = config.keys.lease_key(self.name)
+        self._swap = client.register_script(_SWAP)
+        self.mine = Holder(secrets.token_hex(6), socket.gethostname(), os.getpid(), 0)
+        self._renewed_at = 0.0
+        self.lost = False
+
+    def _cas(self, expected: str, new: str, *, token: bool = False) -> str:
+        args = [expected, new, TTL_MS, "token" if token else ""]
+        found = self._swap(keys=[self.key], args=args)
+        return found.decode(errors="replace") if isinstance(found, bytes) else str(found)
+
+    def acquire(self) -> None:
+        """Take the name, or raise ``ConfigError`` naming the live worker that holds it."""
+        found = self._cas("", str(self.mine))
+        if not found:
+            self._renewed_at = time.monotonic()
+            return
+        holder = Holder.parse(found)
+        if holder is not None and holder.host == self.mine.host:
+            if not _alive_here(holder.pid):
+                log.info("consumer name taken over from a dead worker", consumer=self.name,
+                         previous=holder.describe())  # fmt: skip
+                return self._take_over(found)
+            raise self._held_by(holder.describe())
+        seen = found
+        time.sleep(STALE_AFTER_S)  # a live holder renews meanwhile
+        found = self._cas("", str(self.mine))
+        if not found:
+            self._renewed_at = time.monotonic()
+            return
+        if found != seen:
+            holder = Holder.parse(found)
+            raise self._held_by(holder.describe() if holder else repr(found))
+        log.info("consumer name taken over from a worker that stopped renewing it",
+                 consumer=self.name, previous=found)  # fmt: skip
+        self._take_over(found)
+
+    def _take_over(self, found: str) -> None:
+        if self._cas(found, str(self.mine)) != found:
+            raise self._held_by("another worker that took it over just now")
+        self._renewed_at = time.monotonic()
+
+    def _held_by(self, who: str) -> ConfigError:
+        return ConfigError(
+            f"consumer name {self.name!r} is held by a live worker ({who}); this one is "
+            f"{self.mine.describe()}. Give each worker its own --consumer (or "
+            "GPUFEED_CONSUMER) when several run on one host"
+        )
+
+    def renew_if_due(self) -> None:
+        """Renew every ``RENEW_S``; a lease found taken over sets ``lost``. A Redis
+        error is the caller's to log (the lease lasts ``TTL_MS``)."""
+        if self.lost or time.monotonic() - self._renewed_at < RENEW_S:
+            return
+        renewed = Holder(self.mine.token, self.mine.host, self.mine.pid, self.mine.renewals + 1)
+        # By token, not by value: a server restarted from an older snapshot of its
+        # data may hold an earlier renewal of ours.
+        found = self._cas(self.mine.token, str(renewed), token=True)
+        if not found:  # expired, or lost with the server's data: take it again if free
+            found = self._cas("", str(renewed)) or self.mine.token + " "
+        self._renewed_at = time.monotonic()
+        if found.startswith(self.mine.token + " "):
+            self.mine = renewed
+        else:
+            self.lost = True
+
+    def release(self) -> None:
+        self._cas(self.mine.token, "", token=True)

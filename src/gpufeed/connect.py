@@ -126,7 +126,7 @@ def cluster_reply_check(key: str) -> Callable[[bytes], str | None]:
     return check
 
 
-def describe_failure(exc: redis.RedisError, target: RedisTarget) -> str:
+def describe_failure(exc: Exception, target: RedisTarget) -> str:
     """One line for an operator: what went wrong talking to Redis, and what to check."""
     where = target.safe_url
     if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in str(exc):

@@ -54,7 +54,12 @@ def reply_name(queue: str) -> st.SearchStrategy[bytes]:
     # cannot take a result: another type, the queue's own input and dead-letter streams.
     return st.one_of(
         junk.map(lambda tail: f"gpufeed:{{{queue}}}:reply:".encode() + tail),
-        st.sampled_from([f"gpufeed:{{{queue}}}:{k}".encode() for k in ("in", "dead", "a-string")]),
+        st.sampled_from(
+            [
+                f"gpufeed:{{{queue}}}:{k}".encode()
+                for k in ("in", "dead", "a-string", "consumer:testhost")
+            ]
+        ),
     )
 
 
@@ -112,7 +117,8 @@ def test_a_hostile_producer_cannot_break_the_worker(client, queue, start_worker)
     hostile = [0]
     # Where each entry's sender looks for its result, and the cid it matches it by.
     expected: dict[bytes, tuple[bytes, bytes | None]] = {}
-    unusable = {stream.encode(), dead.encode(), f"gpufeed:{{{queue}}}:a-string".encode()}
+    unusable = {stream.encode(), dead.encode(), f"gpufeed:{{{queue}}}:a-string".encode(),
+                f"gpufeed:{{{queue}}}:consumer:testhost".encode()}  # fmt: skip
 
     # Short lists, many examples: Hypothesis draws long lists far more slowly
     # (60-150 entries: 0.14 s an example, against 0.016 s for 1-20).

@@ -116,6 +116,7 @@ def test_purge_by_id_and_replay_all(redis_server, client: redis.Redis, queue) ->
 
 
 COMMANDS = {
+    "demo": ["demo", "--messages-per-op", "10"],
     "stats": ["stats"],
     "produce": ["produce", "--count", "10"],
     "dead list": ["dead", "list"],
@@ -139,6 +140,7 @@ def wrong_password(redis_server, client):
     ("problem", "said"),
     [
         ("unreachable", "cannot reach Redis at redis://127.0.0.1:1/0"),
+        ("unreachable cluster", "cannot reach Redis at redis+cluster://127.0.0.1:1"),
         ("unknown host", "cannot reach Redis at redis://no-such-host.invalid:6379/0"),
         ("wrong password", "refused the credentials"),
         ("port out of range", "--redis-url: bad port"),
@@ -150,12 +152,15 @@ def test_every_command_says_in_one_line_what_is_wrong_with_its_redis_and_exits_2
 ) -> None:
     url = {
         "unreachable": "redis://127.0.0.1:1/0",
+        "unreachable cluster": "redis+cluster://127.0.0.1:1",
         "unknown host": "redis://no-such-host.invalid:6379/0",
         "port out of range": "redis://localhost:99999/0",
         "database not a number": "redis://localhost/abc",
     }.get(problem) or request.getfixturevalue("wrong_password")
-    code, out = cli(*COMMANDS[command], "--queue", "jobs", "--redis-url", url)
-    lines = [line for line in out.splitlines() if line.strip()]
+    queue = [] if command == "demo" else ["--queue", "jobs"]
+    code, out = cli(*COMMANDS[command], *queue, "--redis-url", url)
+    # (the demo says what it is doing first, on lines of its own)
+    lines = [line for line in out.splitlines() if line.strip() and not line.startswith("demo:")]
     assert code == 2 and len(lines) == 1, out
     assert lines[0].startswith(f"gpufeed {command}: ") and said in lines[0]
     assert "Traceback" not in out and ":wrong@" not in out  # no password in the message

@@ -4,6 +4,7 @@ the worker, and a misconfigured key holds the queue up without losing anything."
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from types import SimpleNamespace
 
@@ -153,13 +154,17 @@ def test_only_a_crash_an_entry_can_cause_counts_against_the_pending_entries(
     supervisor = Supervisor(config)
     try:
         compute, ingest0, ingest1 = (SimpleNamespace(exitcode=None) for _ in range(3))
-        gen = _Generation(children=[compute, ingest0, ingest1])
+        ready = threading.Event()
+        gen = _Generation(children=[compute, ingest0, ingest1], compute_ready=ready)
 
         def crash(child: SimpleNamespace, code: int) -> dict[bytes, str]:
             child.exitcode = code
             supervisor._record_crash(gen, child)
             return CrashLogState.read(supervisor.crashlog.path).suspects
 
+        for _ in range(3):
+            assert crash(compute, -signal.SIGSEGV) == {}  # before it served anything
+        ready.set()
         for _ in range(3):
             assert crash(compute, -signal.SIGKILL) == {}
             assert crash(ingest0, -signal.SIGTERM) == {}

@@ -57,14 +57,14 @@ def test_a_name_held_from_another_host_is_taken_over_only_once_its_holder_stops_
 ) -> None:
     config = WorkerConfig(redis_url=redis_server.url, queue=queue, consumer="shared")
     key = lease_key(queue, "shared")
-    client.set(key, "abc other-host 1234 7", px=60_000)
+    client.set(key, "abc other-host - 1234 7", px=60_000)
     renewing = threading.Event()
     renewing.set()
 
     def renew() -> None:  # a live holder on another host
         n = 8
         while renewing.is_set():
-            client.set(key, f"abc other-host 1234 {n}", px=60_000)
+            client.set(key, f"abc other-host - 1234 {n}", px=60_000)
             n += 1
             time.sleep(0.5)
 
@@ -87,7 +87,8 @@ def test_a_name_held_by_a_dead_process_of_this_host_is_taken_over_at_once(
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     config = WorkerConfig(redis_url=redis_server.url, queue=queue, consumer="solo")
-    client.set(lease_key(queue, "solo"), f"abc {socket.gethostname()} {gone.stdout.strip()} 3")
+    here = ConsumerLease(client, config).mine  # this host, boot and pid namespace
+    client.set(lease_key(queue, "solo"), f"abc {here.host} {here.place} {gone.stdout.strip()} 3")
     started = time.monotonic()
     ConsumerLease(client, config).acquire()
     assert time.monotonic() - started < 1
@@ -96,30 +97,49 @@ def test_a_name_held_by_a_dead_process_of_this_host_is_taken_over_at_once(
 def test_a_worker_whose_name_was_taken_over_stops_with_exit_2(client, queue, start_worker) -> None:
     worker = start_worker("--log-format", "json")
     worker.wait_ready(client, keys(queue)[0])
-    client.set(lease_key(queue), "xyz other-host 99 0", px=60_000)  # as if it looked dead
+    client.set(lease_key(queue), "xyz other-host - 99 0", px=60_000)  # as if it looked dead
     assert worker.proc.wait(30) == 2
     assert worker.events("another worker took over this worker's consumer name; stopping")
-    assert client.get(lease_key(queue)) == b"xyz other-host 99 0", "the new holder keeps it"
+    assert client.get(lease_key(queue)) == b"xyz other-host - 99 0", "the new holder keeps it"
 
 
 def test_a_server_that_lost_recent_writes_does_not_cost_the_worker_its_name(
-    client, redis_server, queue, monkeypatch
+    client, redis_server, queue
 ) -> None:
     """Restarted from an older snapshot of its data, the server may hold an earlier
     renewal of the lease, or none: still this worker's."""
-    monkeypatch.setattr("gpufeed.worker.lease.RENEW_S", 0.0)
     config = WorkerConfig(redis_url=redis_server.url, queue=queue, consumer="w")
     lease = ConsumerLease(client, config)
     lease.acquire()
     older = str(lease.mine)
-    lease.renew_if_due()
-    lease.renew_if_due()
+    lease.renew()
+    lease.renew()
     client.set(lease.key, older)  # two renewals lost
-    lease.renew_if_due()
+    lease.renew()
     assert not lease.lost and client.get(lease.key) == str(lease.mine).encode()
     client.delete(lease.key)  # the key lost altogether
-    lease.renew_if_due()
+    lease.renew()
     assert not lease.lost and client.get(lease.key) == str(lease.mine).encode()
-    client.set(lease.key, "other other-host 5 0")
-    lease.renew_if_due()
+    client.set(lease.key, "other other-host - 5 0")
+    lease.renew()
     assert lease.lost
+
+
+def test_the_same_host_name_in_another_pid_namespace_is_not_taken_over_at_once(
+    client, redis_server, queue
+) -> None:
+    """Containers sharing a host name (host networking): the holder's pid means nothing
+    here, so it must show it is dead by not renewing."""
+    config = WorkerConfig(redis_url=redis_server.url, queue=queue, consumer="c")
+    here = ConsumerLease(client, config).mine
+    client.set(lease_key(queue, "c"), f"abc {here.host} other:1 1 0", px=60_000)
+    started = time.monotonic()
+    ConsumerLease(client, config).acquire()
+    assert time.monotonic() - started >= STALE_AFTER_S
+
+
+def test_a_lease_key_of_another_type_is_named(client, redis_server, queue) -> None:
+    config = WorkerConfig(redis_url=redis_server.url, queue=queue, consumer="t")
+    client.xadd(lease_key(queue, "t"), {"src": "x"})
+    with pytest.raises(ConfigError, match=r"consumer:t holds another type of value.*delete it"):
+        ConsumerLease(client, config).acquire()

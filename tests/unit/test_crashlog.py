@@ -66,7 +66,7 @@ def test_a_trial_given_up_on_an_exception_convicts_nobody(tmp_path) -> None:
     log.record_crash(pending, "killed by SIGSEGV")
     log.record_crash(pending, "killed by SIGSEGV")
     trials = Trials(log.path, "host-0")
-    with pytest.raises(ConnectionError), trials.alone(b"1-1"):
+    with pytest.raises(ConnectionError), trials.alone(b"1-1", given_up_on=(ConnectionError,)):
         raise ConnectionError("redis went away mid-trial")
     assert CrashLogState.read(log.path).unresolved == {b"1-1"}  # it runs again
     assert trials.mine == [b"1-1"]
@@ -121,3 +121,31 @@ def test_waiting_for_the_others_gives_up_on_a_stop(tmp_path) -> None:
     started = time.monotonic()
     mine.wait_for_the_others(timeout_s=30, stop=lambda: True)
     assert time.monotonic() - started < 5
+
+
+def test_a_trial_that_ends_on_anything_else_still_stands_against_its_suspect(tmp_path) -> None:
+    """An internal error, a dead peer: the process is on its way down, perhaps because
+    of the suspect, and the death that follows convicts it."""
+    log = CrashLog(tmp_path / "entries")
+    pending = {b"1-1": "host-0"}
+    log.record_crash(pending, "exit code 5")
+    log.record_crash(pending, "exit code 5")
+    trials = Trials(log.path, "host-0")
+    with pytest.raises(RuntimeError), trials.alone(b"1-1", given_up_on=(ConnectionError,)):
+        raise RuntimeError("result out of order")
+    log.record_crash(pending, "exit code 5")
+    assert CrashLogState.read(log.path).poison.keys() == {b"1-1"}
+
+
+def test_a_death_that_counts_against_nobody_ends_the_trials_it_cut_short(tmp_path) -> None:
+    log = CrashLog(tmp_path / "entries")
+    pending = {b"1-1": "host-0", b"1-2": "host-0"}
+    log.record_crash(pending, "killed by SIGSEGV")
+    log.record_crash(pending, "killed by SIGSEGV")
+    trials = Trials(log.path, "host-0")
+    trials._append(b"trying", b"1-1")  # 1-1 on trial when the OOM killer struck
+    log.forget_trials()
+    # next generation: 1-2 runs alone and segfaults; 1-1's old trial accuses nothing
+    with trials.alone(b"1-2"):
+        log.record_crash(pending, "killed by SIGSEGV")
+    assert CrashLogState.read(log.path).poison.keys() == {b"1-2"}

@@ -13,6 +13,7 @@ from gpufeed.worker.exits import (
     EXIT_DEVICE_LOST,
     EXIT_INTERNAL,
     EXIT_RING_CORRUPT,
+    EXIT_STOPPED,
     describe_exit,
     exit_on_known_failures,
     may_be_an_entrys_doing,
@@ -57,6 +58,7 @@ def test_anything_else_still_raises() -> None:
         # from outside: an operator, a container runtime, the out-of-memory killer
         (-signal.SIGKILL, False), (-signal.SIGTERM, False), (-signal.SIGINT, False),
         (0, False), (None, False), (EXIT_RING_CORRUPT, False), (EXIT_DEVICE_LOST, False),
+        (EXIT_STOPPED, False),  # drained on request
     ],
 )  # fmt: skip
 def test_only_a_death_an_entry_can_cause_counts_against_entries(code, may_be) -> None:

@@ -398,3 +398,15 @@ def test_every_reject_can_be_matched_by_its_sender(fields, cid, reply_to, reason
     (reject,) = batch.rejects
     assert (reject.cid, reject.reply_to) == (cid, reply_to)
     assert reason in reject.reason
+
+
+def test_a_worker_refuses_reply_to_streams_among_the_queues_own_keys() -> None:
+    from gpufeed.worker.config import WorkerConfig
+    from gpufeed.worker.ingest import reply_to_check_for
+
+    check = reply_to_check_for(WorkerConfig(queue="jobs"))
+    assert "own input stream" in (check(b"gpufeed:{jobs}:in") or "")
+    assert "own dead-letter stream" in (check(b"gpufeed:{jobs}:dead") or "")
+    # a stream at a lease key would keep workers under that name from starting
+    assert "consumer-name leases" in (check(b"gpufeed:{jobs}:consumer:host-a") or "")
+    assert check(b"gpufeed:{jobs}:reply:web-1") is None

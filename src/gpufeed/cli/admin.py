@@ -135,7 +135,7 @@ def dead_list(
     """
     from gpufeed.admin.dead import dead_letters
 
-    keys = _keys("dead list", settings, [] if start == "-" else [start])
+    keys = _keys("dead list", settings, [] if start == "-" else [start.removeprefix("(")])
     with redis_session("dead list", settings) as client:
         rows = dead_letters(client, keys, count=count, start=start)
     if as_json:
@@ -234,5 +234,7 @@ def acl(
     except ConfigError as exc:
         raise fail("acl", exc) from exc
     name = user or f"gpufeed-{role}"
-    # A selector, "(+get ~KEYS)", is one argument: quoted, for redis-cli and shells alike.
-    typer.echo(" ".join(["ACL", "SETUSER", name, "on", ">PASSWORD", *map(shlex.quote, rules)]))
+    # Quoted for shells and redis-cli alike: a selector, "(+get ~KEYS)", is one
+    # argument, and an unquoted >PASSWORD would be a shell redirection.
+    words = ["ACL", "SETUSER", name, "on", ">PASSWORD", *rules]
+    typer.echo(" ".join(map(shlex.quote, words)))

@@ -72,9 +72,11 @@ def demo(
 
       gpufeed demo --redis-url redis://localhost:6379/0
     """
+    import redis
     from rich.console import Console
     from rich.table import Table
 
+    from gpufeed.connect import RedisTarget, describe_failure
     from gpufeed.loadgen.demo import run_demo
 
     try:
@@ -83,8 +85,11 @@ def demo(
             redis_url=redis_url, say=lambda line: typer.echo(f"demo: {line}", err=True),
         )  # fmt: skip
     except GpufeedError as exc:
-        typer.echo(f"gpufeed demo: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail("demo", exc) from exc
+    except (redis.RedisError, redis.RedisClusterException) as exc:
+        # The embedded server is the demo's own: only the user's can be unreachable.
+        why = describe_failure(exc, RedisTarget(redis_url)) if redis_url else exc
+        raise fail("demo", why) from exc
     table = Table(title=f"gpufeed demo (backend: {chosen})")
     for column in ("op", "messages", "ok", "error", "wrong", "missing", "duplicate",
                    "msgs/s", "p50 ms", "p99 ms"):  # fmt: skip

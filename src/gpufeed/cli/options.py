@@ -103,10 +103,12 @@ def redis_session(command: str, settings: dict[str, Any]) -> Iterator[Any]:
         )  # fmt: skip
     except ConfigError as exc:
         raise fail(command, exc) from exc
-    client = target.connect()
+    client = None
     try:
+        client = target.connect()  # a cluster client asks for the slot map at once
         yield client
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.RedisClusterException) as exc:
         raise fail(command, describe_failure(exc, target)) from exc
     finally:
-        client.close()
+        if client is not None:
+            client.close()

@@ -175,10 +175,11 @@ def run_demo(
                 if proc.poll() is not None:
                     raise ProcessFailed(f"worker exited early:\n{log_path.read_text()[-4000:]}")
         finally:
-            if redis_url:  # the user's server: leave it as it was
-                left = list(client.scan_iter(queue_key(queue, "*"), count=1000))
-                if left:
-                    client.delete(*left)
+            if redis_url:  # the user's server: leave it as it was (if it still answers)
+                with contextlib.suppress(redis.RedisError, redis.RedisClusterException):
+                    left = list(client.scan_iter(queue_key(queue, "*"), count=1000))
+                    if left:
+                        client.delete(*left)
         started = next(log_events(log_path, "compute started"), {})
         chosen = str(started.get("backend", "unknown"))
         reports = [check_op(name, ids, p, results) for name, (ids, p) in sent.items()]

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -113,6 +114,7 @@ def compute_main(
     setup: Callable[[str], None] | None = None,
     quarantine_path: str | None = None,
     supervisor_pid: int | None = None,
+    ready: Any = None,
 ) -> None:
     """Entry point of the compute process (started with ``spawn``).
 
@@ -141,6 +143,8 @@ def compute_main(
         ]
         backend.attach_request_rings([p.requests.segment.slots_readonly for p in pairs])
         log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
+        if ready is not None:  # from here on, a death may be an entry's doing
+            ready.set()
         metrics.BACKEND.labels(backend.name, table.default.name).set(1)
         tune_for_hot_loop()
         started = time.monotonic()

@@ -141,6 +141,14 @@ class CrashLog:
             log.warning("entries pending across crashes", suspects=len(suspects),
                         poison=len(self._poison), path=str(self.path))  # fmt: skip
 
+    def forget_trials(self) -> None:
+        """After a death that counts against no entry: the trials it cut short were not
+        the suspects' doing, and must not convict them at the next death."""
+        state = CrashLogState.read(self.path)
+        if state.on_trial:
+            with self.path.open("ab") as f:
+                f.write(b"".join(b"aborted %s\n" % i for i in state.on_trial))
+
     def _count(self, entry_id: bytes) -> int:
         return self._crashes.get(entry_id, ("", 0))[1]
 
@@ -167,18 +175,21 @@ class Trials:
             f.write(b"%s %s\n" % (kind, entry_id))
 
     @contextlib.contextmanager
-    def alone(self, entry_id: bytes) -> Iterator[None]:
+    def alone(
+        self, entry_id: bytes, given_up_on: tuple[type[BaseException], ...] = ()
+    ) -> Iterator[None]:
         """Run one suspect with nothing else of this worker's in flight: across ingest
         processes, one at a time (a lock file); ``trying`` before, ``cleared`` after,
-        ``aborted`` if the trial raised (it is not the suspect's doing: a lost
-        connection, a stop)."""
+        ``aborted`` if the trial raised one of ``given_up_on`` (not the suspect's
+        doing: Redis away or refusing). Anything else leaves ``trying``: the process
+        is on its way down, perhaps because of the suspect."""
         with self.path.with_suffix(".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 self._append(b"trying", entry_id)
                 try:
                     yield
-                except BaseException:
+                except given_up_on:
                     self._append(b"aborted", entry_id)
                     raise
                 self._append(b"cleared", entry_id)

@@ -51,6 +51,9 @@ from gpufeed.worker.reclaim import Reclaimer
 
 log = structlog.get_logger()
 
+# What ends a suspect's trial without saying anything about the suspect.
+GIVEN_UP_ON = (*REDIS_ERRORS, redis.ResponseError, QueueMisconfigured)
+
 
 def reply_to_check_for(config: WorkerConfig) -> Callable[[bytes], str | None]:
     """Why a ``reply_to`` stream cannot be used: the queue's own input or dead-letter
@@ -58,12 +61,15 @@ def reply_to_check_for(config: WorkerConfig) -> Callable[[bytes], str | None]:
     or, on a cluster, a stream in another hash slot than the queue's (the commit
     script writes every stream in one call)."""
     own = {config.in_key.encode(): "input", config.dead_key.encode(): "dead-letter"}
+    leases = config.keys.lease_key("").encode()
     cluster = cluster_reply_check(config.in_key) if config.redis.cluster else None
 
     def check(reply_to: bytes) -> str | None:
         kind = own.get(reply_to)
         if kind is not None:
             return f"reply_to names the queue's own {kind} stream"
+        if reply_to.startswith(leases):  # a stream there would keep workers from starting
+            return "reply_to names a key of the queue's consumer-name leases"
         return cluster(reply_to) if cluster is not None else None
 
     return check
@@ -286,7 +292,7 @@ class Ingest:
             while self.in_flight:  # a trial cut short by a lost connection, say
                 self.collect(timeout=0.05)
             self.commit()  # nothing of ours beside the suspect, not even in Redis's hands
-            with self.trials.alone(entry_id):
+            with self.trials.alone(entry_id, given_up_on=GIVEN_UP_ON):
                 found: Any = self.client.xrange(self.config.in_key, entry_id, entry_id)
                 entries: list[Entry] = [(entry_id, found[0][1] if found else None)]
                 if self.trials.poison:

@@ -47,11 +47,17 @@ CommitSome = Callable[[Results], CommitCounts]
 
 
 def internal_error(
-    entry_id: bytes, exc: BaseException, cid: bytes | None = None, reply_to: bytes | None = None
+    entry_id: bytes,
+    exc: BaseException,
+    echo: ResultEntry | None = None,
 ) -> ResultEntry:
-    """The error result of an entry on which ``exc`` was raised (``cid`` and ``reply_to``:
-    already checked, as its sender can match it)."""
+    """The error result of an entry on which ``exc`` was raised, with the cid and
+    reply_to of ``echo`` (checked already) and why its reply_to was not usable."""
+    cid, reply_to = (echo.cid, echo.reply_to) if echo is not None else (None, None)
+    why_not_reply = echo.reason.removeprefix("; ") if echo is not None and echo.reason else ""
     text = f"internal error: {type(exc).__name__}: {exc}"
+    if why_not_reply:
+        text = f"{text}; {why_not_reply}"
     reason = text.encode(errors="replace")[:MAX_REASON_BYTES]
     return ResultEntry(entry_id, Status.ERROR, reason, cid, reply_to)
 
@@ -84,7 +90,7 @@ def pack_each(
             raise
         except Exception as exc:
             echo = error_result(entry[0], "", entry[1], reply_to_check)
-            failed.append(internal_error(entry[0], exc, echo.cid, echo.reply_to))
+            failed.append(internal_error(entry[0], exc, echo))
         else:
             good.append(entry)
     log.warning("a batch could not be packed; packed entry by entry", error=repr(first),
@@ -109,7 +115,7 @@ def commit_each(results: Results, commit_some: CommitSome, first: BaseException)
         except NOT_ISOLATED:
             raise
         except Exception as exc:
-            error = internal_error(entry.src, exc, entry.cid, entry.reply_to)
+            error = internal_error(entry.src, exc, entry._replace(body=b""))
         log.warning("message failed", entry_id=entry.src.decode(errors="replace"),
                     status=str(error.status), reason=error.reason)  # fmt: skip
         try:

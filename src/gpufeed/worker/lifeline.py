@@ -9,12 +9,12 @@
   unlinked by the resource tracker of the supervisor that created it.
 * **A stop signal sent to the whole process group** (Ctrl-C, ``timeout``,
   ``docker stop`` on a shell, systemd's default KillMode) reaches the
-  children as well as the supervisor. The children start with SIGINT and
-  SIGTERM blocked (a signal mask survives ``fork`` and ``exec``), so none
-  arrives half-way through Python's start-up; each then installs its own
-  handling and unblocks them. An ingest process drains on SIGTERM and exits
-  with ``EXIT_STOPPED``, which tells the supervisor it was asked to stop, not
-  that it died.
+  children as well as the supervisor. An ingest process drains on SIGTERM
+  and exits with ``EXIT_STOPPED``, which tells the supervisor it was asked to
+  stop, not that it died; the supervisor, stopping too, drains. (A child
+  still starting up when the signal comes dies of it; the supervisor is
+  stopping then, and says so, not that a child died. A signal mask would not
+  help: multiprocessing's ``spawn`` starts children with an empty one.)
 """
 
 from __future__ import annotations
@@ -25,28 +25,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_CHECK_S = 0.5
 
 
-@contextmanager
-def stop_signals_blocked() -> Iterator[None]:
-    """Block SIGINT and SIGTERM while children are started: they inherit the mask.
-    A signal that comes meanwhile waits, and reaches the supervisor after."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def tie_to_parent(parent_pid: int) -> None:
-    """In a child, first thing: die with the supervisor ``parent_pid``; then take the
-    stop signals, whose handling the caller has installed."""
+    """In a child, first thing: die with the supervisor ``parent_pid``."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -55,7 +40,6 @@ def tie_to_parent(parent_pid: int) -> None:
         _watch_parent(parent_pid)
     if os.getppid() != parent_pid:  # it died before the kernel was told to watch
         os._exit(1)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _watch_parent(parent_pid: int) -> None:

@@ -40,7 +40,6 @@ from gpufeed.worker.crashlog import MAX_PENDING, CrashLog
 from gpufeed.worker.exits import EXIT_STOPPED, describe_exit, may_be_an_entrys_doing
 from gpufeed.worker.ingest import ingest_main
 from gpufeed.worker.lease import ConsumerLease
-from gpufeed.worker.lifeline import stop_signals_blocked
 
 log = structlog.get_logger()
 _CTX = mp.get_context("spawn")
@@ -56,6 +55,7 @@ class _Generation:
     segments: list[RingSegment] = field(default_factory=list)
     children: list[Any] = field(default_factory=list)
     drain: Any = None
+    compute_ready: Any = None  # set once the compute process serves its rings
 
     def close(self) -> None:
         for proc in self.children:
@@ -91,7 +91,7 @@ class Supervisor:
 
     def _start(self) -> _Generation:
         cfg = self.config
-        gen = _Generation(drain=_CTX.Event())
+        gen = _Generation(drain=_CTX.Event(), compute_ready=_CTX.Event())
         capacity = cfg.ring_capacity
         names = []
         for _ in range(cfg.ingest_procs):
@@ -102,7 +102,14 @@ class Supervisor:
         log.info("rings created", rings=names, capacity=capacity, slot_bytes=cfg.slot_bytes)
         compute = _CTX.Process(
             target=compute_main,
-            args=(cfg, names, self.child_setup, str(self.quarantine_path), os.getpid()),
+            args=(
+                cfg,
+                names,
+                self.child_setup,
+                str(self.quarantine_path),
+                os.getpid(),
+                gen.compute_ready,
+            ),
             name="gpufeed-compute",
         )
         gen.children.append(compute)
@@ -123,9 +130,8 @@ class Supervisor:
                     name=f"gpufeed-ingest-{i}",
                 )
             )
-        with stop_signals_blocked():  # until each child handles them (worker/lifeline.py)
-            for proc in gen.children:
-                proc.start()
+        for proc in gen.children:
+            proc.start()
         return gen
 
     def _drain(self, gen: _Generation) -> None:
@@ -183,7 +189,11 @@ class Supervisor:
         consumers involved: all of them if the compute process died, the one ingest
         process's own if it did (worker/crashlog.py)."""
         code = crashed.exitcode
-        if not may_be_an_entrys_doing(code):
+        started = crashed is not gen.children[0] or gen.compute_ready.is_set()
+        if not (may_be_an_entrys_doing(code) and started):
+            # Not an entry's doing, or a compute process that never got as far as
+            # reading one (a GPU busy at start, a bad op): nothing is counted.
+            self.crashlog.forget_trials()
             return
         cfg = self.config
         index = gen.children.index(crashed) - 1  # children: compute, then ingest 0, 1...
@@ -201,6 +211,7 @@ class Supervisor:
                 client.close()
         except Exception as exc:  # not worth the supervisor's life: nothing is counted
             log.warning("pending entries unknown after a crash; not counted", error=str(exc))
+            self.crashlog.forget_trials()
             return
         self.crashlog.record_crash(pending, describe_exit(code), consumers)
 
@@ -216,8 +227,11 @@ class Supervisor:
         while not self.stopping:
             try:
                 check_worker_access(self.config)
-                self.lease = ConsumerLease(target.connect(socket_timeout=5.0), self.config)
-                self.lease.acquire()
+                client = target.connect(socket_timeout=1.0, socket_connect_timeout=1.0)
+                lease = ConsumerLease(client, self.config)
+                lease.acquire()
+                lease.keep()
+                self.lease = lease
                 return True
             except ConfigError as exc:
                 log.error("worker cannot start", reason=str(exc))
@@ -248,14 +262,9 @@ class Supervisor:
             time.sleep(0.05)
 
     def _renew_lease(self) -> None:
-        """Keep the consumer name (worker/lease.py); stop, exit 2, if another worker
-        took it over (this one looked dead: Redis unreachable past the lease's life)."""
+        """Stop, exit 2, if another worker took over the consumer name (this one looked
+        dead: Redis unreachable past the lease's life). A thread renews it."""
         if self.lease is None:
-            return
-        try:
-            self.lease.renew_if_due()
-        except Exception as exc:  # Redis away: the lease outlives a short outage
-            log.warning("consumer name lease not renewed", error=str(exc))
             return
         if self.lease.lost and not self.stopping:
             log.error("another worker took over this worker's consumer name; stopping",
@@ -264,7 +273,7 @@ class Supervisor:
             self.exit_code = 2
 
     def _release_lease(self) -> None:
-        if self.lease is None or self.lease.lost:
+        if self.lease is None:
             return
         try:
             self.lease.release()
@@ -293,5 +302,7 @@ class Supervisor:
                         ended.append(sentinels[r])
                 if self.stopping:
                     return None  # the children were told as well: a drain, not a death
-                return next((c for c in ended if c.exitcode != 0), ended[0])
+                # The cause: a death an entry may have caused, else any other failure.
+                return next((c for c in ended if may_be_an_entrys_doing(c.exitcode)),
+                            next((c for c in ended if c.exitcode != 0), ended[0]))  # fmt: skip
         return None

@@ -188,6 +188,16 @@ def spawned_children(pid: int) -> list[int]:
     return found
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Any:
+    """A chaos row whose test then failed says so in the report."""
+    outcome = yield
+    result = outcome.get_result()
+    report = sys.modules.get("report")
+    if report is not None and result.when == "call" and result.failed:
+        report.mark_failed(item.nodeid)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """After a run with chaos scenarios, print their report (and write it if asked)."""
     report = sys.modules.get("report")  # tests/chaos/report.py, imported by the scenarios

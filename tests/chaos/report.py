@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # "long" (make chaos) or "quick" (make test): how hard each scenario pushes.
@@ -29,6 +29,10 @@ class Row:
     duplicated: int
     duration_s: float
     detail: str = ""
+    # The test that recorded the row, so that a failure after it can be shown on it:
+    # rows are recorded before the assertions, whose figures they report.
+    test: str = field(default_factory=lambda: os.environ.get("PYTEST_CURRENT_TEST", ""))
+    failed: bool = False
 
 
 ROWS: list[Row] = []
@@ -36,6 +40,12 @@ ROWS: list[Row] = []
 
 def record(row: Row) -> None:
     ROWS.append(row)
+
+
+def mark_failed(nodeid: str) -> None:
+    for row in ROWS:
+        if row.test.split(" ")[0] == nodeid:
+            row.failed = True
 
 
 def render() -> str:
@@ -50,8 +60,9 @@ def render() -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in sorted(ROWS, key=lambda row: row.scenario):
+        detail = f"**FAILED** (its bounds were not met); {r.detail}" if r.failed else r.detail
         lines.append(f"| {r.scenario} | {r.messages:,} | {r.lost} | {r.duplicated} | "
-                     f"{r.duration_s:.1f} | {r.detail} |")  # fmt: skip
+                     f"{r.duration_s:.1f} | {detail} |")  # fmt: skip
     return "\n".join(lines) + "\n" + NOTES
 
 

@@ -172,13 +172,24 @@ def test_a_hostile_producer_cannot_break_the_worker(client, queue, start_worker)
 MISCONFIGURED = "queue misconfigured; results are kept and the commit retried"
 
 
+# Each swap is one script, so atomic: between a RENAME and a SET (or a DEL and a
+# RENAME) the worker's retried commit could create the stream afresh, and the next
+# command would overwrite the results it had just written.
+BREAK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
+redis.call('SET', KEYS[1], ARGV[1])
+"""
+RESTORE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1])
+else redis.call('DEL', KEYS[1]) end
+"""
+
+
 def break_and_restore(client: redis.Redis, worker, key: str, stream: str) -> bytes:
     """Replace ``key`` by a string until the worker says it is waiting (a valid entry
     sent meanwhile makes it commit), then put the stream back as it was; the entry's id."""
     aside = key + ":aside"
-    if client.exists(key):
-        client.rename(key, aside)
-    client.set(key, b"someone's string")
+    client.eval(BREAK, 2, key, aside, b"someone's string")
     seen = len(worker.events(MISCONFIGURED))
     sentinel: bytes = client.xadd(stream, {"data": b"sent while " + key.encode() + b" was broken"})
     deadline = time.monotonic() + 60
@@ -186,9 +197,7 @@ def break_and_restore(client: redis.Redis, worker, key: str, stream: str) -> byt
         assert time.monotonic() < deadline, "the worker never tried to commit"
         time.sleep(0.2)
     assert client.get(key) == b"someone's string", "the worker wrote nothing over it"
-    client.delete(key)
-    if client.exists(aside):
-        client.rename(aside, key)
+    client.eval(RESTORE, 2, key, aside)
     return sentinel
 
 

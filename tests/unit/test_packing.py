@@ -402,9 +402,8 @@ def test_every_reject_can_be_matched_by_its_sender(fields, cid, reply_to, reason
 
 def test_a_worker_refuses_reply_to_streams_among_the_queues_own_keys() -> None:
     from gpufeed.worker.config import WorkerConfig
-    from gpufeed.worker.ingest import reply_to_check_for
 
-    check = reply_to_check_for(WorkerConfig(queue="jobs"))
+    check = WorkerConfig(queue="jobs").reply_to_check()
     assert "own input stream" in (check(b"gpufeed:{jobs}:in") or "")
     assert "own dead-letter stream" in (check(b"gpufeed:{jobs}:dead") or "")
     # a stream at a lease key would keep workers under that name from starting

@@ -11,14 +11,13 @@ from gpufeed.packing.layout import (
     payload_area,
     payload_capacity,
 )
+from gpufeed.packing.rejects import ReplyToCheck, error_result
 from gpufeed.packing.requests import (
     Columns,
     Entry,
     LengthRule,
     OpRules,
     PackedBatch,
-    ReplyToCheck,
-    error_result,
     pack,
     plain_columns,
     read_entries,

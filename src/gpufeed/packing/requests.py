@@ -12,7 +12,7 @@ payload has the same length.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
@@ -22,18 +22,16 @@ import numpy.typing as npt
 
 from gpufeed.errors import InternalError
 from gpufeed.packing.layout import HEADER_BYTES, HEADER_DTYPE, SEQ_MOD, SlotArray, slot_parts
+from gpufeed.packing.rejects import (
+    Fields,
+    ReplyToCheck,
+    metadata_problem,
+    reject,
+)
 from gpufeed.packing.results import ResultEntry
 from gpufeed.packing.status import Status
 
-Fields = Mapping[bytes, bytes]
 Entry = tuple[bytes, Fields | None]
-# Why a reply_to stream cannot be written (None: it can); see ``pack``.
-ReplyToCheck = Callable[[bytes], str | None]
-
-# Limits on the optional fields: a message is a payload plus a little metadata.
-MAX_FIELDS = 64
-MAX_CID_BYTES = 256
-MAX_REPLY_TO_BYTES = 512
 
 
 class LengthRule(Protocol):
@@ -207,7 +205,7 @@ def pack(
             reason = _reason(code, int(lens[i]), table.ops[int(op_ids[i])], capacity)
             status = Status.EXPIRED if code == _EXPIRED else Status.ERROR
             fields = {b"data": datas[i]} if kept_fields is None else kept_fields[i]
-            batch.rejects.append(_reject(ids[i], reason, fields, status, reply_to_check))
+            batch.rejects.append(reject(ids[i], reason, fields, status, reply_to_check))
         keep = np.flatnonzero(bad == 0)
         kept = keep.tolist()
         ids = [ids[i] for i in kept]
@@ -249,15 +247,15 @@ def _triage(
         data = fields.get(b"data") if fields else None
         if data is None:
             reason = "missing data field" if fields else "entry has no fields (deleted?)"
-            rejects.append(_reject(entry_id, reason, fields, Status.ERROR, reply_to_check))
+            rejects.append(reject(entry_id, reason, fields, Status.ERROR, reply_to_check))
             continue
         assert fields is not None
         op_id = 0
         deadline = -1
         if len(fields) > 1:  # anything beyond data: look at the optional fields
-            problem = _metadata_problem(fields, reply_to_check)
+            problem = metadata_problem(fields, reply_to_check)
             if problem is not None:
-                rejects.append(_reject(entry_id, problem, fields, Status.ERROR, reply_to_check))
+                rejects.append(reject(entry_id, problem, fields, Status.ERROR, reply_to_check))
                 continue
             op_name = fields.get(b"op")
             if op_name is not None:
@@ -265,7 +263,7 @@ def _triage(
                 if found is None:
                     name = op_name.decode(errors="replace")
                     reason = table.unusable.get(name) or f"unknown op {name!r}"
-                    rejects.append(_reject(entry_id, reason, fields, Status.ERROR, reply_to_check))
+                    rejects.append(reject(entry_id, reason, fields, Status.ERROR, reply_to_check))
                     continue
                 op_id = found
             raw_deadline = fields.get(b"deadline_ms")
@@ -277,7 +275,7 @@ def _triage(
                         f"malformed deadline_ms {raw_deadline[:40]!r}: "
                         "expected Unix time in milliseconds"
                     )
-                    rejects.append(_reject(entry_id, reason, fields, Status.ERROR, reply_to_check))
+                    rejects.append(reject(entry_id, reason, fields, Status.ERROR, reply_to_check))
                     continue
         ids.append(entry_id)
         datas.append(data)
@@ -285,67 +283,6 @@ def _triage(
         ops.append(op_id)
         deadlines.append(deadline)
     return ids, datas, kept_fields, ops, deadlines
-
-
-def _reject(
-    entry_id: bytes,
-    reason: str,
-    fields: Fields | None,
-    status: Status = Status.ERROR,
-    reply_to_check: ReplyToCheck | None = None,
-) -> ResultEntry:
-    """A reject its sender can match, whatever else is wrong with the entry: it echoes
-    the cid, and goes to the reply_to stream, each where it is usable itself. An
-    unusable reply_to sends the result to the output stream, saying why."""
-    fields = fields or {}
-    cid = fields.get(b"cid")
-    if cid is not None and _cid_problem(cid) is not None:
-        cid = None
-    reply_to = fields.get(b"reply_to")
-    if reply_to is not None:
-        unusable = _reply_to_problem(reply_to, reply_to_check)
-        if unusable is not None:
-            if unusable not in reason:
-                reason = f"{reason}; not answered on reply_to: {unusable}"
-            reply_to = None
-    return ResultEntry(entry_id, status, reason.encode(), cid, reply_to)
-
-
-def error_result(
-    entry_id: bytes, reason: str, fields: Fields | None, reply_to_check: ReplyToCheck | None
-) -> ResultEntry:
-    """An error result for an entry answered without packing it (delivered too often,
-    convicted of crashing the worker, failed unexpectedly), echoing what it can."""
-    return _reject(entry_id, reason, fields, Status.ERROR, reply_to_check)
-
-
-def _cid_problem(cid: bytes) -> str | None:
-    if len(cid) > MAX_CID_BYTES:
-        return f"cid is {len(cid)} bytes, at most {MAX_CID_BYTES}"
-    try:
-        cid.decode()
-    except UnicodeDecodeError:
-        return "cid is not valid UTF-8"
-    return None
-
-
-def _reply_to_problem(reply_to: bytes, reply_to_check: ReplyToCheck | None) -> str | None:
-    if not 0 < len(reply_to) <= MAX_REPLY_TO_BYTES:
-        return f"reply_to must be a stream key of 1 to {MAX_REPLY_TO_BYTES} bytes"
-    return reply_to_check(reply_to) if reply_to_check is not None else None
-
-
-def _metadata_problem(fields: Fields, reply_to_check: ReplyToCheck | None = None) -> str | None:
-    """Why a message's optional fields are unusable, or None."""
-    if len(fields) > MAX_FIELDS:
-        return f"too many fields: {len(fields)}, at most {MAX_FIELDS}"
-    cid = fields.get(b"cid")
-    if cid is not None and (problem := _cid_problem(cid)) is not None:
-        return problem
-    reply_to = fields.get(b"reply_to")
-    if reply_to is not None:
-        return _reply_to_problem(reply_to, reply_to_check)
-    return None
 
 
 _TOO_LARGE, _WRONG_LENGTH, _EXPIRED = 1, 2, 3

@@ -8,6 +8,7 @@ these fields, so the list of settings exists once.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +114,28 @@ class WorkerConfig:
         from gpufeed.connect import RedisTarget
 
         return RedisTarget(self.redis_url, self.tls_ca_cert, self.tls_cert, self.tls_key)
+
+    def reply_to_check(self) -> Callable[[bytes], str | None]:
+        """Why a ``reply_to`` stream cannot be used: the queue's own input or dead-letter
+        stream (a result written there would be read as a message, or as a dead
+        letter), a consumer-name lease key (a stream there would keep workers from
+        starting), or, on a cluster, a stream in another hash slot than the queue's
+        (the commit script writes every stream in one call)."""
+        from gpufeed.connect import cluster_reply_check
+
+        own = {self.in_key.encode(): "input", self.dead_key.encode(): "dead-letter"}
+        leases = self.keys.lease_key("").encode()
+        cluster = cluster_reply_check(self.in_key) if self.redis.cluster else None
+
+        def check(reply_to: bytes) -> str | None:
+            kind = own.get(reply_to)
+            if kind is not None:
+                return f"reply_to names the queue's own {kind} stream"
+            if reply_to.startswith(leases):
+                return "reply_to names a key of the queue's consumer-name leases"
+            return cluster(reply_to) if cluster is not None else None
+
+        return check
 
     @property
     def keys(self) -> QueueKeys:

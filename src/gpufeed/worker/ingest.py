@@ -22,7 +22,6 @@ import redis
 import structlog
 from redis.backoff import ExponentialBackoff
 
-from gpufeed.connect import cluster_reply_check
 from gpufeed.errors import QueueMisconfigured, RingClosed
 from gpufeed.ops.registry import OpTable
 from gpufeed.packing import (
@@ -53,26 +52,6 @@ log = structlog.get_logger()
 
 # What ends a suspect's trial without saying anything about the suspect.
 GIVEN_UP_ON = (*REDIS_ERRORS, redis.ResponseError, QueueMisconfigured)
-
-
-def reply_to_check_for(config: WorkerConfig) -> Callable[[bytes], str | None]:
-    """Why a ``reply_to`` stream cannot be used: the queue's own input or dead-letter
-    stream (a result written there would be read as a message, or as a dead letter),
-    or, on a cluster, a stream in another hash slot than the queue's (the commit
-    script writes every stream in one call)."""
-    own = {config.in_key.encode(): "input", config.dead_key.encode(): "dead-letter"}
-    leases = config.keys.lease_key("").encode()
-    cluster = cluster_reply_check(config.in_key) if config.redis.cluster else None
-
-    def check(reply_to: bytes) -> str | None:
-        kind = own.get(reply_to)
-        if kind is not None:
-            return f"reply_to names the queue's own {kind} stream"
-        if reply_to.startswith(leases):  # a stream there would keep workers from starting
-            return "reply_to names a key of the queue's consumer-name leases"
-        return cluster(reply_to) if cluster is not None else None
-
-    return check
 
 
 # How often each ingest process logs a throughput summary (info level).
@@ -110,7 +89,7 @@ class Ingest:
         )
         self.client = make_client(config.redis)
         self.reader = GroupReader(self.client, config, self.consumer)
-        self.reply_to_check = reply_to_check_for(config)
+        self.reply_to_check = config.reply_to_check()
         self.committer = Committer(self.client, config, self.consumer)
         self.counts = CommitCounts()
         self.reclaimer = Reclaimer(self.client, config, self.consumer, self.reply_to_check)

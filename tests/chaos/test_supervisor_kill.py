@@ -14,19 +14,11 @@ from harness import finish, start_producer
 from report import Row, record, sized
 
 from conftest import WorkerProcess
+from gpufeed.ring import process_alive
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 # How soon the children must be gone once their supervisor is.
 ORPHAN_GRACE_S = 5.0
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie waiting for init to reap it."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def children_of(worker: WorkerProcess) -> list[int]:
@@ -52,7 +44,7 @@ def test_supervisor_sigkill_leaves_no_child_serving(client, redis_server, queue,
             children = children_of(worker)
             os.kill(worker.proc.pid, signal.SIGKILL)  # the supervisor alone
             killed = time.monotonic()
-            while any(alive(pid) for pid in children):
+            while any(process_alive(pid) for pid in children):
                 assert time.monotonic() - killed < ORPHAN_GRACE_S, "a child outlived it"
                 time.sleep(0.02)
             slowest = max(slowest, time.monotonic() - killed)

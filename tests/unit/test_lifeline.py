@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from gpufeed.ring import process_alive
+
 pytestmark = pytest.mark.timeout(60)
 
 # A parent that starts a child tied to it, prints the child's pid, and dies.
@@ -27,14 +29,6 @@ CHILD = {
 }  # fmt: skip
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("how", ["kernel", "thread"])
 def test_a_child_dies_within_a_second_of_its_parent(how: str) -> None:
     parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD[how]], stdout=subprocess.PIPE)
@@ -43,10 +37,10 @@ def test_a_child_dies_within_a_second_of_its_parent(how: str) -> None:
     try:
         assert parent.wait(10) == 0
         died = time.monotonic()
-        while alive(child) and time.monotonic() - died < 5:
+        while process_alive(child) and time.monotonic() - died < 5:
             time.sleep(0.02)
-        assert not alive(child), "the child outlived its parent"
+        assert not process_alive(child), "the child outlived its parent"
         assert time.monotonic() - died < 1.5
     finally:
-        if alive(child):
+        if process_alive(child):
             subprocess.run(["kill", "-9", str(child)], check=False)

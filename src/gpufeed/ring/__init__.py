@@ -2,6 +2,7 @@
 
 from gpufeed.errors import PeerGone, RingBusy, RingClosed, RingCorrupt, RingError
 from gpufeed.ring._header import is_power_of_two
+from gpufeed.ring._wait import process_alive
 from gpufeed.ring.order import check_fences
 from gpufeed.ring.segment import RingNotFound, RingSegment, check_shm_room, ring_bytes
 from gpufeed.ring.spsc import RingConsumer, RingProducer
@@ -19,5 +20,6 @@ __all__ = [
     "check_fences",
     "check_shm_room",
     "is_power_of_two",
+    "process_alive",
     "ring_bytes",
 ]

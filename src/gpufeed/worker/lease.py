@@ -35,6 +35,7 @@ import redis
 import structlog
 
 from gpufeed.errors import ConfigError
+from gpufeed.ring import process_alive
 from gpufeed.worker.config import WorkerConfig
 
 log = structlog.get_logger()
@@ -100,22 +101,15 @@ def _alive_here(pid: int) -> bool:
     """Whether ``pid`` in this pid namespace is a live gpufeed process other than this
     one. A container restarted under the same host name reuses small pids: this
     process, or another program, may have the dead holder's."""
-    if pid == os.getpid():
+    if pid == os.getpid() or not process_alive(pid):
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return b"gpufeed" in f.read()
     except FileNotFoundError:
-        return False
+        return False  # exited since
     except OSError:
-        pass  # no /proc (macOS): whether the pid is in use at all
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return True  # no /proc (macOS): that the pid is in use is all the OS says
 
 
 class ConsumerLease:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,27 @@ def spawned_children(pid: int) -> list[int]:
                     if b"spawn_main" in f.read():  # not the resource tracker
                         found.append(int(entry))
     return found
+
+
+@pytest.fixture
+def weak_fences(monkeypatch) -> dict[str, int]:
+    """The fences a weakly ordered CPU (AArch64) uses on the ring's data path, switched
+    on here (libatomic's full fence) and counted by kind."""
+    from gpufeed.ring import order
+
+    fence = order.atomic_fence()
+    calls = {"release": 0, "acquire": 0}
+
+    def counted(kind: str) -> Callable[[], None]:
+        def call() -> None:
+            calls[kind] += 1
+            fence()
+
+        return call
+
+    monkeypatch.setattr(order, "release_fence", counted("release"))
+    monkeypatch.setattr(order, "acquire_fence", counted("acquire"))
+    return calls
 
 
 @pytest.hookimpl(hookwrapper=True)

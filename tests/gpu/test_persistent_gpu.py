@@ -160,25 +160,6 @@ def test_the_watchdog_thread_talks_to_the_queues_device() -> None:
     assert seen == [gpu]
 
 
-def test_a_message_that_traps_the_persistent_kernel_is_isolated_and_dead_lettered(
-    client, queue, start_worker
-) -> None:
-    from conftest import send_around_poison, wait_for_results
-
-    stream, _, dead_key = keys(queue)
-    ids, poison = send_around_poison(client, stream, 2000, 2000)
-    worker = start_worker("--backend", "persistent", "--op", "user_ops:trap_echo")
-    results = wait_for_results(client, queue, 4001, worker=worker, timeout=300)
-    assert set(results) == {*ids, poison} and all(len(r) == 1 for r in results.values())
-    assert all(results[i][0][b"status"] == b"ok" for i in ids)
-    assert results[poison][0][b"status"] == b"error"
-    ((_, dead),) = client.xrange(dead_key)
-    assert dead[b"src"] == poison
-    restarts = worker.events("child died; restarting all children")
-    assert [r["reason"] for r in restarts] == ["lost its GPU (its messages are quarantined)"] * 2
-    assert worker.terminate() == 0
-
-
 def test_the_kernel_is_launched_cooperatively_and_an_oversized_grid_is_refused() -> None:
     """Every block of the persistent kernel must be resident at once: the launch is
     cooperative (all blocks start, or error 720 at once), and a grid the GPU cannot

@@ -433,25 +433,12 @@ def test_a_queue_dropped_without_shutdown_still_stops_its_device(device) -> None
 
 
 def test_on_a_weakly_ordered_cpu_requests_are_fenced_before_ready_once_per_batch(
-    device, monkeypatch
+    device, weak_fences
 ) -> None:
     """A Grace host must not let the device see READY before the request: with the
     fences a weakly ordered CPU uses, one release per published batch, and an
     acquire between seeing DONE and reading the results."""
-    from gpufeed.ring import order
-
-    fence = order.atomic_fence()
-    calls = {"release": 0, "acquire": 0}
-
-    def counted(kind: str):
-        def call() -> None:
-            calls[kind] += 1
-            fence()
-
-        return call
-
-    monkeypatch.setattr(order, "release_fence", counted("release"))
-    monkeypatch.setattr(order, "acquire_fence", counted("acquire"))
+    calls = weak_fences
     with open_queue(device, capacity=256, op="sha256") as queue:
         datas = [b"m%d" % i for i in range(200)]
         ids = queue.enqueue_batch(datas, timeout_ms=5000)

@@ -171,24 +171,11 @@ def test_a_ring_larger_than_the_free_shared_memory_is_refused_not_created() -> N
     assert set(os.listdir(SHM_DIR)) - before == set()
 
 
-def test_on_a_weakly_ordered_cpu_each_batch_costs_one_fence_per_cursor(monkeypatch) -> None:
+def test_on_a_weakly_ordered_cpu_each_batch_costs_one_fence_per_cursor(weak_fences) -> None:
     """x86-64 needs no fence on the data path; AArch64 (Grace) does. With the fences a
     weakly ordered CPU uses switched on (libatomic's, here a `lock or`), every slot
     still arrives intact, and the fences come per batch and cursor read, not per slot."""
-    from gpufeed.ring import order
-
-    fence = order.atomic_fence()
-    calls = {"release": 0, "acquire": 0}
-
-    def counted(kind: str):
-        def call() -> None:
-            calls[kind] += 1
-            fence()
-
-        return call
-
-    monkeypatch.setattr(order, "release_fence", counted("release"))
-    monkeypatch.setattr(order, "acquire_fence", counted("acquire"))
+    calls = weak_fences
     batches, per_batch = 25, 40
     with (
         RingProducer.create(capacity=64, slot_bytes=64) as producer,

@@ -1,5 +1,5 @@
 """The batched backend on a real GPU: every op against its NumPy reference, FIFO
-order, and the worker end to end (including a message that traps the kernel)."""
+order, and the worker end to end (a message that traps the kernel: test_trapped_kernel.py)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from gpu_support import needs_gpu
 
 from conftest import keys, send_around_poison, wait_for_results
 
-pytestmark = [*needs_gpu, pytest.mark.timeout(600)]
+pytestmark = [*needs_gpu, pytest.mark.timeout(900)]
 
 
 @pytest.mark.parametrize("backend", ["batched", "persistent"])

@@ -205,3 +205,31 @@ def test_without_libatomic_a_weakly_ordered_cpu_is_told_what_to_install(monkeypa
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     with pytest.raises(ConfigError, match=r"install GCC's runtime library .*libatomic1"):
         order.atomic_fence()
+
+
+@pytest.mark.parametrize("have_proc", [True, False])
+def test_process_alive_tells_live_from_reaped_with_or_without_proc(monkeypatch, have_proc) -> None:
+    """Without /proc (macOS) every stat file is missing: liveness must come from the
+    kernel then, or a live lease holder or ring peer would count as dead."""
+    import subprocess
+    import sys
+
+    from gpufeed.ring import _wait
+
+    monkeypatch.setattr(_wait, "_HAVE_PROC", have_proc)
+    if not have_proc:
+        monkeypatch.setattr(_wait, "open", _no_proc, raising=False)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert _wait.process_alive(os.getpid())
+        assert _wait.process_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not _wait.process_alive(child.pid)
+
+
+def _no_proc(path, *args, **kwargs):
+    if str(path).startswith("/proc/"):
+        raise FileNotFoundError(path)
+    return open(path, *args, **kwargs)

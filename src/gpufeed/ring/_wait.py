@@ -86,6 +86,11 @@ def pid_namespace() -> int:
         return 0
 
 
+# Without /proc (macOS, BSD) every pid's stat file is "not found": liveness then
+# comes from kill(pid, 0), which cannot tell a zombie.
+_HAVE_PROC = os.path.isdir("/proc/self")
+
+
 def process_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie.
 
@@ -100,9 +105,10 @@ def process_alive(pid: int) -> bool:
         state = stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3]
         return state not in (b"Z", b"X", b"x")
     except FileNotFoundError:
-        return False
+        if _HAVE_PROC:
+            return False  # gone (or reaped while we read)
     except OSError:
-        pass
+        pass  # ProcessLookupError mid-read, or /proc hidden from us: ask the kernel
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -106,10 +106,10 @@ def _alive_here(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return b"gpufeed" in f.read()
-    except FileNotFoundError:
-        return False  # exited since
     except OSError:
-        return True  # no /proc (macOS): that the pid is in use is all the OS says
+        # Exited since (not found, or ESRCH mid-read), or no /proc (macOS), where
+        # that the pid is in use is all the OS says.
+        return process_alive(pid)
 
 
 class ConsumerLease:

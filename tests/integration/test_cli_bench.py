@@ -40,6 +40,10 @@ def test_bench_ring_prints_one_json_object_with_the_documented_keys() -> None:
         assert result[key] > 0, key
     assert result["slot_bytes"] == 64 and result["batch"] == 256
     assert 0 < result["wake_p50_us"] <= result["wake_p99_us"]
+    assert 0 < result["pipe_wake_p50_us"] <= result["pipe_wake_p99_us"]
+    assert result["wake_ratio_vs_pipe"] == pytest.approx(
+        result["wake_p50_us"] / result["pipe_wake_p50_us"], rel=0.05
+    )
     assert result["gb_per_s"] == pytest.approx(result["slots_per_s"] * 64 / 1e9, rel=1e-2)
 
 

@@ -28,7 +28,8 @@ PANELS: dict[str, list[Panel]] = {
         Panel("throughput", "messages/s",
               [("gpufeed ring", "slots_per_s"), ("mp.Queue", "mp_queue_msgs_per_s")]),
         Panel("wake-up latency", "µs",
-              [("gpufeed p50", "wake_p50_us"), ("gpufeed p99", "wake_p99_us")]),
+              [("gpufeed p50", "wake_p50_us"), ("gpufeed p99", "wake_p99_us"),
+               ("pipe p50", "pipe_wake_p50_us"), ("pipe p99", "pipe_wake_p99_us")]),
     ],
     "pack": [
         Panel("packing", "entries/s",

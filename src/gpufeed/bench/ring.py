@@ -1,5 +1,6 @@
 """``gpufeed bench ring``: ring throughput and wake-up latency between two
-processes, against ``multiprocessing.Queue`` moving the same messages.
+processes, against ``multiprocessing.Queue`` moving the same messages and an OS
+pipe waking the same kind of sleeper.
 
 Every figure comes from separate ``spawn``-ed producer and consumer processes,
 the way the worker uses rings. Start and end times are ``time.perf_counter``
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import multiprocessing.connection
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +109,23 @@ def _wake_consumer(name: str, samples: int, conn: mp.connection.Connection) -> N
     consumer.close()
 
 
+def _pipe_wake_reader(
+    stamps: mp.connection.Connection,
+    ready: mp.connection.Connection,
+    samples: int,
+    conn: mp.connection.Connection,
+) -> None:
+    # Raw reads and writes on the pipes' descriptors: the OS's wake-up alone, without
+    # multiprocessing's framing and pickling.
+    latencies = []
+    for _ in range(samples):
+        os.write(ready.fileno(), b"r")
+        raw = os.read(stamps.fileno(), 8)  # blocks in the kernel until the writer's stamp
+        woke = time.perf_counter_ns()
+        latencies.append((woke - int.from_bytes(raw, "little")) / 1000.0)
+    conn.send(latencies)
+
+
 # -- harness ---------------------------------------------------------------------------
 
 
@@ -193,9 +212,12 @@ def wake_latencies(cfg: RingBenchConfig) -> list[float]:
                 if time.monotonic() > deadline or not proc.is_alive():
                     raise ProcessFailed("wake benchmark consumer never went to sleep")
                 time.sleep(20e-6)
-            time.sleep(200e-6)
+            # The slot is reserved before the idle time, as the pipe's writer has its
+            # buffer ready: the figure is from the stamp to the sleeper's return.
             first, _ = producer.reserve(1, timeout=None)
-            first[0, :8] = np.frombuffer(np.int64(time.perf_counter_ns()).tobytes(), dtype=np.uint8)
+            stamp = first[0, :8].view(np.int64)
+            time.sleep(200e-6)
+            stamp[0] = time.perf_counter_ns()
             producer.commit(1)
         if not parent.poll(_JOIN_TIMEOUT_S):
             raise ProcessFailed("wake benchmark consumer did not report")
@@ -209,11 +231,45 @@ def wake_latencies(cfg: RingBenchConfig) -> list[float]:
         producer.close()
 
 
+def pipe_wake_latencies(cfg: RingBenchConfig) -> list[float]:
+    """The OS's own wake-up, measured as ``wake_latencies`` measures the ring's: the
+    reader says it is about to block in ``read``; the writer waits for that, then the
+    same idle time, then writes its timestamp into the pipe."""
+    stamps_r, stamps_w = _CTX.Pipe(duplex=False)
+    ready_r, ready_w = _CTX.Pipe(duplex=False)
+    parent, child = _CTX.Pipe(duplex=False)
+    proc = _CTX.Process(
+        target=_pipe_wake_reader, args=(stamps_r, ready_w, cfg.wake_samples, child), daemon=True
+    )
+    try:
+        proc.start()
+        for end in (child, stamps_r, ready_w):
+            end.close()
+        for _ in range(cfg.wake_samples):
+            # Nothing within the timeout, or end of file: the reader died.
+            if not ready_r.poll(_JOIN_TIMEOUT_S) or not os.read(ready_r.fileno(), 1):
+                raise ProcessFailed("pipe wake benchmark reader never got ready")
+            time.sleep(200e-6)
+            os.write(stamps_w.fileno(), time.perf_counter_ns().to_bytes(8, "little"))
+        if not parent.poll(_JOIN_TIMEOUT_S):
+            raise ProcessFailed("pipe wake benchmark reader did not report")
+        latencies: list[float] = parent.recv()
+        proc.join(_JOIN_TIMEOUT_S)
+        return latencies
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        for end in (parent, child, stamps_r, stamps_w, ready_r, ready_w):
+            end.close()  # idempotent: the child's ends were closed here once it started
+
+
 def run(cfg: RingBenchConfig) -> dict[str, float | int]:
     """All ring figures in one run, as the flat dict ``gpufeed bench ring --json`` prints."""
     ring_rates = [ring_throughput(cfg) for _ in range(cfg.repeats)]
     queue_rate = queue_throughput(cfg)
     wake = wake_latencies(cfg)
+    pipe_wake = pipe_wake_latencies(cfg)
     slots_per_s = median(ring_rates)
     return {
         "slot_bytes": cfg.slot_bytes,
@@ -226,4 +282,7 @@ def run(cfg: RingBenchConfig) -> dict[str, float | int]:
         "ratio_vs_mp_queue": round(slots_per_s / queue_rate, 1),
         "wake_p50_us": round(percentile(wake, 50), 1),
         "wake_p99_us": round(percentile(wake, 99), 1),
+        "pipe_wake_p50_us": round(percentile(pipe_wake, 50), 1),
+        "pipe_wake_p99_us": round(percentile(pipe_wake, 99), 1),
+        "wake_ratio_vs_pipe": round(percentile(wake, 50) / percentile(pipe_wake, 50), 2),
     }

@@ -47,11 +47,12 @@ def bench_ring(
     ] = 2_000_000,
     capacity: Annotated[int, typer.Option(help="Ring capacity in slots.")] = 4096,
     repeats: Annotated[int, typer.Option(help="Ring runs; the median is reported.")] = 5,
-    wake_samples: Annotated[int, typer.Option(help="Wake-up latency samples.")] = 2000,
+    wake_samples: Annotated[int, typer.Option(help="Wake-ups timed, ring and pipe each.")] = 2000,
     as_json: JsonFlag = False,
     plot: PlotPath = None,
 ) -> None:
-    """Ring throughput and wake-up latency between two processes vs multiprocessing.Queue.
+    """Ring throughput and wake-up latency between two processes vs multiprocessing.Queue
+    and an OS pipe.
 
     Examples:
 

@@ -118,10 +118,16 @@ NOTES = """
   (with a producer running, as during the soak). Inputs acknowledged are
   deleted and results trimmed, so the accounting uses the streams'
   `entries-added` counters: an input still in the stream at the end is lost,
-  a result beyond one per input a duplicate. It fails on RSS growth over 10%
-  after warm-up, or on a p99 in the last fifth of the run over twice that of
-  the first fifth after warm-up (latency is the result id time minus the
-  input id time, sampled from the newest results 20 times a second).
+  a result beyond one per input a duplicate. Latency is the result id time
+  minus the input id time, sampled from the newest results 20 times a
+  second; each 10 s window has its p99. It fails on RSS growth over 10%
+  after warm-up, or on drift: the median window p99 of the last fifth of the
+  run over twice that of the first fifth after warm-up (a median, so that
+  one noisy window does not decide it, while a worker that slows down moves
+  every window). The slowest window is named with what was recorded during
+  it: the worker's garbage collections of 20 ms or more and commit calls of
+  100 ms or more (both in its log), and Redis's latency monitor (10 ms or
+  more); a slow window with none of these is the machine's.
 """
 
 

@@ -35,3 +35,31 @@ def test_cycles_are_still_collected_without_an_explicit_collect() -> None:
     # the collector stays on; start-up objects were frozen out of the young
     # generation; cycles made in the loop were found by a young collection
     assert out == ["True", "True", "True"]
+
+
+PAUSES = """
+import gc, json
+from gpufeed.worker import metrics
+from gpufeed.worker.gctune import tune_for_hot_loop
+
+heard = []
+tune_for_hot_loop(on_pause=lambda *report: heard.append(report))
+metrics.SLOW_GC_S = 0.0  # every collection counts as slow here: its log line is checked
+tune_for_hot_loop(on_pause=metrics.gc_paused)
+junk = [[] for _ in range(200_000)]  # a full collection has this much to walk
+gc.collect()
+(generation, seconds, collected), = heard[-1:]
+from prometheus_client import REGISTRY
+count = REGISTRY.get_sample_value("gpufeed_gc_pause_seconds_count", {"generation": "2"}) >= 1
+print(json.dumps([generation, seconds > 0, count]))
+"""
+
+
+def test_each_collection_is_timed_counted_and_logged_when_long() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PAUSES], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stdout.splitlines()
+    assert "[2, true, true]" in lines, done.stdout
+    assert any("garbage collection stalled the process" in line and "generation=2" in line
+               for line in lines), done.stdout  # fmt: skip

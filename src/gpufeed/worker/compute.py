@@ -146,7 +146,7 @@ def compute_main(
         if ready is not None:  # from here on, a death may be an entry's doing
             ready.set()
         metrics.BACKEND.labels(backend.name, table.default.name).set(1)
-        tune_for_hot_loop()
+        tune_for_hot_loop(on_pause=metrics.gc_paused)
         started = time.monotonic()
         lost = False
         try:

@@ -15,6 +15,9 @@ nothing.
 from __future__ import annotations
 
 import gc
+import time
+from collections.abc import Callable
+from typing import Any
 
 # Net container allocations before a young collection: large enough that a
 # read, its packing and its commit fit between two collections, small enough
@@ -23,13 +26,36 @@ import gc
 YOUNG_THRESHOLD = 50_000
 
 
-def tune_for_hot_loop() -> None:
+# Called after each collection with its generation, length in seconds and the number
+# of objects it freed.
+PauseReport = Callable[[int, float, int], None]
+
+
+class _PauseTimer:
+    """A ``gc.callbacks`` entry: a collection stops the whole process (every thread
+    waits for the GIL), so its length is a stall the worker itself causes."""
+
+    def __init__(self, report: PauseReport) -> None:
+        self.report = report
+        self.started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.report(info["generation"], time.perf_counter() - self.started, info["collected"])
+
+
+def tune_for_hot_loop(on_pause: PauseReport | None = None) -> None:
     """Call once a process has finished starting, before its loop.
 
     ``gc.freeze`` moves everything alive now (modules, config, clients) to the
     permanent generation, which collections never scan again; the raised
     threshold spaces collections out. The older generations' thresholds stay
-    relative to the young one, so they slow down alike.
+    relative to the young one, so they slow down alike. ``on_pause`` hears of every
+    collection that follows (rare, at this threshold).
     """
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD)
+    if on_pause is not None:
+        gc.callbacks.append(_PauseTimer(on_pause))

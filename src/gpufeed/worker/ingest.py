@@ -151,7 +151,7 @@ class Ingest:
             raise
         except Exception as exc:  # one result's doing, perhaps: see worker/isolate.py
             counts = commit_each(self.to_commit, self.committer.commit, exc)
-        metrics.COMMIT.observe(time.perf_counter() - started)
+        metrics.committed(time.perf_counter() - started, len(self.to_commit))
         metrics.record_commit(counts, born)
         self.counts = self.counts.plus(counts)
         self.to_commit = Results(ordered=True)
@@ -403,7 +403,7 @@ def ingest_main(
         trials = Trials(Path(crashlog), config.consumer_name(index)) if crashlog else None
         ingest = Ingest(config, index, requests, responses, trials)
         ingest.draining = terminated
-        tune_for_hot_loop()
+        tune_for_hot_loop(on_pause=metrics.gc_paused)
         log.info("ingest started", consumer=ingest.consumer, stream=config.in_key)
         try:
             ingest.run(drain)

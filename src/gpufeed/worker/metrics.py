@@ -56,6 +56,12 @@ COMPUTE = Histogram(
 COMMIT = Histogram(
     "gpufeed_commit_seconds", "Per commit script call.", buckets=LATENCY_BUCKETS
 )  # fmt: skip
+GC_PAUSE = Histogram(
+    "gpufeed_gc_pause_seconds",
+    "Collections of Python's cyclic garbage collector, by generation: the process stalls.",
+    ["generation"],
+    buckets=LATENCY_BUCKETS,
+)
 END_TO_END = Histogram(
     "gpufeed_end_to_end_seconds",
     "From XADD (the entry id's time) to its result being committed.",
@@ -77,6 +83,27 @@ BACKEND = Gauge(
     ["backend", "op"],
     multiprocess_mode="livemax",
 )
+
+
+# Stalls this long are logged as well as counted: a message waiting behind one
+# sees it in its latency.
+SLOW_GC_S = 0.02
+SLOW_COMMIT_S = 0.1
+
+
+def gc_paused(generation: int, seconds: float, collected: int) -> None:
+    """``tune_for_hot_loop``'s ``on_pause``: every collection counted, long ones logged."""
+    GC_PAUSE.labels(str(generation)).observe(seconds)
+    if seconds >= SLOW_GC_S:
+        log.warning("garbage collection stalled the process", generation=generation,
+                    pause_ms=round(seconds * 1000, 1), collected=collected)  # fmt: skip
+
+
+def committed(seconds: float, results: int) -> None:
+    """One commit script call took ``seconds``: counted, and logged when slow."""
+    COMMIT.observe(seconds)
+    if seconds >= SLOW_COMMIT_S:
+        log.info("slow commit", ms=round(seconds * 1000, 1), results=results)
 
 
 def observe_many(histogram: Histogram, values: npt.NDArray[np.float64]) -> None:

@@ -156,9 +156,7 @@ def _run_pair(targets: list[tuple[Any, tuple[Any, ...]]]) -> list[Any]:
         return results
     finally:
         for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+            _stop(proc)
 
 
 def ring_throughput(cfg: RingBenchConfig) -> float:
@@ -191,6 +189,21 @@ def queue_throughput(cfg: RingBenchConfig) -> float:
     return cfg.slots / float(end - start)
 
 
+def _latencies_from(proc: Any, parent: mp.connection.Connection, who: str) -> list[float]:
+    """What a wake benchmark's sleeper sent once it had all its samples."""
+    if not parent.poll(_JOIN_TIMEOUT_S):
+        raise ProcessFailed(f"{who} did not report")
+    latencies: list[float] = parent.recv()
+    proc.join(_JOIN_TIMEOUT_S)
+    return latencies
+
+
+def _stop(proc: Any) -> None:
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
 def wake_latencies(cfg: RingBenchConfig) -> list[float]:
     """Microseconds from the producer's timestamp to the sleeping consumer's return.
 
@@ -219,15 +232,9 @@ def wake_latencies(cfg: RingBenchConfig) -> list[float]:
             time.sleep(200e-6)
             stamp[0] = time.perf_counter_ns()
             producer.commit(1)
-        if not parent.poll(_JOIN_TIMEOUT_S):
-            raise ProcessFailed("wake benchmark consumer did not report")
-        latencies: list[float] = parent.recv()
-        proc.join(_JOIN_TIMEOUT_S)
-        return latencies
+        return _latencies_from(proc, parent, "wake benchmark consumer")
     finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        _stop(proc)
         producer.close()
 
 
@@ -251,15 +258,9 @@ def pipe_wake_latencies(cfg: RingBenchConfig) -> list[float]:
                 raise ProcessFailed("pipe wake benchmark reader never got ready")
             time.sleep(200e-6)
             os.write(stamps_w.fileno(), time.perf_counter_ns().to_bytes(8, "little"))
-        if not parent.poll(_JOIN_TIMEOUT_S):
-            raise ProcessFailed("pipe wake benchmark reader did not report")
-        latencies: list[float] = parent.recv()
-        proc.join(_JOIN_TIMEOUT_S)
-        return latencies
+        return _latencies_from(proc, parent, "pipe wake benchmark reader")
     finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        _stop(proc)
         for end in (parent, child, stamps_r, stamps_w, ready_r, ready_w):
             end.close()  # idempotent: the child's ends were closed here once it started
 

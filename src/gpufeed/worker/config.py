@@ -8,7 +8,6 @@ these fields, so the list of settings exists once.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from gpufeed.keys import QueueKeys
 if TYPE_CHECKING:
     from gpufeed.connect import RedisTarget
     from gpufeed.gpu.select import BackendSettings
+    from gpufeed.packing import ReplyToCheck
 
 # Lua's unpack() takes at most ~8000 values; one XACK per batch must stay below.
 MAX_BATCH = 4096
@@ -115,13 +115,13 @@ class WorkerConfig:
 
         return RedisTarget(self.redis_url, self.tls_ca_cert, self.tls_cert, self.tls_key)
 
-    def reply_to_check(self) -> Callable[[bytes], str | None]:
+    def reply_to_check(self) -> ReplyToCheck:
         """Why a ``reply_to`` stream cannot be used: the queue's own input or dead-letter
         stream (a result written there would be read as a message, or as a dead
         letter), a consumer-name lease key (a stream there would keep workers from
         starting), or, on a cluster, a stream in another hash slot than the queue's
         (the commit script writes every stream in one call)."""
-        from gpufeed.connect import cluster_reply_check
+        from gpufeed.connect import cluster_reply_check  # here: settings load without redis
 
         own = {self.in_key.encode(): "input", self.dead_key.encode(): "dead-letter"}
         leases = self.keys.lease_key("").encode()

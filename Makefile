@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/gpufeed bench ring --json --slot-bytes 4096 --slots 500000 | tee benchmarks/results/ring-4096.json
 	$(BIN)/gpufeed bench pack --json | tee benchmarks/results/pack.json
 	$(BIN)/gpufeed bench e2e --json | tee benchmarks/results/e2e.json
+	$(BIN)/gpufeed bench latency --json | tee benchmarks/results/latency.json
 	$(BIN)/gpufeed bench scale --json | tee benchmarks/results/scale.json
 
 clean:

@@ -188,3 +188,31 @@ def test_bench_e2e_latency_runs_to_when_a_client_reads_the_result(redis_server, 
         reader.close()
     assert len(latencies) == 2  # the warm-up entry before it started is not counted
     assert all(500 <= lat < 500 + 5_000 for lat in latencies), latencies
+
+
+@pytest.mark.timeout(180)
+def test_bench_latency_prints_both_round_trips_and_the_stages_of_every_sample() -> None:
+    result = json.loads(run_cli("bench", "latency", "--json", "--samples", "40", "--rounds", "2"))
+    assert SERVER.match(result["server"])
+    assert result["samples"] == result["floor_samples"] == 40
+    assert result["traced_samples"] == 40, "every message's stages were logged"
+    for who in ("", "floor_"):
+        assert 0 < result[f"{who}rtt_p50_us"] <= result[f"{who}rtt_p99_us"]
+    assert result["rtt_ratio_p50"] == pytest.approx(
+        result["rtt_p50_us"] / result["floor_rtt_p50_us"], rel=0.01
+    )
+    stages = (
+        "read_wake",
+        "pack",
+        "request_hop",
+        "compute",
+        "response_hop",
+        "commit_wait",
+        "commit",
+    )
+    for stage in stages:
+        assert 0 < result[f"{stage}_p50_us"] <= result[f"{stage}_p99_us"], stage
+    # The client may wake before the worker has the commit's reply: the result is
+    # in the stream before Redis answers the script.
+    assert result["client_wake_p50_us"] <= result["client_wake_p99_us"]
+    assert sum(result[f"{s}_p50_us"] for s in stages) < 2 * result["rtt_p50_us"]

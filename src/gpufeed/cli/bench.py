@@ -127,6 +127,25 @@ def bench_e2e(
     emit(run(cfg), as_json, "e2e", plot)
 
 
+@bench_app.command("latency")
+def bench_latency(
+    samples: Annotated[int, typer.Option(help="Round trips timed, of each.")] = 1000,
+    rounds: Annotated[int, typer.Option(help="Turns each takes; the samples are split.")] = 5,
+    gap_ms: Annotated[float, typer.Option(help="Pause after each result, ms.")] = 1.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """One message's round trip through the worker (echo, cpu backend) vs a bare
+    redis-py loop, unloaded, and the worker's time stage by stage.
+
+    Example: gpufeed bench latency --json --samples 2000
+    """
+    from gpufeed.bench.latency import LatencyBenchConfig, run
+
+    if samples < 1 or rounds < 1 or gap_ms < 0:
+        raise typer.BadParameter("--samples and --rounds must be >= 1, --gap-ms >= 0")
+    emit(run(LatencyBenchConfig(samples=samples, rounds=rounds, gap_ms=gap_ms)), as_json)
+
+
 @bench_app.command("commit")
 def bench_commit(
     batch: Annotated[int, typer.Option(help="Entries committed per script call.")] = 400,

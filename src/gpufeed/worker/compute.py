@@ -17,7 +17,7 @@ from gpufeed.errors import DeviceLost, PeerGone, RingClosed
 from gpufeed.gpu.backend import Backend, Completed
 from gpufeed.gpu.select import make_backend
 from gpufeed.ops.registry import OpTable
-from gpufeed.packing.layout import payload_capacity
+from gpufeed.packing.layout import headers, payload_capacity
 from gpufeed.packing.results import write_results
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
@@ -26,6 +26,7 @@ from gpufeed.worker.exits import EXIT_DEVICE_LOST, exit_on_known_failures
 from gpufeed.worker.gctune import tune_for_hot_loop
 from gpufeed.worker.lifeline import tie_to_parent
 from gpufeed.worker.quarantine import Quarantine, QuarantinedBackend, lost_device
+from gpufeed.worker.timings import StageLog
 
 log = structlog.get_logger()
 
@@ -71,8 +72,12 @@ def _finish(pair: RingPair, ring: int, exc: RingClosed | PeerGone) -> None:
     log.info("ring pair finished", ring=ring, reason=type(exc).__name__)
 
 
-def serve(pairs: list[RingPair], backend: Backend, max_batch: int) -> None:
+def serve(
+    pairs: list[RingPair], backend: Backend, max_batch: int, timings: StageLog | None = None
+) -> None:
     """Round-robin over the request rings until every one is closed and drained."""
+    trace = timings is not None and timings.enabled
+    peeked: dict[tuple[int, int], int] = {}  # (ring, first seq) -> when, while tracing
     start = 0
     while any(p.open for p in pairs) or backend.in_flight():
         worked = False
@@ -88,6 +93,11 @@ def serve(pairs: list[RingPair], backend: Backend, max_batch: int) -> None:
                 _finish(pair, i, exc)
                 continue
             if len(first):
+                if trace:
+                    now = time.monotonic_ns()
+                    for part in (first, second):
+                        if len(part):
+                            peeked[i, int(headers(part)["seq"][0])] = now
                 backend.submit(i, first)
                 if len(second):
                     backend.submit(i, second)
@@ -98,10 +108,20 @@ def serve(pairs: list[RingPair], backend: Backend, max_batch: int) -> None:
             pair = pairs[done.ring]
             if not pair.open:
                 continue  # its ingest process is gone; the messages wait in Redis
+            computed = time.monotonic_ns() if trace else 0
             try:
                 _write(pair, done)
             except (RingClosed, PeerGone) as exc:
                 _finish(pair, done.ring, exc)
+            if trace and timings is not None and len(done.requests):
+                seq = int(done.requests["seq"][0])
+                timings.add({
+                    "ring": done.ring, "seq": seq, "n": len(done.requests),
+                    "peeked": peeked.pop((done.ring, seq), 0), "computed": computed,
+                    "written": time.monotonic_ns(),
+                })  # fmt: skip
+                if len(peeked) > 4 * max_batch:  # a backend that merged or split batches
+                    peeked.clear()
         if not worked and not backend.in_flight():
             idle = [p for p in pairs if p.open]
             if idle:
@@ -139,7 +159,11 @@ def compute_main(
     names = [name for pair in rings for name in pair]
     with exit_on_known_failures(*names):
         pairs = [
-            RingPair(RingConsumer.attach(req), RingProducer.attach(resp)) for req, resp in rings
+            RingPair(
+                RingConsumer.attach(req),
+                RingProducer.attach(resp),
+            )
+            for req, resp in rings
         ]
         backend.attach_request_rings([p.requests.segment.slots_readonly for p in pairs])
         log.info("compute started", backend=backend.name, rings=len(pairs), op=table.default.name)
@@ -149,14 +173,16 @@ def compute_main(
         tune_for_hot_loop(on_pause=metrics.gc_paused)
         started = time.monotonic()
         lost = False
+        timings = StageLog("compute timings", config.trace_timings)
         try:
-            serve(pairs, backend, config.max_batch)
+            serve(pairs, backend, config.max_batch, timings)
         except DeviceLost as exc:
             lost = True
             held = lost_device(backend, quarantine, exc) if quarantine is not None else 0
             log.error("GPU lost; exiting so that the supervisor starts a fresh compute process",
                       error=str(exc), quarantined=held)  # fmt: skip
         finally:
+            timings.flush()
             if not lost:  # a lost context cannot free anything; process exit does
                 backend.close()
             for pair in pairs:

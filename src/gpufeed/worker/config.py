@@ -80,6 +80,12 @@ class WorkerConfig:
         flag="--emulate-device/--no-emulate-device",
     )
 
+    trace_timings: bool = setting(
+        False,
+        "Log each batch's stage timestamps, many batches to a line (gpufeed bench latency).",
+        flag="--trace-timings/--no-trace-timings",
+    )
+
     def __post_init__(self) -> None:
         # Imported here, not above: the CLI reads this class's fields to build its
         # options, and ``gpufeed --help`` should not wait for Redis, NumPy and CUDA code.

@@ -47,6 +47,7 @@ from gpufeed.worker.isolate import NOT_ISOLATED, as_entries, commit_each, pack_e
 from gpufeed.worker.lifeline import tie_to_parent
 from gpufeed.worker.reader import GroupReader, ensure_group, make_client
 from gpufeed.worker.reclaim import Reclaimer
+from gpufeed.worker.timings import StageLog
 
 log = structlog.get_logger()
 
@@ -64,11 +65,16 @@ class _SentBatch:
 
     batch: PackedBatch
     born_ms: Any  # entry-id times of the packed messages (NumPy float64)
-    packed_at: float  # time.perf_counter() when it went into the request ring
+    # time.monotonic_ns() when XREADGROUP's reply was in, and when the batch went
+    # into the request ring (worker/timings.py)
+    read_ns: int
+    packed_ns: int
     # From a ">" read: its ids follow those of the batches before it. Pending
     # history and reclaimed entries are older than what is in flight.
     ordered: bool
+    first_seq: int  # the sequence number of its first slot
     answered: int = 0
+    collected_ns: int = 0  # its last result taken from the response ring
 
 
 class Ingest:
@@ -82,6 +88,7 @@ class Ingest:
     ) -> None:
         self.config = config
         self.consumer = config.consumer_name(index)
+        self.index = index  # of this process's ring pair in the compute process
         self.requests = requests
         self.responses = responses
         self.table = OpTable.for_worker(
@@ -96,6 +103,8 @@ class Ingest:
         self.in_flight: deque[_SentBatch] = deque()
         self.to_commit = Results(ordered=True)
         self.to_commit_born: list[Any] = []
+        self.to_commit_batches: list[_SentBatch] = []
+        self.timings = StageLog("batch timings", config.trace_timings)
         self.summary_at = time.monotonic()
         self.summary_answered = 0
         self.seq = 0
@@ -126,7 +135,10 @@ class Ingest:
             head.answered += got
             if head.answered == head.batch.count:
                 self.in_flight.popleft()
-                metrics.COMPUTE.observe(time.perf_counter() - head.packed_at)
+                head.collected_ns = time.monotonic_ns()
+                metrics.COMPUTE.observe((head.collected_ns - head.packed_ns) / 1e9)
+                if self.timings.enabled:
+                    self.to_commit_batches.append(head)
             timeout = 0.0
 
     def commit(self) -> None:
@@ -144,14 +156,18 @@ class Ingest:
         if not self.to_commit:
             return
         born = np.concatenate(self.to_commit_born) if self.to_commit_born else ()
-        started = time.perf_counter()
+        started = time.monotonic_ns()
         try:
             counts = self.committer.commit(self.to_commit)
         except NOT_ISOLATED:
             raise
         except Exception as exc:  # one result's doing, perhaps: see worker/isolate.py
             counts = commit_each(self.to_commit, self.committer.commit, exc)
-        metrics.committed(time.perf_counter() - started, len(self.to_commit))
+        ended = time.monotonic_ns()
+        metrics.committed((ended - started) / 1e9, len(self.to_commit))
+        if self.to_commit_batches:
+            self._trace(self.to_commit_batches, started, ended)
+            self.to_commit_batches = []
         metrics.record_commit(counts, born)
         self.counts = self.counts.plus(counts)
         self.to_commit = Results(ordered=True)
@@ -159,6 +175,16 @@ class Ingest:
         log.debug("batch committed", **counts._asdict())
         if counts.skipped:
             log.info("results skipped: entries no longer pending for us", **counts._asdict())
+
+    def _trace(self, batches: list[_SentBatch], committing_ns: int, committed_ns: int) -> None:
+        for sent in batches:
+            self.timings.add({
+                "ring": self.index, "seq": sent.first_seq,
+                "ids": [i.decode() for i in sent.batch.ids],
+                "read": sent.read_ns, "packed": sent.packed_ns,
+                "collected": sent.collected_ns, "committing": committing_ns,
+                "committed": committed_ns,
+            })  # fmt: skip
 
     def _log_failed(self, entry_id: bytes, reason: str, status: str) -> None:
         level = log.info if status == Status.EXPIRED else log.warning
@@ -210,20 +236,27 @@ class Ingest:
             fresh = self.reader.live
             block = None if self.in_flight else max(1, self.config.max_wait_ms)
             entries = self.reader.read(room, block, self._held)
+        read_ns = time.monotonic_ns()
         if entries and self.trials is not None and self.trials.poison:
             entries = self._answer_poison(entries)
         if not entries:
             self.requests.commit(0)
             return False
-        self._send(entries, (first, second), fresh)
+        self._send(entries, (first, second), fresh, read_ns)
         return True
 
     def _send(
-        self, entries: list[Entry] | Columns, out: tuple[SlotArray, SlotArray], fresh: bool
+        self,
+        entries: list[Entry] | Columns,
+        out: tuple[SlotArray, SlotArray],
+        fresh: bool,
+        read_ns: int = 0,
     ) -> None:
         """Pack ``entries`` into the reserved slots ``out`` and hand them to compute."""
         read_ms = time.time() * 1000
+        first_seq = self.seq
         batch = self._pack(entries, out, int(read_ms))
+        packed_ns = time.monotonic_ns()
         self.requests.commit(batch.count)
         self.stats["read"] += len(entries)
         self.stats["batches"] += 1
@@ -240,7 +273,9 @@ class Ingest:
             metrics.observe_many(metrics.QUEUE_WAIT, np.maximum(read_ms - born, 0.0) / 1000)
             metrics.RING_OCCUPANCY.inc(batch.count)
             self.seq = (self.seq + batch.count) % (1 << 32)
-            self.in_flight.append(_SentBatch(batch, born, time.perf_counter(), fresh))
+            self.in_flight.append(
+                _SentBatch(batch, born, read_ns or packed_ns, packed_ns, fresh, first_seq)
+            )
 
     # -- entries that keep killing the worker (worker/crashlog.py) -----------------------
 
@@ -360,6 +395,7 @@ class Ingest:
                 # A reply lost with the connection may have delivered entries we never
                 # saw: re-read our pending history (entries in flight are filtered out).
                 self.reader.reread_history()
+        self.timings.flush()
         log.info(
             "ingest drained",
             consumer=self.consumer,

@@ -1,0 +1,45 @@
+"""The stage timestamps that ``gpufeed bench latency`` reads from a worker run
+with ``--trace-timings``."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from conftest import keys, wait_for_results
+from gpufeed.bench.latency import STAGES, LatencyBenchConfig, Prober, stage_stamps
+from gpufeed.embedded import RedisServer
+
+
+@pytest.mark.timeout(120)
+def test_traced_stages_follow_each_message_through_every_process(
+    redis_server: RedisServer, queue: str, start_worker
+) -> None:
+    stream, out, _ = keys(queue)
+    worker = start_worker("--backend", "cpu", "--op", "echo", "--trace-timings")
+    worker.wait_ready(redis.Redis.from_url(redis_server.url), stream)
+    prober = Prober(redis_server.url, stream, out, LatencyBenchConfig(gap_ms=0.0))
+    try:
+        ids = prober.probe(30)
+    finally:
+        prober.close()
+    assert worker.terminate() == 0  # the processes flush their records as they stop
+    stamps = stage_stamps(worker.log_path)
+    assert set(ids) <= set(stamps), "every message's batch was logged by both processes"
+    for i in ids:
+        at = {**stamps[i], "sent": prober.sent[i], "arrived": prober.arrived[i]}
+        # One clock across processes: each stage starts where the one before ended.
+        chain = [at[start] for _, start, _ in STAGES[:-1]] + [at["committed"]]
+        assert chain == sorted(chain), f"{i!r}: {at}"
+        assert at["arrived"] > at["computed"], "the client cannot have it before it exists"
+        assert sum(at[end] - at[start] for _, start, end in STAGES) == at["arrived"] - at["sent"]
+
+
+def test_an_untraced_worker_logs_no_timings(client: redis.Redis, queue: str, start_worker) -> None:
+    stream = keys(queue)[0]
+    worker = start_worker("--backend", "cpu", "--op", "echo")
+    worker.wait_ready(client, stream)
+    client.xadd(stream, {"data": b"x"})
+    wait_for_results(client, queue, 1)
+    assert worker.terminate() == 0
+    assert not worker.events("batch timings") and not worker.events("compute timings")

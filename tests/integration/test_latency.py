@@ -1,7 +1,10 @@
-"""The stage timestamps that ``gpufeed bench latency`` reads from a worker run
-with ``--trace-timings``."""
+"""The unloaded path: what one message costs, and the stage timestamps that
+``gpufeed bench latency`` reads from a worker run with ``--trace-timings``."""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import pytest
 import redis
@@ -9,6 +12,35 @@ import redis
 from conftest import keys, wait_for_results
 from gpufeed.bench.latency import STAGES, LatencyBenchConfig, Prober, stage_stamps
 from gpufeed.embedded import RedisServer
+
+
+def xreadgroup_calls(client: redis.Redis) -> int:
+    stats: Any = client.info("commandstats")
+    return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
+
+
+@pytest.mark.timeout(120)
+def test_a_lone_message_costs_the_worker_one_read(
+    client: redis.Redis, queue: str, start_worker
+) -> None:
+    """The read it woke, and one look for the rest of a burst while the message
+    computes; then the commit, and a blocking read again. No read delays it
+    on its way to the compute process."""
+    stream = keys(queue)[0]
+    # A long block, so that no read times out (and counts) while we watch.
+    worker = start_worker("--backend", "cpu", "--op", "echo", "--max-wait-ms", "20000")
+    worker.wait_ready(client, stream)
+    for n in range(1, 4):
+        client.xadd(stream, {"data": b"warm"})
+        wait_for_results(client, queue, n)
+    time.sleep(0.2)  # the worker is back in its blocking read
+    for n in range(4, 7):
+        before = xreadgroup_calls(client)
+        client.xadd(stream, {"data": b"alone"})
+        wait_for_results(client, queue, n)
+        time.sleep(0.2)
+        assert xreadgroup_calls(client) - before == 2
+    worker.kill_group()  # a drain would wait for the 20 s read
 
 
 @pytest.mark.timeout(120)

@@ -66,6 +66,7 @@ def test_two_spellings_of_a_boolean_come_from_the_settings_field() -> None:
         (["--queue", "a{b}"], {}, "--queue"),
         ([], {"GPUFEED_RECLAIM_INTERVAL_MS": "0"}, "--reclaim-interval-ms"),
         (["--log-level", "loud"], {}, "--log-level"),
+        (["--ring-spin", "-1"], {}, "--ring-spin"),
     ],
 )
 def test_a_bad_setting_exits_2_naming_its_option_before_anything_starts(args, env, named) -> None:

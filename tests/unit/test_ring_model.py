@@ -4,6 +4,7 @@ FIFO of slots, across wrap-around, in one process."""
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 
 import numpy as np
@@ -153,6 +154,47 @@ def test_empty_ring_peek_times_out_with_nothing() -> None:
     assert len(first) == 0 and len(second) == 0
     consumer.close()
     producer.close()
+
+
+def test_a_waiter_spins_only_while_its_waits_are_short() -> None:
+    """A consumer whose producer took long goes straight to sleep next time instead
+    of burning a core on checks; one that finds the data at once spins again."""
+    producer = RingProducer.create(capacity=4, slot_bytes=64)
+    consumer = RingConsumer.attach(producer.segment.name, spin=200)
+    checks = 0
+    ready = consumer._ready
+
+    def counted() -> bool:
+        nonlocal checks
+        checks += 1
+        return ready()
+
+    consumer._ready = counted  # type: ignore[method-assign]
+
+    def checks_in_an_empty_wait() -> int:
+        nonlocal checks
+        checks = 0
+        assert not consumer.wait_ready(0.02)
+        return checks
+
+    try:
+        assert checks_in_an_empty_wait() >= 200, "it spins at first"
+        late = threading.Timer(0.02, lambda: producer.commit(len(producer.reserve(1)[0])))
+        late.start()
+        assert consumer.wait_ready(5.0)
+        late.join()
+        consumer.peek(1)
+        consumer.release(1)
+        assert checks_in_an_empty_wait() < 10, "after a long wait it sleeps at once"
+        producer.reserve(1)
+        producer.commit(1)
+        assert consumer.wait_ready(5.0), "data already there: found without sleeping"
+        consumer.peek(1)
+        consumer.release(1)
+        assert checks_in_an_empty_wait() >= 200, "so it spins again"
+    finally:
+        consumer.close()
+        producer.close()
 
 
 SHM_DIR = "/dev/shm"

@@ -61,6 +61,9 @@ from gpufeed.ring.order import full_fence
 from gpufeed.ring.segment import RingSegment, SlotArray
 
 DEFAULT_SPIN = 200
+# A sleep shorter than this would have ended within a spin of DEFAULT_SPIN
+# checks (each one cursor load and compare, about half a microsecond).
+SPIN_PAYS_NS = 100_000
 DEFAULT_WAIT_SLICE_S = 0.05
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
 # Cursor refreshes between two checks of the fixed header. The cursors are
@@ -108,6 +111,7 @@ class _Endpoint:
         self.segment = segment
         self._own_segment = own_segment
         self._spin = spin
+        self._spin_pays = True
         self._wait_slice_s = wait_slice_s
         self._heartbeat_timeout_ns = int(heartbeat_timeout_s * 1e9)
         self._words: memoryview[int] = segment.words
@@ -223,13 +227,23 @@ class _Endpoint:
         raise NotImplementedError
 
     def _wait(self, timeout: float | None) -> bool:
-        """Wait until ``_ready()``; False on timeout. Raises ``PeerGone``."""
+        """Wait until ``_ready()``; False on timeout. Raises ``PeerGone``.
+
+        Spins first only while spinning pays: when the last wait ended within
+        its spin, or slept less than ``SPIN_PAYS_NS``. A waiter whose peer
+        takes longer (an idle queue; a round trip through Redis) goes straight
+        to sleep instead of burning the core that the peer, or Redis, needs:
+        on a small machine that spin alone made an unloaded message's round
+        trip a fifth longer (docs/benchmarks.md, "Latency").
+        """
         ready = self._ready
-        for _ in range(self._spin):
-            if ready():
-                return True
+        if self._spin_pays:
+            for _ in range(self._spin):
+                if ready():
+                    return True
         deadline = None if timeout is None else time.monotonic() + timeout
         words, waiting = self._words, self._MY_WAITING
+        asleep = time.monotonic_ns()
         while True:
             remaining = self._wait_slice_s
             if deadline is not None:
@@ -241,10 +255,12 @@ class _Endpoint:
             full_fence()
             if ready():
                 words[waiting] = 0
+                self._spin_pays = True
                 return True
             futex_wait(self._my_event_addr, event, remaining)
             words[waiting] = 0
             if ready():
+                self._spin_pays = time.monotonic_ns() - asleep < SPIN_PAYS_NS
                 return True
             self.check_peer()
             self._check_header()

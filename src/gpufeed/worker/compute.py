@@ -160,8 +160,8 @@ def compute_main(
     with exit_on_known_failures(*names):
         pairs = [
             RingPair(
-                RingConsumer.attach(req),
-                RingProducer.attach(resp),
+                RingConsumer.attach(req, spin=config.ring_spin),
+                RingProducer.attach(resp, spin=config.ring_spin),
             )
             for req, resp in rings
         ]

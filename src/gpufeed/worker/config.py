@@ -80,6 +80,9 @@ class WorkerConfig:
         flag="--emulate-device/--no-emulate-device",
     )
 
+    ring_spin: int = setting(
+        200, "Checks a ring side makes before it sleeps, while recent waits were short."
+    )
     trace_timings: bool = setting(
         False,
         "Log each batch's stage timestamps, many batches to a line (gpufeed bench latency).",
@@ -109,6 +112,8 @@ class WorkerConfig:
             raise bad("max_wait_ms", "timeouts must be positive and max-deliveries >= 1")
         if self.out_maxlen < 0:
             raise bad("out_maxlen", "must be >= 0")
+        if self.ring_spin < 0:
+            raise bad("ring_spin", "must be >= 0")
         if self.reclaim_interval_ms < 1:
             raise bad("reclaim_interval_ms", "must be >= 1")
         self.keys  # noqa: B018 -- checks the queue name

@@ -341,12 +341,25 @@ class Ingest:
     def step(self) -> bool:
         """One round; False once drained."""
         self.summary()
+        if self.reader.burst_begun and not self.draining:
+            # The rest of a burst whose first entries woke the read: read it now,
+            # while those compute, rather than after their commit. Reading it
+            # before packing them would delay a message that came alone.
+            self.fill()
         self.collect()
         self.commit()
         if self.draining:
             if not self.in_flight:
                 return False  # everything collected was committed above
             self.collect(timeout=0.05)
+            return True
+        if self.in_flight and not self.reader.more_waiting:
+            # The last read emptied the stream: another one now would most likely
+            # come back empty, a round trip to Redis (and CPU taken from the
+            # compute process) while the batch is being answered. Wait for the
+            # answer instead; the next round reads what came meanwhile.
+            self.reader.more_waiting = True
+            self.collect(timeout=self.config.max_wait_ms / 1000)
             return True
         read = self.fill()
         if not read and self.in_flight:
@@ -434,8 +447,8 @@ def ingest_main(
     if setup is not None:
         setup(f"ingest-{index}")
     with exit_on_known_failures(requests_name, responses_name):
-        requests = RingProducer.attach(requests_name)
-        responses = RingConsumer.attach(responses_name)
+        requests = RingProducer.attach(requests_name, spin=config.ring_spin)
+        responses = RingConsumer.attach(responses_name, spin=config.ring_spin)
         trials = Trials(Path(crashlog), config.consumer_name(index)) if crashlog else None
         ingest = Ingest(config, index, requests, responses, trials)
         ingest.draining = terminated

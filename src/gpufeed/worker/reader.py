@@ -21,8 +21,9 @@ log = structlog.get_logger()
 
 HISTORY = "0"
 NEW = ">"
-# A blocked read that woke with fewer entries than this reads once more (_top_up).
-TOP_UP_BELOW = 64
+# A blocked read that wakes with fewer entries than this may have woken at the
+# start of a burst (GroupReader.burst_begun).
+BURST_BELOW = 64
 
 
 def make_client(target: RedisTarget) -> Client:
@@ -64,6 +65,15 @@ class GroupReader:
         self.config = config
         self.consumer = consumer
         self.read_id = HISTORY
+        # Whether the last read may have left entries in the stream: it was
+        # filled, or it paged through history. A short read emptied the stream.
+        self.more_waiting = True
+        # Whether the last read was a blocked one that woke with a few entries.
+        # Redis wakes a blocked reader as soon as the first entry of a producer's
+        # pipelined burst is added, so that read may hold one entry while the
+        # rest of the burst lands; the ingest process looks for the rest while
+        # the first entries compute (Ingest.step).
+        self.burst_begun = False
 
     @property
     def live(self) -> bool:
@@ -97,32 +107,17 @@ class GroupReader:
         ones. History already ``held`` (in flight) is left out."""
         reply: Any = self._xreadgroup(room, block)
         if self.read_id == NEW:
-            if block is not None and reply:
-                reply = self._top_up(reply, room)
-            return read_entries(reply)
+            entries = read_entries(reply)
+            self.more_waiting = len(entries) >= room
+            self.burst_begun = block is not None and 0 < len(entries) < min(room, BURST_BELOW)
+            return entries
         # Pending history comes back in id order; page through it, then go live.
-        entries = reply_entries(reply)
-        if entries:
-            self.read_id = entries[-1][0].decode()
+        self.more_waiting, self.burst_begun = True, False
+        history = reply_entries(reply)
+        if history:
+            self.read_id = history[-1][0].decode()
             holding = held()
-            entries = [e for e in entries if e[0] not in holding]
+            history = [e for e in history if e[0] not in holding]
         else:
             self.read_id = NEW
-        return entries
-
-    def _top_up(self, reply: Any, room: int) -> Any:
-        """After a blocked read wakes, read once more without blocking.
-
-        Redis wakes a blocked reader as soon as the first entry of a producer's
-        pipelined burst is added, so that read holds one entry or a few, and the
-        rest of the burst is in the stream by the time the next command is
-        served. Taking it now makes one batch, computed and committed once,
-        instead of a tiny batch whose commit the rest waits behind.
-        """
-        got = len(reply[0][1])
-        if got >= min(room, TOP_UP_BELOW):
-            return reply
-        more: Any = self._xreadgroup(room - got, None)
-        if not more:
-            return reply
-        return [[reply[0][0], [*reply[0][1], *more[0][1]]]]
+        return history

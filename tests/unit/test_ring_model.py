@@ -186,6 +186,12 @@ def test_a_waiter_spins_only_while_its_waits_are_short() -> None:
         consumer.peek(1)
         consumer.release(1)
         assert checks_in_an_empty_wait() < 10, "after a long wait it sleeps at once"
+        late = threading.Timer(0.02, lambda: producer.commit(len(producer.reserve(1)[0])))
+        late.start()
+        assert consumer.wait_ready(5.0), "and a commit still wakes it"
+        late.join()
+        consumer.peek(1)
+        consumer.release(1)
         producer.reserve(1)
         producer.commit(1)
         assert consumer.wait_ready(5.0), "data already there: found without sleeping"

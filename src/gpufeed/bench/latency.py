@@ -33,6 +33,7 @@ import multiprocessing as mp
 import tempfile
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -144,21 +145,40 @@ class Prober:
 
 
 def stage_stamps(log_path: Path) -> dict[bytes, dict[str, int]]:
-    """Each traced message's stage stamps, from a worker's log (worker/timings.py)."""
-    computed: dict[tuple[int, int], dict[str, int]] = {}
+    """Each traced message's stage stamps, from a worker's log (worker/timings.py).
+
+    The compute process may have taken an ingest batch in two parts (it wrapped
+    past the ring's end) or together with the next one, so a batch's compute
+    stamps are those of every compute record whose slots overlap its own: the
+    earliest ``peeked``, the latest ``computed``. (Sequence numbers wrap at
+    2**32, far beyond a benchmark's run.)
+    """
+    computed: dict[str, list[dict[str, int]]] = {}
     for record in log_events(log_path, "compute timings"):
-        for batch in record["batches"]:
-            computed[batch["ring"], batch["seq"]] = batch
+        for part in record["batches"]:
+            computed.setdefault(part["ring"], []).append(part)
+    starts: dict[str, list[int]] = {}
+    for ring, parts in computed.items():
+        parts.sort(key=lambda part: part["seq"])
+        starts[ring] = [part["seq"] for part in parts]
     stamps: dict[bytes, dict[str, int]] = {}
     for record in log_events(log_path, "batch timings"):
         for batch in record["batches"]:
-            device = computed.get((batch["ring"], batch["seq"]))
-            if device is None:
+            parts, seqs = computed.get(batch["ring"], []), starts.get(batch["ring"], [])
+            first, end = batch["seq"], batch["seq"] + len(batch["ids"])
+            k = max(0, bisect_right(seqs, first) - 1)
+            overlapping = []
+            while k < len(parts) and parts[k]["seq"] < end:
+                if parts[k]["seq"] + parts[k]["n"] > first:
+                    overlapping.append(parts[k])
+                k += 1
+            if not overlapping:
                 continue
             for entry_id in batch["ids"]:
                 stamps[entry_id.encode()] = {
                     "read": batch["read"], "packed": batch["packed"],
-                    "peeked": device["peeked"], "computed": device["computed"],
+                    "peeked": min(part["peeked"] for part in overlapping),
+                    "computed": max(part["computed"] for part in overlapping),
                     "collected": batch["collected"], "committing": batch["committing"],
                     "committed": batch["committed"],
                 }  # fmt: skip

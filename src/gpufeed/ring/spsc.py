@@ -27,7 +27,8 @@ cursor read, never per slot, and none at all on x86-64.
 Sleeping
 --------
 A side that finds nothing to do spins for a bounded number of checks, then
-sleeps on a futex. The "wake only a sleeper" handshake is Dekker's: the
+sleeps on a futex; it spins only while its recent waits were short enough
+for a spin to end them (``_wait``). The "wake only a sleeper" handshake is Dekker's: the
 sleeper stores ``waiting = 1`` then re-checks the cursor; the other side stores
 the cursor then checks ``waiting``. Each side needs a StoreLoad fence between
 its store and its load, which x86-64 does *not* give for free (its store
@@ -62,7 +63,8 @@ from gpufeed.ring.segment import RingSegment, SlotArray
 
 DEFAULT_SPIN = 200
 # A sleep shorter than this would have ended within a spin of DEFAULT_SPIN
-# checks (each one cursor load and compare, about half a microsecond).
+# checks (each one cursor load and compare, about half a microsecond). Fixed:
+# a larger ``spin`` spins longer while waits are short, not for longer waits.
 SPIN_PAYS_NS = 100_000
 DEFAULT_WAIT_SLICE_S = 0.05
 DEFAULT_HEARTBEAT_TIMEOUT_S = 10.0
@@ -232,9 +234,10 @@ class _Endpoint:
         Spins first only while spinning pays: when the last wait ended within
         its spin, or slept less than ``SPIN_PAYS_NS``. A waiter whose peer
         takes longer (an idle queue; a round trip through Redis) goes straight
-        to sleep instead of burning the core that the peer, or Redis, needs:
-        on a small machine that spin alone made an unloaded message's round
-        trip a fifth longer (docs/benchmarks.md, "Latency").
+        to sleep instead of burning the core that the peer, or Redis, needs
+        (docs/benchmarks.md, "Latency"). Neither the spin nor its absence
+        touches the handshake below: skipping the spin only skips polling
+        before it.
         """
         ready = self._ready
         if self._spin_pays:

@@ -116,7 +116,7 @@ def serve(
             if trace and timings is not None and len(done.requests):
                 seq = int(done.requests["seq"][0])
                 timings.add({
-                    "ring": done.ring, "seq": seq, "n": len(done.requests),
+                    "ring": pair.requests.segment.name, "seq": seq, "n": len(done.requests),
                     "peeked": peeked.pop((done.ring, seq), 0), "computed": computed,
                     "written": time.monotonic_ns(),
                 })  # fmt: skip

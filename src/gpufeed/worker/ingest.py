@@ -55,6 +55,10 @@ log = structlog.get_logger()
 GIVEN_UP_ON = (*REDIS_ERRORS, redis.ResponseError, QueueMisconfigured)
 
 
+# Longest wait for a batch's answer before reading again, after a read that
+# emptied the stream (Ingest.step); a cpu-backend answer takes well under this.
+ANSWER_WAIT_MS = 1
+
 # How often each ingest process logs a throughput summary (info level).
 SUMMARY_INTERVAL_S = 5.0
 
@@ -88,7 +92,6 @@ class Ingest:
     ) -> None:
         self.config = config
         self.consumer = config.consumer_name(index)
-        self.index = index  # of this process's ring pair in the compute process
         self.requests = requests
         self.responses = responses
         self.table = OpTable.for_worker(
@@ -179,7 +182,7 @@ class Ingest:
     def _trace(self, batches: list[_SentBatch], committing_ns: int, committed_ns: int) -> None:
         for sent in batches:
             self.timings.add({
-                "ring": self.index, "seq": sent.first_seq,
+                "ring": self.requests.segment.name, "seq": sent.first_seq,
                 "ids": [i.decode() for i in sent.batch.ids],
                 "read": sent.read_ns, "packed": sent.packed_ns,
                 "collected": sent.collected_ns, "committing": committing_ns,
@@ -211,15 +214,18 @@ class Ingest:
         """The ids of the entries in the request ring or waiting for their results."""
         return {i for f in self.in_flight for i in f.batch.ids}
 
-    def fill(self) -> bool:
-        """Read and pack one batch if the ring has room; False if nothing was read."""
+    def fill(self, reclaim: bool = True) -> bool:
+        """Read and pack one batch if the ring has room; False if nothing was read.
+
+        ``reclaim=False``: a plain read, even when reclaiming is due.
+        """
         first, second = self.requests.reserve(self.config.max_batch)
         room = len(first) + len(second)
         if room == 0:
             return False  # ring full: leave the messages in Redis
         entries: list[Entry] | Columns
         fresh = False
-        if self.reclaimer.due():
+        if reclaim and self.reclaimer.due():
             entries, dead = self.reclaimer.claim(room)
             # XAUTOCLAIM hands back our own entries too once they are idle past the
             # visibility timeout, such as a batch still computing: its copy in the
@@ -234,7 +240,10 @@ class Ingest:
                 self._log_failed(d.src, d.reason, d.status)
         else:
             fresh = self.reader.live
-            block = None if self.in_flight else max(1, self.config.max_wait_ms)
+            # Block only with nothing in hand: a result waiting for its commit
+            # would wait for the block too.
+            idle = not self.in_flight and not self.to_commit
+            block = max(1, self.config.max_wait_ms) if idle else None
             entries = self.reader.read(room, block, self._held)
         read_ns = time.monotonic_ns()
         if entries and self.trials is not None and self.trials.poison:
@@ -341,11 +350,14 @@ class Ingest:
     def step(self) -> bool:
         """One round; False once drained."""
         self.summary()
-        if self.reader.burst_begun and not self.draining:
-            # The rest of a burst whose first entries woke the read: read it now,
-            # while those compute, rather than after their commit. Reading it
-            # before packing them would delay a message that came alone.
-            self.fill()
+        if self.reader.burst_begun:
+            self.reader.burst_begun = False
+            if self.in_flight and not self.draining:
+                # The rest of a burst whose first entries woke the read: read it
+                # now, while those compute, rather than after their commit.
+                # Reading it before packing them would delay a message that came
+                # alone.
+                self.fill(reclaim=False)
         self.collect()
         self.commit()
         if self.draining:
@@ -356,10 +368,12 @@ class Ingest:
         if self.in_flight and not self.reader.more_waiting:
             # The last read emptied the stream: another one now would most likely
             # come back empty, a round trip to Redis (and CPU taken from the
-            # compute process) while the batch is being answered. Wait for the
-            # answer instead; the next round reads what came meanwhile.
+            # compute process) while the batch is being answered. Wait a little
+            # for the answer instead; the next round reads what came meanwhile.
+            # Bounded, so that a backend with batches to overlap (the GPU ones)
+            # gets the next batch while a long one computes.
             self.reader.more_waiting = True
-            self.collect(timeout=self.config.max_wait_ms / 1000)
+            self.collect(timeout=min(self.config.max_wait_ms, ANSWER_WAIT_MS) / 1000)
             return True
         read = self.fill()
         if not read and self.in_flight:
@@ -408,7 +422,6 @@ class Ingest:
                 # A reply lost with the connection may have delivered entries we never
                 # saw: re-read our pending history (entries in flight are filtered out).
                 self.reader.reread_history()
-        self.timings.flush()
         log.info(
             "ingest drained",
             consumer=self.consumer,
@@ -459,6 +472,7 @@ def ingest_main(
         except RingClosed:
             log.warning("ring closed under the ingest process; exiting")
         finally:
+            ingest.timings.flush()
             requests.close()
             responses.close()
     if terminated:

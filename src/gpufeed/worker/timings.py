@@ -3,21 +3,24 @@
 Each process stamps the moments a batch passes through it on the monotonic
 clock (``time.monotonic_ns``, the same clock in every process of a machine,
 so stamps from the ingest process, the compute process and a client compare
-directly). The stamps are taken always, and cost a few clock reads per batch;
-only writing them out is optional. Records are buffered and logged many to a
-line, so tracing adds no log call to a message's path: one flush per
-``FLUSH_EVERY`` batches, and one when the process stops.
+directly). The ingest process takes its stamps always (a few clock reads per
+batch; its compute-time metric comes from them); the compute process only
+while tracing. Records are buffered and logged many to a line: one log call
+per ``FLUSH_EVERY`` batches, and one when the process stops. A debugging aid:
+a record lists its batch's entry ids, so under load the lines grow long.
 
 The ingest process logs ``batch timings`` records::
 
-    {"ring": 0, "seq": 17, "ids": ["1733-0"], "read": ..., "packed": ...,
-     "collected": ..., "committing": ..., "committed": ...}
+    {"ring": "<request ring>", "seq": 17, "ids": ["1733-0"], "read": ...,
+     "packed": ..., "collected": ..., "committing": ..., "committed": ...}
 
-and the compute process ``compute timings`` records::
+and the compute process ``compute timings`` records, one per part it took::
 
-    {"ring": 0, "seq": 17, "n": 1, "peeked": ..., "computed": ..., "written": ...}
+    {"ring": "<request ring>", "seq": 17, "n": 1, "peeked": ..., "computed": ...,
+     "written": ...}
 
-joined on (``ring``, ``seq``): the sequence number of the batch's first slot.
+where ``seq`` is the sequence number of the first slot: a batch's compute
+records are those whose slots overlap its own (``bench/latency.py``).
 """
 
 from __future__ import annotations

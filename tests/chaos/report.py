@@ -124,10 +124,13 @@ NOTES = """
   after warm-up, or on drift: the median window p99 of the last fifth of the
   run over twice that of the first fifth after warm-up (a median, so that
   one noisy window does not decide it, while a worker that slows down moves
-  every window). The slowest window is named with what was recorded during
-  it: the worker's garbage collections of 20 ms or more and commit calls of
-  100 ms or more (both in its log), and Redis's latency monitor (10 ms or
-  more); a slow window with none of these is the machine's.
+  every window). The slowest window, and every window over five times the
+  median window's p99, is named with what was recorded during it: the
+  worker's garbage collections of 20 ms or more and commit calls of 100 ms
+  or more (both in its log), and Redis's latency monitor and slow log (10 ms
+  or more; the slow log names the command, the commit script by name); a
+  slow window with none of these is the machine's. A window over five times
+  the median during which the worker stalled itself fails the soak.
 """
 
 

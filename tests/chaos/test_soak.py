@@ -14,9 +14,9 @@ The report names the slowest window, and every window over five times the
 median one, with what was recorded during each: the worker's own stalls
 (garbage collections of 20 ms or more, commit calls of 100 ms or more, both
 logged by the worker) and Redis's (its latency monitor, events of 10 ms or
-more). A slow window with none of these is the machine's: a process that
-waited for a core. A spike during which the worker stalled itself fails the
-soak.
+more, and the slow log, which names the command). A slow window with none
+of these is the machine's: a process that waited for a core. A spike during
+which the worker stalled itself fails the soak.
 
 The 20-second run is a smaller check of the same machinery: its windows are
 one second, where a p99 is decided by one or two scheduler stalls on a shared
@@ -33,6 +33,7 @@ after the run is lost, a result beyond one per input is a duplicate.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -47,6 +48,7 @@ from report import Row, record, sized
 
 from conftest import keys, rss_kib, spawned_children
 from gpufeed.packing.ids import id_ms
+from gpufeed.worker.commit import COMMIT_LUA
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1800)]
 
@@ -61,6 +63,7 @@ DRIFT_LIMIT = 2.0
 # fails on one during which the worker stalled itself.
 SPIKE_FACTOR = 5
 WINDOW_PERCENTILE = sized(50, 99)
+COMMIT_SHA = hashlib.sha1(COMMIT_LUA.encode()).hexdigest()
 # The worker's and Redis's stalls worth naming (the worker logs its own at these).
 GC_STALL, SLOW_COMMIT = "garbage collection stalled the process", "slow commit"
 REDIS_LATENCY_MS = 10
@@ -134,6 +137,17 @@ def _stalls_during(
         if found:
             redis_said.append(f"Redis {name.decode() if isinstance(name, bytes) else name} "
                               f"{max(found)} ms")  # fmt: skip
+    slow: dict[str, int] = {}
+    for entry in client.slowlog_get(1024):
+        if start - 1 <= entry["start_time"] <= end + 1:
+            command = entry["command"]
+            name = command.decode(errors="replace") if isinstance(command, bytes) else command
+            words = name.split()
+            name = words[0].upper() if words else "?"
+            if name == "EVALSHA" and len(words) > 1 and words[1] == COMMIT_SHA:
+                name = "commit script"
+            slow[name] = max(slow.get(name, 0), entry["duration"] // 1000)
+    redis_said += [f"slow {name} {ms} ms" for name, ms in sorted(slow.items())]
     return worker_said, redis_said
 
 
@@ -151,6 +165,10 @@ def test_soak_at_seventy_percent_of_capacity(client, redis_server, queue, start_
     worker.wait_ready(client, stream)
     client.config_set("latency-monitor-threshold", REDIS_LATENCY_MS)
     client.execute_command("LATENCY", "RESET")
+    # The slow log names the commands behind the latency monitor's "command" events.
+    client.config_set("slowlog-log-slower-than", REDIS_LATENCY_MS * 1000)
+    client.config_set("slowlog-max-len", 1024)
+    client.slowlog_reset()
     pids = [worker.proc.pid, *spawned_children(worker.proc.pid)]
     capacity = _capacity(client, redis_server.url, queue, sized(200_000, 600_000))
     n = int(LOAD * capacity * SOAK_S)

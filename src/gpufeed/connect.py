@@ -89,18 +89,35 @@ class RedisTarget:
 
         ``node_only``: a plain client for the one node a cluster URL names.
         """
+        options.update(self._tls_options())
+        if not self.cluster:
+            return redis.Redis.from_url(self.url, **options)
+        url = self._node_url()
+        if node_only:
+            return redis.Redis.from_url(url, **options)
+        return redis.RedisCluster.from_url(url, **options)
+
+    def _tls_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
         if self.tls_ca_cert:
             options["ssl_ca_certs"] = self.tls_ca_cert
         if self.tls_cert:
             options["ssl_certfile"] = self.tls_cert
             options["ssl_keyfile"] = self.tls_key
+        return options
+
+    def connect_async(self, **options: Any) -> Any:
+        """An asyncio client for this target (``redis.asyncio``), as ``connect``."""
+        import redis.asyncio as aioredis
+
+        options.update(self._tls_options())
         if not self.cluster:
-            return redis.Redis.from_url(self.url, **options)
+            return aioredis.Redis.from_url(self.url, **options)
+        return aioredis.RedisCluster.from_url(self._node_url(), **options)
+
+    def _node_url(self) -> str:
         parts = urlsplit(self.url)
-        url = urlunsplit(parts._replace(scheme=parts.scheme.removesuffix("+cluster"), path=""))
-        if node_only:
-            return redis.Redis.from_url(url, **options)
-        return redis.RedisCluster.from_url(url, **options)
+        return urlunsplit(parts._replace(scheme=parts.scheme.removesuffix("+cluster"), path=""))
 
 
 def slot_of(key: bytes | str) -> int:

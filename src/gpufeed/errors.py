@@ -147,3 +147,23 @@ class NotFound(QueueError):
 
 class MessageFailed(QueueError):
     """The op reported an error for this message; the text says what it was."""
+
+
+class ResultError(GpufeedError):
+    """A message came back with status ``error``: ``reason`` says why (the worker's
+    own words: a malformed field, an unknown op, the op's exception, ...)."""
+
+    def __init__(self, reason: str, src: bytes, cid: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.src = src  # the message's entry id in the input stream
+        self.cid = cid
+
+
+class ResultExpired(ResultError):
+    """A message came back with status ``expired``: its ``deadline_ms`` passed
+    before the worker got to it, and it was not computed."""
+
+
+class ClientClosed(GpufeedError):
+    """The client was closed before this message's result came back."""

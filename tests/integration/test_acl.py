@@ -12,6 +12,7 @@ import redis
 
 from conftest import keys, wait_for_results
 from gpufeed.admin.acl import acl_rules
+from gpufeed.client import Client
 from gpufeed.embedded import RedisServer
 from gpufeed.worker.access import check_worker_access
 from gpufeed.worker.config import WorkerConfig
@@ -50,6 +51,11 @@ def test_worker_and_producer_users_work_with_least_privilege(
     replies = producer.xread({reply: "0"}, count=100)[0][1]
     assert sorted(int(f[b"cid"]) for _, f in replies) == list(range(20))
     assert {f[b"data"] for _, f in replies} == {f"m{i}".encode() for i in range(20)}
+    # gpufeed.Client, named for the user's reply stream, needs nothing more.
+    with Client(url_for(redis_server, *producer_user), queue, name="p1") as producer_client:
+        futures = producer_client.submit_many([b"c%d" % i for i in range(10)])
+        assert [f.result(60) for f in futures] == [b"c%d" % i for i in range(10)]
+    assert not client.exists(reply), "the client deleted its reply stream"
     assert client.xlen(dead) == 1 and client.xpending(stream, "gpufeed")["pending"] == 0
 
     # The producer can do nothing else: not read the queue, not write results,
@@ -61,6 +67,7 @@ def test_worker_and_producer_users_work_with_least_privilege(
         lambda: producer.xrange(f"gpufeed:{{{queue}}}:reply:p2"),
         lambda: producer.xadd(f"gpufeed:{{other{queue}}}:in", {"data": "x"}),
         lambda: producer.get("anything"),
+        lambda: producer.delete(stream),
     ]
     for attempt in denied:
         with pytest.raises(redis.exceptions.NoPermissionError):

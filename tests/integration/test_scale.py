@@ -14,6 +14,7 @@ import redis
 
 from conftest import WorkerProcess, keys, wait_for_results
 from gpufeed.admin.acl import acl_rules
+from gpufeed.client import Client
 from gpufeed.connect import RedisTarget
 from gpufeed.embedded import LocalCluster
 from gpufeed.loadgen.produce import xadd_all
@@ -147,6 +148,10 @@ def test_least_privilege_users_on_a_cluster(cluster, start_worker) -> None:
     assert replied[b"src"] == asked and replied[b"data"] == b"y"
     with pytest.raises(redis.exceptions.NoPermissionError):
         producer.xrange(keys(queue)[1])
+    # gpufeed.Client, on the cluster, as that user: its reply stream is "me".
+    with Client(url["pr"], queue, name="me") as c:
+        assert [f.result(60) for f in c.submit_many([b"c1", b"c2"])] == [b"c1", b"c2"]
+    assert not admin.exists(reply)
 
     run = subprocess.run(
         [sys.executable, "-m", "gpufeed", "worker", "--redis-url", url["no-slots"],

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from gpufeed.errors import DeviceLost
-from gpufeed.ops import Echo
+from gpufeed.ops import Echo, Tensor, TensorOp
 
 
 class SlowEcho(Echo):
@@ -106,3 +106,11 @@ class Segfaulting(Echo):
 
 
 segv_echo = Segfaulting()
+
+
+def _double(x):
+    return x * 2
+
+
+# A tensor op: four float32 in, the same doubled out (tests/integration/test_client.py).
+double = TensorOp("double", _double, Tensor("float32", (4,)), Tensor("float32", (4,)))

@@ -59,6 +59,8 @@ class FakeCuPy:
 
     float32 = np.float32
     uint8 = np.uint8
+    uint32 = np.uint32
+    int64 = np.int64
 
     def __init__(self, table: OpTable, faults: Callable[[np.ndarray], int | None]) -> None:
         self.table = table
@@ -181,6 +183,12 @@ class FakeCuPy:
     def ascontiguousarray(self, array: Any, dtype: Any = None) -> DeviceArray:
         return _device(np.ascontiguousarray(array, dtype=dtype))
 
+    def empty(self, shape: Any, dtype: Any) -> DeviceArray:
+        return _device(np.full(shape, 0xAB, dtype))  # not zeroed, as on a device
+
+    def from_dlpack(self, array: Any) -> DeviceArray:
+        return _device(np.from_dlpack(array))
+
     def maximum(self, a: Any, b: Any) -> DeviceArray:
         return _device(np.maximum(a, b))
 
@@ -213,6 +221,10 @@ class FakeCuPy:
             self.log.append(("launch", self.current))
             requests = np.asarray(device_in[:n])
             out, lens, flags = compute_isolating(self.table, requests)
+            # As the compiled program's dispatch: no device function, an error result.
+            for i, op_id in enumerate(headers(requests)["op"].tolist()):
+                if not self.table[op_id].cuda_function:
+                    lens[i], flags[i] = 0, 1
             write_results(np.asarray(device_out[:n]), headers(requests), out, lens, flags)
 
         return launch

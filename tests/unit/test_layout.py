@@ -17,7 +17,7 @@ ROOT = Path(gpufeed.__file__).parent
 LAYERS = [
     {"errors"},
     {"keys", "connect", "packing", "ring", "ops"},
-    {"gpu", "admin", "embedded"},
+    {"gpu", "admin", "embedded", "client"},
     {"worker", "loadgen"},
     {"bench"},
     {"cli"},

@@ -31,7 +31,8 @@ def acl_rules(
 
     ``worker``: every key of the queue, ``gpufeed:{QUEUE}:*``, which covers the
     reply streams producers name ``gpufeed:{QUEUE}:reply:NAME``. ``producer``:
-    XADD to the input stream only, and reads of its own reply stream ``reply``.
+    XADD to the input stream only, and reading, trimming and deleting its own reply
+    stream ``reply``.
     ``queue`` may be ``*`` for every queue. Add ``on``, ``>password`` and so on.
     """
     keys = QueueKeys(queue)
@@ -44,6 +45,8 @@ def acl_rules(
     if role == "producer":
         rules = [*base, "+xadd", *extra, f"%W~{keys.in_key}"]
         if reply:
-            rules += ["+xread", "+xrange", "+xlen", f"%R~{keys.reply_key(reply)}"]
+            # Read its results, trim what it read, delete the stream when done
+            # (gpufeed.Client does all three). A selector, so that DEL reaches no other key.
+            rules += [f"(+xread +xrange +xrevrange +xlen +xtrim +del ~{keys.reply_key(reply)})"]
         return rules
     raise ConfigError(f"role must be worker or producer, got {role!r}")

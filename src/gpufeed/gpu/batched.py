@@ -296,6 +296,16 @@ class BatchedBackend(Backend):
                 (lane.device_in, lane.device_out, np.uint32(n), np.uint32(self.slot_bytes),
                  self._params.array, self._params.count),
             )  # fmt: skip
+            # A batch that mixes ops: the kernel answered the rows of an op without a
+            # device function (a tensor op) with errors; its own path redoes them.
+            for op_id in np.unique(op_ids[:n]).tolist():
+                path = self._whole.get(op_id)
+                if path is None or self.table[op_id].cuda_function:
+                    continue
+                rows = self._cp.asarray(np.flatnonzero(op_ids[:n] == op_id))
+                answered = self._cp.empty((len(rows), self.slot_bytes), self._cp.uint8)
+                path(self._cp, lane.device_in[rows], answered)
+                lane.device_out[rows] = answered
 
     # --- recovery -------------------------------------------------------------------------
 

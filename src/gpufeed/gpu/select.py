@@ -69,6 +69,20 @@ def auto_backend(settings: BackendSettings) -> tuple[str, str]:
     return "cpu", why or f"no CUDA device {settings.device}"
 
 
+def check_ops(backend: str, table: OpTable) -> None:
+    """``ConfigError`` if ``backend`` cannot run every op of ``table``: the persistent
+    kernel calls each op's device function, and a tensor op has none."""
+    if backend != "persistent":
+        return
+    missing = [op.name for op in table.ops if not op.cuda_function]
+    if missing:
+        raise ConfigError(
+            f"--backend persistent runs each op as a CUDA device function, and "
+            f"{', '.join(repr(m) for m in missing)} is a tensor op, which has none; "
+            "use --backend batched (or cpu)"
+        )
+
+
 def check_backend(settings: BackendSettings) -> str:
     """The backend ``settings`` will run, or ``ConfigError`` saying why it cannot.
 
@@ -107,6 +121,7 @@ def make_backend(
         )  # fmt: skip
     if name != "persistent":
         raise InternalError(f"no backend {name!r}")  # BackendSettings checked the name
+    check_ops(name, table)
     queue = QueueConfig(
         queue_capacity(max_batch), slot_bytes,
         device="emulated" if settings.emulate_device else "cuda",

@@ -12,6 +12,7 @@ from gpufeed.ops.registry import (
     load_op,
 )
 from gpufeed.ops.sha256 import Sha256, sha256_batch
+from gpufeed.ops.tensor import Tensor, TensorOp, Text
 
 __all__ = [
     "BATCH_KERNEL",
@@ -23,6 +24,9 @@ __all__ = [
     "Op",
     "OpTable",
     "Sha256",
+    "Tensor",
+    "TensorOp",
+    "Text",
     "VectorAdd",
     "batch_program",
     "cuda_file",

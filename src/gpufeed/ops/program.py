@@ -23,9 +23,12 @@ _IDENTIFIER = re.compile(r"[A-Za-z_]\w*\Z")
 
 
 def _dispatch(functions: Sequence[str]) -> str:
+    # An op without a device function (a tensor op) has no case: the kernel
+    # answers it with an error, and the batched backend runs its whole-batch path.
     cases = "\n".join(
         f"    case {op_id}: {fn}(in, out, params[{op_id}], lane, lanes); return;"
         for op_id, fn in enumerate(functions)
+        if fn
     )
     return f"""
 namespace gpufeed {{
@@ -53,6 +56,8 @@ def table_program(ops: Sequence[Op]) -> str:
     sources: dict[str, str] = {}  # device function name -> the source defining it
     for op in ops:
         fn = op.cuda_function
+        if not fn and not op.cuda_source:
+            continue  # no device function (see _dispatch)
         if not _IDENTIFIER.match(fn or ""):
             raise ConfigError(f"op {op.name!r}: cuda_function {fn!r} is not a C identifier")
         if sources.setdefault(fn, op.cuda_source) != op.cuda_source:

@@ -19,7 +19,7 @@ def check_locally(config: WorkerConfig) -> str:
     any process starts: a bad ``--op``, rings larger than /dev/shm or ``--backend
     batched`` on a machine without a GPU fail at once (``GpufeedError``) instead
     of in a restart loop (or a SIGBUS). Returns the backend name."""
-    from gpufeed.gpu.select import check_backend
+    from gpufeed.gpu.select import check_backend, check_ops
     from gpufeed.ops import OpTable
     from gpufeed.packing import payload_capacity
     from gpufeed.ring import check_fences, check_shm_room, ring_bytes
@@ -29,10 +29,12 @@ def check_locally(config: WorkerConfig) -> str:
     check_shm_room(rings * ring_bytes(config.ring_capacity, config.slot_bytes),
                    f"the worker's {rings} rings")  # fmt: skip
 
-    OpTable.for_worker(
+    table = OpTable.for_worker(
         config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
     )
-    return check_backend(config.backend_settings)
+    backend = check_backend(config.backend_settings)
+    check_ops(backend, table)
+    return backend
 
 
 def run_worker(config: WorkerConfig, child_setup: Callable[[str], None] | None = None) -> int:

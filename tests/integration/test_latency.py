@@ -78,6 +78,29 @@ def test_a_lone_message_is_answered_at_once_when_a_reclaim_is_due_behind_it(
 
 
 @pytest.mark.timeout(120)
+def test_behind_a_slow_op_the_worker_waits_for_answers_instead_of_polling_redis(
+    client: redis.Redis, queue: str, start_worker
+) -> None:
+    """A backlog read at once, then 2 s of compute (20 batches of 100 ms): the
+    ingest process waits for each answer while the compute process has whole
+    batches queued, rather than reading an empty stream every few milliseconds
+    (CPU a model on the CPU needs). About one read per batch, not 300."""
+    stream = keys(queue)[0]
+    worker = start_worker("--backend", "cpu", "--op", "user_ops:model_paced",
+                          "--max-batch", "8", "--reclaim-interval-ms", "60000")  # fmt: skip
+    worker.wait_ready(client, stream)
+    pipe = client.pipeline(transaction=False)
+    for i in range(160):
+        pipe.xadd(stream, {"data": b"%d" % i})
+    pipe.execute()
+    before = xreadgroup_calls(client)
+    wait_for_results(client, queue, 160, timeout=60)
+    reads = xreadgroup_calls(client) - before
+    assert reads <= 60, f"{reads} reads for 20 batches"
+    assert worker.terminate(30) == 0
+
+
+@pytest.mark.timeout(120)
 def test_traced_stages_follow_each_message_through_every_process(
     redis_server: RedisServer, queue: str, start_worker
 ) -> None:

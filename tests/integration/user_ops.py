@@ -15,10 +15,18 @@ class SlowEcho(Echo):
     """Echo that takes 20 ms per batch: a compute stage slower than Redis."""
 
     name = "slow_echo"
+    seconds = 0.02
 
     def cpu(self, payloads, lens):
-        time.sleep(0.02)
+        time.sleep(self.seconds)
         return self.reference(payloads, lens)
+
+
+class ModelPaced(SlowEcho):
+    """Echo that takes 100 ms per batch, as a model on the CPU does."""
+
+    name = "model_paced"
+    seconds = 0.1
 
 
 class PoisonAware(Echo):
@@ -33,6 +41,7 @@ class PoisonAware(Echo):
 
 
 slow_echo = SlowEcho()
+model_paced = ModelPaced()
 poison_echo = PoisonAware()
 
 

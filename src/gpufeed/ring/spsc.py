@@ -300,6 +300,11 @@ class RingProducer(_Endpoint):
         head, tail = self.segment.head_tail()
         return self._cap - (head - tail)
 
+    def unreleased(self) -> int:
+        """Slots committed that the consumer has not released yet."""
+        head, tail = self.segment.head_tail()
+        return head - tail
+
     def _refresh(self) -> int:
         tail = self._words[L.W_TAIL]
         if order.acquire_fence is not None:  # the consumer's reads of those slots are done

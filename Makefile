@@ -6,7 +6,14 @@ STAMP  := $(VENV)/.installed
 
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: venv demo test lint typecheck bench clean chaos soak
+# The embeddings example has a venv of its own: PyTorch and a model stay out of
+# `make test`'s set.
+EMB_VENV  := .venv-embeddings
+EMB_BIN   := $(EMB_VENV)/bin
+EMB_STAMP := $(EMB_VENV)/.installed
+
+.PHONY: venv demo test lint typecheck bench clean chaos soak \
+	example-embeddings example-embeddings-test bench-model
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +36,8 @@ demo: $(DEMO_STAMP)
 	$(BIN)/gpufeed demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check --no-cache src tests
-	$(BIN)/ruff format --no-cache --check src tests
+	$(BIN)/ruff check --no-cache src tests examples
+	$(BIN)/ruff format --no-cache --check src tests examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -48,7 +55,26 @@ bench: $(STAMP)
 	$(BIN)/gpufeed bench scale --json | tee benchmarks/results/scale.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) $(EMB_VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+
+$(EMB_STAMP): pyproject.toml examples/embeddings/pyproject.toml
+	$(PYTHON) -m venv $(EMB_VENV)
+	$(EMB_BIN)/pip install --quiet --upgrade pip
+	$(EMB_BIN)/pip install --quiet -e . -e 'examples/embeddings[test]'
+	touch $(EMB_STAMP)
+
+# all-MiniLM-L6-v2 sentence embeddings through a private Redis and a worker,
+# checked against the model called directly (examples/embeddings/README.md).
+example-embeddings: $(EMB_STAMP)
+	$(EMB_BIN)/python examples/embeddings/embeddings_demo.py
+
+example-embeddings-test: $(EMB_STAMP)
+	$(EMB_BIN)/pytest examples/embeddings
+
+# The model served through gpufeed vs called directly (gpufeed bench model).
+bench-model: $(EMB_STAMP)
+	mkdir -p benchmarks/results
+	$(EMB_BIN)/gpufeed bench model --json | tee benchmarks/results/model.json
 
 # The chaos suite at full size (200,000-message kill storm, ...); writes docs/reliability.md.
 chaos: $(STAMP)

@@ -146,6 +146,46 @@ def bench_latency(
     emit(run(LatencyBenchConfig(samples=samples, rounds=rounds, gap_ms=gap_ms)), as_json)
 
 
+@bench_app.command("model")
+def bench_model(
+    op: Annotated[
+        str, typer.Option(help="A tensor op: an entry point (examples/embeddings: embed) or path.")
+    ] = "embed",
+    messages: Annotated[int, typer.Option(help="Messages in each throughput round.")] = 2000,
+    max_batch: Annotated[int, typer.Option(help="The worker's batch, and the direct calls'.")] = 64,
+    latency_samples: Annotated[int, typer.Option(help="Round trips timed per round.")] = 50,
+    rounds: Annotated[int, typer.Option(help="Rounds of each; medians reported.")] = 3,
+    backend: Annotated[
+        str, typer.Option(help="The worker's backend: auto, cpu, batched.")
+    ] = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """A tensor op (a model) served through Redis and the worker vs the same op called
+    directly on batches of the same size, in the same run: throughput and one input's
+    round trip.
+
+    Example (with examples/embeddings installed): gpufeed bench model --json
+    """
+    from gpufeed.bench.model import ModelBenchConfig, run
+    from gpufeed.errors import ConfigError, OpLoadError, UnknownOp
+
+    cfg = ModelBenchConfig(
+        op=op,
+        messages=messages,
+        max_batch=max_batch,
+        latency_samples=latency_samples,
+        rounds=rounds,
+        backend=backend,
+    )
+    try:
+        result = run(cfg)
+    except (ConfigError, OpLoadError, UnknownOp) as exc:
+        hint = " (pip install -e examples/embeddings for embed)" if op == "embed" else ""
+        typer.echo(f"gpufeed bench model: {exc}{hint}", err=True)
+        raise typer.Exit(2) from exc
+    emit(result, as_json)
+
+
 @bench_app.command("commit")
 def bench_commit(
     batch: Annotated[int, typer.Option(help="Entries committed per script call.")] = 400,

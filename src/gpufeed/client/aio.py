@@ -12,23 +12,22 @@ import redis
 from gpufeed.client.messages import (
     LOST,
     READ_BLOCK_MS,
+    ClientCore,
     Decode,
     OpSpec,
     Payload,
-    checked_connection,
-    client_name,
     decoder,
     message,
+    messages,
     outcome,
     settle,
     stream_entries,
 )
 from gpufeed.connect import RedisTarget
 from gpufeed.errors import ClientClosed, ResultError
-from gpufeed.keys import QueueKeys
 
 
-class AsyncClient:
+class AsyncClient(ClientCore):
     """``Client`` for asyncio: ``await submit(...)`` gives an ``asyncio.Future``
     to await (``asyncio.wait_for`` bounds the wait). Use ``async with``, or
     ``await close()``. ``connection`` takes a ``redis.asyncio`` client of your own.
@@ -46,16 +45,8 @@ class AsyncClient:
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> None:
-        self.keys = QueueKeys(queue)
-        self.name = name or client_name()
-        self.reply_key = self.keys.reply_key(self.name)
-        self.op = op
-        self._own = connection is None
-        self._redis: Any = (
-            checked_connection(connection)
-            if connection is not None
-            else RedisTarget(redis_url, tls_ca_cert, tls_cert, tls_key).connect_async()
-        )
+        target = RedisTarget(redis_url, tls_ca_cert, tls_cert, tls_key)
+        super().__init__(queue, op, name, connection, target.connect_async)
         self._waiting: dict[bytes, tuple[asyncio.Future[Any], Decode]] = {}
         self._early: dict[bytes, bytes | ResultError] = {}
         self._closed = False
@@ -85,16 +76,13 @@ class AsyncClient:
         deadline_ms: int | None = None,
     ) -> list[asyncio.Future[Any]]:
         """Send many messages in one pipeline; their futures, in order."""
-        batch = list(items)
-        if cids is not None and len(cids) != len(batch):
-            raise ValueError(f"{len(cids)} cids for {len(batch)} messages")
+        fields = messages(
+            items, self.reply_key, op=op or self.op, cids=cids, deadline_ms=deadline_ms
+        )
         await self._start()
         pipe = self._redis.pipeline(transaction=False)
-        for i, data in enumerate(batch):
-            pipe.xadd(self.keys.in_key, message(
-                data, self.reply_key, op=op or self.op, deadline_ms=deadline_ms,
-                cid=None if cids is None else cids[i],
-            ))  # fmt: skip
+        for f in fields:
+            pipe.xadd(self.keys.in_key, f)
         decode = decoder(op or self.op)
         return [self._expect(entry_id, decode) for entry_id in await pipe.execute()]
 

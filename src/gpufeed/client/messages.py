@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import redis
 
 from gpufeed.errors import ConfigError, ResultError, ResultExpired
+from gpufeed.keys import QueueKeys
 from gpufeed.ops.base import Op
 from gpufeed.ops.tensor import TensorOp
 
@@ -59,6 +60,40 @@ def message(
     if deadline_ms is not None:
         fields["deadline_ms"] = str(int(deadline_ms))
     return fields
+
+
+def messages(
+    items: Iterable[Payload],
+    reply_to: str,
+    *,
+    op: OpSpec,
+    cids: Sequence[str | bytes] | None,
+    deadline_ms: int | None,
+) -> list[dict[str, Any]]:
+    """The fields of each of ``items``' entries, for ``submit_many``."""
+    batch = list(items)
+    if cids is not None and len(cids) != len(batch):
+        raise ValueError(f"{len(cids)} cids for {len(batch)} messages")
+    return [
+        message(data, reply_to, op=op, cid=None if cids is None else cids[i],
+                deadline_ms=deadline_ms)
+        for i, data in enumerate(batch)
+    ]  # fmt: skip
+
+
+class ClientCore:
+    """What both clients hold: the queue's keys, the reply stream's name, the
+    default op and the connection (their own, or the caller's, checked)."""
+
+    def __init__(
+        self, queue: str, op: OpSpec, name: str | None, connection: Any, connect: Callable[[], Any]
+    ) -> None:
+        self.keys = QueueKeys(queue)
+        self.name = name or client_name()
+        self.reply_key = self.keys.reply_key(self.name)
+        self.op = op
+        self._own = connection is None
+        self._redis: Any = checked_connection(connection) if connection is not None else connect()
 
 
 def outcome(fields: dict[bytes, bytes]) -> tuple[bytes, bytes | ResultError]:

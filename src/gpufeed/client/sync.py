@@ -11,13 +11,13 @@ from typing import Any
 from gpufeed.client.messages import (
     LOST,
     READ_BLOCK_MS,
+    ClientCore,
     Decode,
     OpSpec,
     Payload,
-    checked_connection,
-    client_name,
     decoder,
     message,
+    messages,
     outcome,
     settle,
     stream_entries,
@@ -25,10 +25,9 @@ from gpufeed.client.messages import (
 from gpufeed.connect import Client as RedisClient
 from gpufeed.connect import RedisTarget
 from gpufeed.errors import ClientClosed, ResultError
-from gpufeed.keys import QueueKeys
 
 
-class Client:
+class Client(ClientCore):
     """Submit messages to queue ``queue`` and get their results back.
 
     ``submit`` returns a ``concurrent.futures.Future`` whose ``result(timeout)``
@@ -56,16 +55,8 @@ class Client:
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> None:
-        self.keys = QueueKeys(queue)
-        self.name = name or client_name()
-        self.reply_key = self.keys.reply_key(self.name)
-        self.op = op
-        self._own = connection is None
-        self._redis: Any = (
-            checked_connection(connection)
-            if connection is not None
-            else RedisTarget(redis_url, tls_ca_cert, tls_cert, tls_key).connect()
-        )
+        target = RedisTarget(redis_url, tls_ca_cert, tls_cert, tls_key)
+        super().__init__(queue, op, name, connection, target.connect)
         self._waiting: dict[bytes, tuple[Future[Any], Decode]] = {}
         # Results read before their XADD's reply came back to the submitting thread.
         self._early: dict[bytes, bytes | ResultError] = {}
@@ -105,19 +96,9 @@ class Client:
         deadline_ms: int | None = None,
     ) -> list[Future[Any]]:
         """Send many messages in one pipeline (one round trip); their futures, in order."""
-        batch = list(items)
-        if cids is not None and len(cids) != len(batch):
-            raise ValueError(f"{len(cids)} cids for {len(batch)} messages")
-        fields = [
-            message(
-                data,
-                self.reply_key,
-                op=op or self.op,
-                cid=None if cids is None else cids[i],
-                deadline_ms=deadline_ms,
-            )
-            for i, data in enumerate(batch)
-        ]
+        fields = messages(
+            items, self.reply_key, op=op or self.op, cids=cids, deadline_ms=deadline_ms
+        )
         self._check_open()
         pipe = self._redis.pipeline(transaction=False)
         for f in fields:

@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 from gpufeed.errors import DeviceLost
 from gpufeed.gpu.backend import Backend, Completed
+from gpufeed.ops.base import failure_reason
 from gpufeed.ops.registry import OpTable
 from gpufeed.packing.layout import (
     HEADER_BYTES,
@@ -68,7 +69,7 @@ def compute_isolating(table: OpTable, requests: SlotArray) -> Outputs:
     except Exception as exc:
         if n == 1:
             op = table[int(headers(requests)["op"][0])]
-            text = f"op {op.name!r} failed: {exc!r}".encode()[:width]
+            text = failure_reason(op, exc).encode()[:width]
             out = np.zeros((1, width), np.uint8)
             out[0, : len(text)] = np.frombuffer(text, np.uint8)
             return out, np.array([len(text)], np.int64), np.array([STATUS_ERROR], np.uint16)

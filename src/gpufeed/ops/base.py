@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gpufeed.errors import InvalidPayload
+
 U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
@@ -107,3 +109,12 @@ class Op(ABC):
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
+
+
+def failure_reason(op: Op, exc: BaseException) -> str:
+    """The error result's text for a message whose op raised ``exc`` on it alone:
+    a payload the op refused says why in its own words, anything else is the
+    exception as Python shows it."""
+    if isinstance(exc, InvalidPayload):
+        return f"op {op.name!r}: {exc}"
+    return f"op {op.name!r} failed: {exc!r}"

@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gpufeed.errors import ConfigError
-from gpufeed.ops.base import I64, U8, Bools, Op
+from gpufeed.errors import ConfigError, InvalidPayload
+from gpufeed.ops.base import I64, U8, Bools, Op, failure_reason
 
 FRAMEWORKS = ("numpy", "torch")
 # What ``TensorOp.samples`` makes sentences of.
@@ -162,9 +162,7 @@ class TensorOp(Op):
         """What ``fn`` gets for these payload rows, on the host."""
         spec = self.input
         if isinstance(spec, Text):
-            return (
-                [bytes(row[:k]).decode() for row, k in zip(payloads, lens.tolist(), strict=True)],
-            )
+            return ([_text(row[:k]) for row, k in zip(payloads, lens.tolist(), strict=True)],)
         if spec.variable:
             assert spec.max_rows is not None
             width = spec.max_bytes
@@ -240,7 +238,7 @@ class TensorOnGpu:
                 self(cp, requests[:half], results[:half])
                 self(cp, requests[half:], results[half:])
                 return
-            text = f"op {self.op.name!r} failed: {exc!r}".encode()[: results.shape[1] - 16]
+            text = failure_reason(self.op, exc).encode()[: results.shape[1] - 16]
             header = np.zeros(16, np.uint8)
             header[0:4] = np.frombuffer(np.uint32(len(text)).tobytes(), np.uint8)
             header[6:8] = np.frombuffer(np.uint16(STATUS_ERROR).tobytes(), np.uint8)
@@ -276,6 +274,13 @@ class TensorOnGpu:
         results[:, 0:4] = cp.asarray(header)
         results[:, 6:8] = 0
         results[:, 16 : 16 + out.row_bytes] = y.reshape(n, -1).view(cp.uint8)
+
+
+def _text(raw: U8) -> str:
+    try:
+        return bytes(raw).decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidPayload(f"not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
 
 
 def _view(rows: U8, dtype: np.dtype[Any]) -> npt.NDArray[Any]:

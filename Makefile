@@ -68,8 +68,9 @@ $(EMB_STAMP): pyproject.toml examples/embeddings/pyproject.toml
 example-embeddings: $(EMB_STAMP)
 	$(EMB_BIN)/python examples/embeddings/embeddings_demo.py
 
+# Also the tensor-op tests, whose PyTorch path needs torch (not in `make test`'s set).
 example-embeddings-test: $(EMB_STAMP)
-	$(EMB_BIN)/pytest examples/embeddings
+	$(EMB_BIN)/pytest examples/embeddings tests/unit/test_tensor_ops.py
 
 # The model served through gpufeed vs called directly (gpufeed bench model).
 bench-model: $(EMB_STAMP)

@@ -7,9 +7,20 @@ they live in one hash slot and the commit script may touch all of them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gpufeed.errors import ConfigError
+
+# A client's name goes into its reply streams' keys and into ACL key patterns:
+# no glob characters, no ':' (which separates it from each client's tag).
+CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def check_client_name(name: str) -> str:
+    if not CLIENT_NAME.fullmatch(name):
+        raise ConfigError(f"client name {name!r}: 1 to 100 of A-Z a-z 0-9 . _ -")
+    return name
 
 
 def queue_key(queue: str, name: str) -> str:
@@ -57,3 +68,7 @@ class QueueKeys:
         """A reply stream in the queue's hash slot, as a cluster needs:
         ``gpufeed:{QUEUE}:reply:NAME``."""
         return queue_key(self.queue, f"reply:{name}")
+
+    def client_reply_key(self, name: str, tag: str) -> str:
+        """The reply stream of one client named ``name``: ``gpufeed:{QUEUE}:reply:NAME:TAG``."""
+        return self.reply_key(f"{check_client_name(name)}:{tag}")

@@ -55,7 +55,7 @@ def test_worker_and_producer_users_work_with_least_privilege(
     with Client(url_for(redis_server, *producer_user), queue, name="p1") as producer_client:
         futures = producer_client.submit_many([b"c%d" % i for i in range(10)])
         assert [f.result(60) for f in futures] == [b"c%d" % i for i in range(10)]
-    assert not client.exists(reply), "the client deleted its reply stream"
+    assert not client.exists(producer_client.reply_key), "the client deleted its reply stream"
     assert client.xlen(dead) == 1 and client.xpending(stream, "gpufeed")["pending"] == 0
 
     # The producer can do nothing else: not read the queue, not write results,
@@ -65,6 +65,8 @@ def test_worker_and_producer_users_work_with_least_privilege(
         lambda: producer.xrange(stream),
         lambda: producer.xreadgroup("gpufeed", "p", {stream: ">"}),
         lambda: producer.xrange(f"gpufeed:{{{queue}}}:reply:p2"),
+        lambda: producer.xrange(f"gpufeed:{{{queue}}}:reply:p2:tag"),
+        lambda: producer.xrange(f"gpufeed:{{{queue}}}:reply:p1x"),
         lambda: producer.xadd(f"gpufeed:{{other{queue}}}:in", {"data": "x"}),
         lambda: producer.get("anything"),
         lambda: producer.delete(stream),
@@ -132,3 +134,17 @@ def test_the_start_up_check_changes_nothing_in_redis(client, redis_server, queue
     check_worker_access(config)
     assert client.xinfo_stream(stream, full=True) == before  # no consumer, no read, no ack
     assert not client.exists(out, dead)
+
+
+def test_a_client_whose_user_may_not_trim_still_gets_every_result(
+    client, redis_server, queue, start_worker
+) -> None:
+    """The reader's XTRIM is refused (NOPERM) after every read; the reader goes on."""
+    rules = [r.replace(" +xtrim", "") for r in acl_rules("producer", queue, reply="p3")]
+    user = make_user(client, rules)
+    worker = start_worker()
+    worker.wait_ready(client, keys(queue)[0])
+    with Client(url_for(redis_server, *user), queue, name="p3") as c:
+        for round_ in range(3):
+            futures = c.submit_many([b"r%d-%d" % (round_, i) for i in range(50)])
+            assert [f.result(60) for f in futures] == [b"r%d-%d" % (round_, i) for i in range(50)]

@@ -18,7 +18,8 @@ import user_ops
 import gpufeed
 from conftest import TESTS_DIR, keys
 from gpufeed.client import AsyncClient, Client
-from gpufeed.errors import ClientClosed, GpufeedError, ResultError, ResultExpired
+from gpufeed.errors import ClientClosed, ConfigError, GpufeedError, ResultError, ResultExpired
+from gpufeed.ops import Tensor, TensorOp
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def test_submit_returns_a_future_of_the_result(redis_server, queue, client, serv
         assert c.submit(b"hello").result(60) == b"hello"
         assert c.submit("text goes as UTF-8", cid="a-1").result(60) == b"text goes as UTF-8"
         assert c.submit(b"abc", op="sha256").result(60) == hashlib.sha256(b"abc").digest()
-        assert c.reply_key == f"gpufeed:{{{queue}}}:reply:{c.name}"
+        assert c.reply_key.startswith(f"gpufeed:{{{queue}}}:reply:{c.name}:")
         assert client.xlen(c.reply_key) <= 1, "what it read is trimmed away"
     assert not client.exists(c.reply_key), "closing deletes the reply stream"
     assert client.xlen(keys(queue)[1]) == 0, "nothing went to the queue's output stream"
@@ -109,6 +110,64 @@ def test_a_tensor_op_served_end_to_end(redis_server, queue, client, start_worker
         assert np.array_equal(np.frombuffer(raw, "<f4"), x[0] * 2), "by name: bytes"
         with pytest.raises(ResultError, match=r"exactly 16 bytes: float32 \(4,\)"):
             c.submit(b"12 bytes....", op=user_ops.double).result(60)
+
+
+def test_a_result_the_client_cannot_decode_fails_only_its_own_future(
+    redis_server, queue, client, start_worker
+) -> None:
+    """The worker serves another version of the op (other output shape): that
+    future fails saying so, and the client's reader goes on."""
+    worker = start_worker("--backend", "cpu", "--op", "user_ops:double")
+    worker.wait_ready(client, keys(queue)[0])
+    other = TensorOp("double", lambda x: x, Tensor("float32", (4,)), Tensor("float32", (3,)))
+    x = np.ones(4, "float32")
+    with Client(redis_server.url, queue) as c:
+        with pytest.raises(ResultError, match="does not fit the op's output"):
+            c.submit(x, op=other).result(60)
+        assert np.array_equal(c.submit(x, op=user_ops.double).result(60), x * 2)
+        with pytest.raises(ConfigError, match=r"takes float32, got int32"):
+            c.submit(np.ones(4, "int32"), op=user_ops.double)
+
+
+def test_a_cancelled_future_leaves_the_others_and_close_alone(
+    redis_server, queue, client, start_worker
+) -> None:
+    with Client(redis_server.url, queue) as c:
+        first, second = c.submit(b"one"), c.submit(b"two")  # no worker yet
+        assert first.cancel()
+        worker = start_worker("--backend", "cpu", "--op", "echo")
+        worker.wait_ready(client, keys(queue)[0])
+        assert second.result(60) == b"two"
+        third = c.submit(b"three")
+        assert third.cancel() or third.result(60) == b"three"
+        assert c.submit(b"four").result(60) == b"four"
+    assert first.cancelled()
+    assert not client.exists(c.reply_key)
+
+
+def test_clients_of_one_name_keep_their_own_results(redis_server, queue, client, served) -> None:
+    """Two processes of one ACL user run clients of one name: neither trims nor
+    deletes the other's results."""
+    with Client(redis_server.url, queue, name="shared") as a, \
+            Client(redis_server.url, queue, name="shared") as b:  # fmt: skip
+        assert a.reply_key != b.reply_key
+        fa = a.submit_many([b"a%d" % i for i in range(300)])
+        fb = b.submit_many([b"b%d" % i for i in range(300)])
+        assert [f.result(60) for f in fb] == [b"b%d" % i for i in range(300)]
+        b.close()
+        assert [f.result(60) for f in fa] == [b"a%d" % i for i in range(300)]
+        assert a.submit(b"after b closed").result(60) == b"after b closed"
+
+
+def test_concurrent_first_submits_start_one_reader(redis_server, queue, served) -> None:
+    async def main() -> list[bytes]:
+        async with AsyncClient(redis_server.url, queue) as c:
+            futures = await asyncio.gather(*(c.submit(b"%d" % i) for i in range(20)))
+            readers = [t for t in asyncio.all_tasks() if "AsyncClient._read" in repr(t)]
+            assert len(readers) == 1
+            return list(await asyncio.gather(*futures))
+
+    assert asyncio.run(asyncio.wait_for(main(), 120)) == [b"%d" % i for i in range(20)]
 
 
 def test_the_persistent_backend_refuses_a_tensor_op_at_start(redis_server, queue) -> None:

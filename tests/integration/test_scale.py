@@ -148,10 +148,10 @@ def test_least_privilege_users_on_a_cluster(cluster, start_worker) -> None:
     assert replied[b"src"] == asked and replied[b"data"] == b"y"
     with pytest.raises(redis.exceptions.NoPermissionError):
         producer.xrange(keys(queue)[1])
-    # gpufeed.Client, on the cluster, as that user: its reply stream is "me".
+    # gpufeed.Client, on the cluster, as that user: its reply stream is "me:TAG".
     with Client(url["pr"], queue, name="me") as c:
         assert [f.result(60) for f in c.submit_many([b"c1", b"c2"])] == [b"c1", b"c2"]
-    assert not admin.exists(reply)
+    assert not admin.exists(c.reply_key)
 
     run = subprocess.run(
         [sys.executable, "-m", "gpufeed", "worker", "--redis-url", url["no-slots"],

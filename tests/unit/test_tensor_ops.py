@@ -50,6 +50,11 @@ def test_the_declaration_gives_the_length_rule_and_result_sizes() -> None:
     assert Text(64).describe() == "UTF-8 text of at most 64 bytes"
     with pytest.raises(ConfigError, match="max_rows"):
         Tensor("float32", (-1, 4))
+    for not_numeric in ("U8", "S4", "datetime64[s]", object):
+        with pytest.raises(ConfigError, match="numeric"):
+            Tensor(not_numeric, (2,))
+    with pytest.raises(ConfigError, match="max_bytes must be >= 1"):
+        Text(0)
     with pytest.raises(ConfigError, match="fixed shape"):
         TensorOp("bad", double, Tensor("float32", (4,)), Tensor("float32", (-1,), max_rows=2))
     too_big = TensorOp("big", double, Tensor("float32", (64,)), Tensor("float32", (4,)))
@@ -149,6 +154,36 @@ def test_a_torch_op_gets_and_returns_tensors_on_the_cpu() -> None:
     out, _ = op.reference(requests([r.tobytes() for r in x], [0, 0])[:, 16:], np.full(2, 16))
     assert seen == [torch.Tensor]
     assert np.array_equal(out[:, :16].view("<f4"), x * 2)
+
+
+def test_a_torch_op_with_variable_rows_gets_tensors_on_the_batched_backend(monkeypatch) -> None:
+    """Both arguments (padded rows, counts) reach the function as tensors, through
+    DLPack from the device arrays, and its tensor comes back into the slots."""
+    torch = pytest.importorskip("torch")
+    seen = []
+
+    def row_sums(x, rows):
+        seen.append((type(x), type(rows)))
+        return x.sum(dim=1)
+
+    op = TensorOp("rowsum", row_sums, Tensor("<f4", (-1, 2), max_rows=3), Tensor("<f4", (2,)),
+                  framework="torch")  # fmt: skip
+    table = table_of(op)
+    monkeypatch.setattr(batched, "import_cupy", lambda: FakeCuPy(table, lambda s: None))
+    backend = batched.BatchedBackend(table, SLOT, 16)
+    a, b = np.ones((1, 2), "<f4"), np.arange(6, dtype="<f4").reshape(3, 2)
+    backend.submit(0, requests([a.tobytes(), b.tobytes()], [0, 0]))
+    [batch] = backend.poll(1.0)
+    assert seen == [(torch.Tensor, torch.Tensor)]
+    assert batch.status.tolist() == [STATUS_OK, STATUS_OK]
+    assert batch.out[:, :8].view("<f4").tolist() == [[1, 1], [6, 9]]
+
+
+def test_variable_rows_wider_than_a_slot_are_refused_at_start_up() -> None:
+    op = TensorOp("wide", lambda x, n: x[:, 0], Tensor("<f4", (-1, 4), max_rows=100),
+                  Tensor("<f4", (4,)))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"up to 1600 bytes .* more than the 112-byte"):
+        table_of(op)
 
 
 def test_on_the_batched_backend_a_message_that_fails_fails_alone(monkeypatch) -> None:

@@ -8,7 +8,7 @@ of every queue.
 from __future__ import annotations
 
 from gpufeed.errors import ConfigError
-from gpufeed.keys import QueueKeys
+from gpufeed.keys import QueueKeys, check_client_name
 
 # What a worker runs: reading and answering (the commit script's commands are checked
 # one by one inside it, XLEN among them), plus the read-only figures of --metrics-port.
@@ -32,7 +32,8 @@ def acl_rules(
     ``worker``: every key of the queue, ``gpufeed:{QUEUE}:*``, which covers the
     reply streams producers name ``gpufeed:{QUEUE}:reply:NAME``. ``producer``:
     XADD to the input stream only, and reading, trimming and deleting its own reply
-    stream ``reply``.
+    streams: ``gpufeed:{QUEUE}:reply:REPLY`` and the ``REPLY:*`` ones of
+    ``gpufeed.Client(name=REPLY)``.
     ``queue`` may be ``*`` for every queue. Add ``on``, ``>password`` and so on.
     """
     keys = QueueKeys(queue)
@@ -47,6 +48,9 @@ def acl_rules(
         if reply:
             # Read its results, trim what it read, delete the stream when done
             # (gpufeed.Client does all three). A selector, so that DEL reaches no other key.
-            rules += [f"(+xread +xrange +xrevrange +xlen +xtrim +del ~{keys.reply_key(reply)})"]
+            # Its clients' streams are NAME:TAG; NAME itself serves a producer that
+            # names its reply stream by hand.
+            mine = keys.reply_key(check_client_name(reply))
+            rules += [f"(+xread +xrange +xrevrange +xlen +xtrim +del ~{mine} ~{mine}:*)"]
         return rules
     raise ConfigError(f"role must be worker or producer, got {role!r}")

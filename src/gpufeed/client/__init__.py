@@ -2,7 +2,7 @@
 
 ``Client`` (threads) and ``AsyncClient`` (asyncio) write each message with
 ``XADD`` to the queue's input stream, naming the client's own reply stream,
-``gpufeed:{QUEUE}:reply:NAME``, as its ``reply_to``. One blocking reader per
+``gpufeed:{QUEUE}:reply:NAME:TAG``, as its ``reply_to``. One blocking reader per
 client reads that stream and settles each message's future by the entry id
 the worker echoes as ``src``. The reply stream shares the queue's hash tag,
 so the worker's commit can write it on Redis Cluster too. ``close`` deletes

@@ -9,22 +9,17 @@ from typing import Any
 
 import redis
 
+from gpufeed.client.core import READ_BLOCK_MS, ClientCore, Pending, reader_pause
 from gpufeed.client.messages import (
-    LOST,
-    READ_BLOCK_MS,
-    ClientCore,
-    Decode,
     OpSpec,
     Payload,
     decoder,
     message,
     messages,
     outcome,
-    settle,
     stream_entries,
 )
 from gpufeed.connect import RedisTarget
-from gpufeed.errors import ClientClosed, ResultError
 
 
 class AsyncClient(ClientCore):
@@ -47,9 +42,7 @@ class AsyncClient(ClientCore):
     ) -> None:
         target = RedisTarget(redis_url, tls_ca_cert, tls_cert, tls_key)
         super().__init__(queue, op, name, connection, target.connect_async)
-        self._waiting: dict[bytes, tuple[asyncio.Future[Any], Decode]] = {}
-        self._early: dict[bytes, bytes | ResultError] = {}
-        self._closed = False
+        self._pending = Pending(self.name)
         self._reader: asyncio.Task[None] | None = None
 
     async def submit(
@@ -62,10 +55,15 @@ class AsyncClient(ClientCore):
     ) -> asyncio.Future[Any]:
         """Send one message; await the future for its result."""
         fields = message(data, self.reply_key, op=op or self.op, cid=cid, deadline_ms=deadline_ms)
-        await self._start()
-        return self._expect(
-            await self._redis.xadd(self.keys.in_key, fields), decoder(op or self.op)
-        )
+        self._pending.begin()
+        try:
+            self._start()
+            future = asyncio.get_running_loop().create_future()
+            entry_id = await self._redis.xadd(self.keys.in_key, fields)
+            self._pending.expect(entry_id, future, decoder(op or self.op))
+            return future
+        finally:
+            self._pending.end()
 
     async def submit_many(
         self,
@@ -75,78 +73,62 @@ class AsyncClient(ClientCore):
         cids: Sequence[str | bytes] | None = None,
         deadline_ms: int | None = None,
     ) -> list[asyncio.Future[Any]]:
-        """Send many messages in one pipeline; their futures, in order."""
+        """Send many messages in one pipeline; their futures, in order (as
+        ``Client.submit_many``)."""
         fields = messages(
             items, self.reply_key, op=op or self.op, cids=cids, deadline_ms=deadline_ms
         )
-        await self._start()
-        pipe = self._redis.pipeline(transaction=False)
-        for f in fields:
-            pipe.xadd(self.keys.in_key, f)
-        decode = decoder(op or self.op)
-        return [self._expect(entry_id, decode) for entry_id in await pipe.execute()]
+        self._pending.begin()
+        try:
+            self._start()
+            pipe = self._redis.pipeline(transaction=False)
+            for f in fields:
+                pipe.xadd(self.keys.in_key, f)
+            replies = await pipe.execute(raise_on_error=False)
+            make = asyncio.get_running_loop().create_future
+            return self._pending.expect_all(replies, make, decoder(op or self.op))
+        finally:
+            self._pending.end()
 
-    async def _start(self) -> None:
-        if self._closed:
-            raise ClientClosed(f"client {self.name} is closed")
+    def _start(self) -> None:
+        """The reader, started by the first submit (it needs the running loop);
+        set before any await, so concurrent first submits start one."""
         if self._reader is None:
-            # As Client: start after what a reused stream already holds.
-            newest: Any = await self._redis.xrevrange(self.reply_key, count=1)
-            after = newest[0][0] if newest else b"0-0"
-            self._reader = asyncio.get_running_loop().create_task(self._read(after))
+            self._reader = asyncio.get_running_loop().create_task(self._read())
 
-    def _expect(self, entry_id: bytes, decode: Decode) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        early = self._early.pop(entry_id, None)
-        if early is None:
-            self._waiting[entry_id] = (future, decode)
-        else:
-            settle(future, early, decode)
-        return future
-
-    async def _read(self, after: bytes) -> None:
-        failures = 0
-        while not self._closed:
+    async def _read(self) -> None:
+        """As ``Client._read``."""
+        after, failures = b"0-0", 0
+        while not self._pending.closed:
             try:
                 reply: Any = await self._redis.xread(
                     {self.reply_key: after}, count=1000, block=READ_BLOCK_MS
                 )
+                entries = stream_entries(reply)
+                for _, fields in entries:
+                    self._pending.deliver(*outcome(fields))
+                if entries:
+                    after = entries[-1][0]
+                    await self._redis.xtrim(self.reply_key, minid=after, approximate=False)
                 failures = 0
-            except LOST:
+            except Exception as exc:
                 failures += 1
-                await asyncio.sleep(min(1.0, 0.05 * 2**failures))
-                continue
-            entries = stream_entries(reply)
-            if not entries:
-                continue
-            for _, fields in entries:
-                src, value = outcome(fields)
-                waiting = self._waiting.pop(src, None)
-                if waiting is None:
-                    self._early[src] = value
-                elif not waiting[0].done():  # a caller may have cancelled it
-                    settle(waiting[0], value, waiting[1])
-            after = entries[-1][0]
-            with contextlib.suppress(*LOST):
-                await self._redis.xtrim(self.reply_key, minid=after, approximate=False)
+                await asyncio.sleep(reader_pause(failures, exc, self.name))
 
     async def close(self) -> None:
         """As ``Client.close``."""
-        if self._closed:
+        if self._pending.closed:
             return
-        self._closed = True
+        self._pending.close()
         if self._reader is not None:
             # Not cancelled: a task cancelled inside redis-py's blocked XREAD did
             # not come back (redis-py 8.2, seconds after its 200 ms block). Left
-            # alone, the read ends within its block and the loop sees _closed.
-            with contextlib.suppress(redis.RedisError):
+            # alone, the read ends within its block and the loop sees the close.
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, READ_BLOCK_MS / 1000 + 5)
-        waiting, self._waiting = self._waiting, {}
-        for future, _ in waiting.values():
-            if not future.done():
-                future.set_exception(ClientClosed(f"client {self.name} closed before the result"))
         try:
-            await self._redis.delete(self.reply_key)
+            with contextlib.suppress(redis.RedisError):
+                await self._redis.delete(self.reply_key)
         finally:
             if self._own:
                 await self._redis.aclose()

@@ -3,19 +3,14 @@ docs/architecture.md §2)."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import redis
 
 from gpufeed.errors import ConfigError, ResultError, ResultExpired
-from gpufeed.keys import QueueKeys
 from gpufeed.ops.base import Op
-from gpufeed.ops.tensor import TensorOp
+from gpufeed.ops.tensor import Tensor, TensorOp
 
 # What a message's data may be given as: bytes, text (UTF-8), or a NumPy array
 # (its little-endian bytes in C order, as a tensor op reads them).
@@ -23,15 +18,6 @@ Payload = bytes | bytearray | memoryview | str | np.ndarray
 # An op by name, or the op itself: a tensor op's results then come back as arrays.
 OpSpec = str | Op | None
 Decode = Callable[[bytes], Any] | None
-# Longest single blocking read of a reply stream: how late a reader notices ``close``.
-READ_BLOCK_MS = 200
-# What a lost connection raises; a reader retries after a pause.
-LOST = (redis.ConnectionError, redis.TimeoutError)
-
-
-def client_name() -> str:
-    """A reply-stream name no other client will pick: host, pid and a random tag."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def message(
@@ -44,14 +30,13 @@ def message(
 ) -> dict[str, Any]:
     """The fields of one input entry."""
     if isinstance(data, np.ndarray):
-        little = data.dtype.newbyteorder("<") if data.dtype.itemsize > 1 else data.dtype
-        data = np.ascontiguousarray(data, dtype=little).tobytes()
+        data = array_bytes(data, op)
     elif isinstance(data, str):
         data = data.encode()
     elif isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
     elif not isinstance(data, bytes):
-        raise ConfigError(f"data must be bytes or str, got {type(data).__name__}")
+        raise ConfigError(f"data must be bytes, str or a NumPy array, got {type(data).__name__}")
     fields: dict[str, Any] = {"data": data, "reply_to": reply_to}
     if op is not None:
         fields["op"] = op.name if isinstance(op, Op) else op
@@ -60,6 +45,22 @@ def message(
     if deadline_ms is not None:
         fields["deadline_ms"] = str(int(deadline_ms))
     return fields
+
+
+def array_bytes(data: np.ndarray, op: OpSpec) -> bytes:
+    """An array's little-endian bytes in C order; checked against the input of a
+    tensor op given as itself (by name the client cannot know it)."""
+    if isinstance(op, TensorOp) and isinstance(op.input, Tensor):
+        spec = op.input
+        if data.dtype.kind != spec.dtype.kind or data.dtype.itemsize != spec.dtype.itemsize:
+            raise ConfigError(f"op {op.name!r} takes {spec.dtype.name}, got {data.dtype.name}")
+        rest = spec.shape[1:] if spec.variable else spec.shape
+        shape_ok = data.shape[1:] == rest and 1 <= data.shape[0] <= (spec.max_rows or 0) \
+            if spec.variable else data.shape == spec.shape  # fmt: skip
+        if not shape_ok:
+            raise ConfigError(f"op {op.name!r} takes {spec.describe()}; got shape {data.shape}")
+    little = data.dtype.newbyteorder("<") if data.dtype.itemsize > 1 else data.dtype
+    return np.ascontiguousarray(data, dtype=little).tobytes()
 
 
 def messages(
@@ -79,21 +80,6 @@ def messages(
                 deadline_ms=deadline_ms)
         for i, data in enumerate(batch)
     ]  # fmt: skip
-
-
-class ClientCore:
-    """What both clients hold: the queue's keys, the reply stream's name, the
-    default op and the connection (their own, or the caller's, checked)."""
-
-    def __init__(
-        self, queue: str, op: OpSpec, name: str | None, connection: Any, connect: Callable[[], Any]
-    ) -> None:
-        self.keys = QueueKeys(queue)
-        self.name = name or client_name()
-        self.reply_key = self.keys.reply_key(self.name)
-        self.op = op
-        self._own = connection is None
-        self._redis: Any = checked_connection(connection) if connection is not None else connect()
 
 
 def outcome(fields: dict[bytes, bytes]) -> tuple[bytes, bytes | ResultError]:
@@ -117,27 +103,9 @@ def stream_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
     return [(entry_id, fields) for entries in streams for entry_id, fields in entries]
 
 
-def checked_connection(connection: Any) -> Any:
-    """A redis-py client the caller passed in, if results can be read through it."""
-    if getattr(connection.get_encoder(), "decode_responses", False):
-        raise ConfigError(
-            "connection: a client made with decode_responses=True would turn results' "
-            "bytes into text; pass one without it"
-        )
-    return connection
-
-
 def decoder(op: OpSpec) -> Decode:
     """How a result's data comes back: as an array of a tensor op's output, or bytes."""
     if not isinstance(op, TensorOp):
         return None
     dtype, shape = op.output.dtype, op.output.shape
-    return lambda data: np.frombuffer(data, dtype).reshape(shape)
-
-
-def settle(future: Any, value: bytes | ResultError, decode: Decode) -> None:
-    """Give ``future`` (concurrent or asyncio) its result, or its error."""
-    if isinstance(value, ResultError):
-        future.set_exception(value)
-    else:
-        future.set_result(decode(value) if decode is not None else value)
+    return lambda data: np.frombuffer(data, dtype).reshape(shape).copy()

@@ -8,23 +8,20 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+import redis
+
+from gpufeed.client.core import READ_BLOCK_MS, ClientCore, Pending, reader_pause
 from gpufeed.client.messages import (
-    LOST,
-    READ_BLOCK_MS,
-    ClientCore,
-    Decode,
     OpSpec,
     Payload,
     decoder,
     message,
     messages,
     outcome,
-    settle,
     stream_entries,
 )
 from gpufeed.connect import Client as RedisClient
 from gpufeed.connect import RedisTarget
-from gpufeed.errors import ClientClosed, ResultError
 
 
 class Client(ClientCore):
@@ -38,9 +35,10 @@ class Client(ClientCore):
 
     ``redis_url`` takes the worker's forms (``rediss://``,
     ``redis+cluster://``); ``connection`` uses a redis-py client of your own
-    instead (it is not closed with this one). ``name`` names the reply stream
-    ``gpufeed:{QUEUE}:reply:NAME`` (default: host, pid and a random tag); an
-    ACL user made with ``gpufeed acl producer --reply NAME`` may use it.
+    instead (it is not closed with this one). Results come back on a stream
+    of this client's own, ``gpufeed:{QUEUE}:reply:NAME:TAG`` with a random
+    tag; ``name`` defaults to host and pid. An ACL user made with ``gpufeed acl
+    producer --reply NAME`` may run any number of clients named ``NAME``.
     """
 
     def __init__(
@@ -57,19 +55,11 @@ class Client(ClientCore):
     ) -> None:
         target = RedisTarget(redis_url, tls_ca_cert, tls_cert, tls_key)
         super().__init__(queue, op, name, connection, target.connect)
-        self._waiting: dict[bytes, tuple[Future[Any], Decode]] = {}
-        # Results read before their XADD's reply came back to the submitting thread.
-        self._early: dict[bytes, bytes | ResultError] = {}
-        self._lock = threading.Lock()
-        self._closed = False
+        self._pending = Pending(self.name)
         self._stop = threading.Event()
-        # Results already in a reused stream (a fixed name, as an ACL user has)
-        # belong to an earlier client: start after them.
-        newest: Any = self._redis.xrevrange(self.reply_key, count=1)
         self._reader = threading.Thread(
-            target=self._read, args=(newest[0][0] if newest else b"0-0",),
-            name=f"gpufeed replies {self.name}", daemon=True,
-        )  # fmt: skip
+            target=self._read, name=f"gpufeed replies {self.name}", daemon=True
+        )
         self._reader.start()
 
     # -- submitting --------------------------------------------------------------------
@@ -84,8 +74,15 @@ class Client(ClientCore):
     ) -> Future[Any]:
         """Send one message; its future settles when its result comes back."""
         fields = message(data, self.reply_key, op=op or self.op, cid=cid, deadline_ms=deadline_ms)
-        self._check_open()
-        return self._expect(self._redis.xadd(self.keys.in_key, fields), decoder(op or self.op))
+        self._pending.begin()
+        try:
+            future: Future[Any] = Future()
+            self._pending.expect(
+                self._redis.xadd(self.keys.in_key, fields), future, decoder(op or self.op)
+            )
+            return future
+        finally:
+            self._pending.end()
 
     def submit_many(
         self,
@@ -95,62 +92,43 @@ class Client(ClientCore):
         cids: Sequence[str | bytes] | None = None,
         deadline_ms: int | None = None,
     ) -> list[Future[Any]]:
-        """Send many messages in one pipeline (one round trip); their futures, in order."""
+        """Send many messages in one pipeline (one round trip); their futures, in
+        order. A message Redis refused has its future failed with Redis's error;
+        the others go on."""
         fields = messages(
             items, self.reply_key, op=op or self.op, cids=cids, deadline_ms=deadline_ms
         )
-        self._check_open()
-        pipe = self._redis.pipeline(transaction=False)
-        for f in fields:
-            pipe.xadd(self.keys.in_key, f)
-        decode = decoder(op or self.op)
-        return [self._expect(entry_id, decode) for entry_id in pipe.execute()]
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClientClosed(f"client {self.name} is closed")
-
-    def _expect(self, entry_id: bytes, decode: Decode) -> Future[Any]:
-        future: Future[Any] = Future()
-        with self._lock:
-            early = self._early.pop(entry_id, None)
-            if early is None:
-                self._waiting[entry_id] = (future, decode)
-        if early is not None:
-            settle(future, early, decode)
-        return future
+        self._pending.begin()
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for f in fields:
+                pipe.xadd(self.keys.in_key, f)
+            replies = pipe.execute(raise_on_error=False)
+            return self._pending.expect_all(replies, Future, decoder(op or self.op))
+        finally:
+            self._pending.end()
 
     # -- results -----------------------------------------------------------------------
 
-    def _read(self, after: bytes) -> None:
-        failures = 0
+    def _read(self) -> None:
+        """Read the reply stream until closed; survive anything Redis answers."""
+        after, failures = b"0-0", 0
         while not self._stop.is_set():
             try:
                 reply: Any = self._redis.xread(
                     {self.reply_key: after}, count=1000, block=READ_BLOCK_MS
                 )
+                entries = stream_entries(reply)
+                for _, fields in entries:
+                    self._pending.deliver(*outcome(fields))
+                if entries:
+                    after = entries[-1][0]
+                    # What was read is not needed again: keep the stream short.
+                    self._redis.xtrim(self.reply_key, minid=after, approximate=False)
                 failures = 0
-            except LOST:
+            except Exception as exc:  # a lost connection, a failover, a refused command
                 failures += 1
-                self._stop.wait(min(1.0, 0.05 * 2**failures))
-                continue
-            entries = stream_entries(reply)
-            if not entries:
-                continue
-            for _, fields in entries:
-                self._deliver(*outcome(fields))
-            after = entries[-1][0]
-            # What was read is not needed again: keep the stream short.
-            with contextlib.suppress(*LOST):
-                self._redis.xtrim(self.reply_key, minid=after, approximate=False)
-
-    def _deliver(self, src: bytes, value: bytes | ResultError) -> None:
-        with self._lock:
-            waiting = self._waiting.pop(src, None)
-            if waiting is None:
-                self._early[src] = value
-                return
-        settle(waiting[0], value, waiting[1])
+                self._stop.wait(reader_pause(failures, exc, self.name))
 
     # -- closing -----------------------------------------------------------------------
 
@@ -158,17 +136,14 @@ class Client(ClientCore):
         """Stop reading, fail what still waits with ``ClientClosed``, delete the reply
         stream. A result committed after this is written to a stream nobody reads
         (the worker trims it to ``--out-maxlen``)."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            waiting, self._waiting = self._waiting, {}
+        if self._pending.closed:
+            return
+        self._pending.close()
         self._stop.set()
         self._reader.join(READ_BLOCK_MS / 1000 + 5)
-        for future, _ in waiting.values():
-            future.set_exception(ClientClosed(f"client {self.name} closed before the result"))
         try:
-            self._redis.delete(self.reply_key)
+            with contextlib.suppress(redis.RedisError):
+                self._redis.delete(self.reply_key)
         finally:
             if self._own:
                 self._redis.close()

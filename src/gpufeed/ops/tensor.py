@@ -31,8 +31,10 @@ device function and refuses tensor ops at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gpufeed.errors import ConfigError, InvalidPayload
+from gpufeed.errors import ConfigError, DeviceLost, InvalidPayload
 from gpufeed.ops.base import I64, U8, Bools, Op, failure_reason
 
 FRAMEWORKS = ("numpy", "torch")
@@ -69,7 +71,7 @@ class Tensor:
 
     def __post_init__(self) -> None:
         dtype = np.dtype(self.dtype)
-        if dtype.hasobject or dtype.itemsize == 0:
+        if dtype.kind not in "biufc" or dtype.itemsize == 0:
             raise ConfigError(f"tensor dtype {self.dtype!r}: a fixed-size numeric type")
         object.__setattr__(self, "dtype", dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype)
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
@@ -107,6 +109,10 @@ class Text:
     """UTF-8 text of at most ``max_bytes`` bytes."""
 
     max_bytes: int
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1:
+            raise ConfigError(f"text of at most {self.max_bytes} bytes: max_bytes must be >= 1")
 
     def describe(self) -> str:
         return f"UTF-8 text of at most {self.max_bytes} bytes"
@@ -160,6 +166,11 @@ class TensorOp(Op):
 
     def arguments(self, payloads: U8, lens: I64) -> tuple[Any, ...]:
         """What ``fn`` gets for these payload rows, on the host."""
+        args = self.host_arguments(payloads, lens)
+        return tuple(a if isinstance(a, list) else self._framework_in(a) for a in args)
+
+    def host_arguments(self, payloads: U8, lens: I64) -> tuple[Any, ...]:
+        """The arguments as NumPy arrays (text as a list of ``str``)."""
         spec = self.input
         if isinstance(spec, Text):
             return ([_text(row[:k]) for row, k in zip(payloads, lens.tolist(), strict=True)],)
@@ -170,9 +181,18 @@ class TensorOp(Op):
             keep = np.arange(width) < lens[:, None]
             padded = np.where(keep, payloads[:, :width], 0).astype(np.uint8)
             x = padded.view(spec.dtype).reshape(len(lens), spec.max_rows, *spec.shape[1:])
-            return (self._framework_in(x), self._framework_in(rows))
-        x = _view(payloads[:, : spec.row_bytes], spec.dtype).reshape(len(lens), *spec.shape)
-        return (self._framework_in(x),)
+            return (x, rows)
+        return (_view(payloads[:, : spec.row_bytes], spec.dtype).reshape(len(lens), *spec.shape),)
+
+    def check_capacity(self, payload_capacity: int) -> str | None:
+        spec = self.input
+        if isinstance(spec, Tensor) and spec.variable and spec.max_bytes > payload_capacity:
+            return (
+                f"op {self.name!r} takes up to {spec.max_bytes} bytes ({spec.max_rows} rows), "
+                f"more than the {payload_capacity}-byte payload area of a slot: raise "
+                "--slot-bytes or lower max_rows"
+            )
+        return super().check_capacity(payload_capacity)
 
     def _framework_in(self, x: npt.NDArray[Any]) -> Any:
         if self.framework != "torch":
@@ -228,10 +248,13 @@ class TensorOnGpu:
     def __call__(self, cp: Any, requests: Any, results: Any) -> None:
         """Answer every request slot; a batch whose function raises is halved until
         the failing messages stand alone, each then answered with the error (as the
-        cpu backend's ``compute_isolating`` does)."""
+        cpu backend's ``compute_isolating`` does). CUDA's own errors are the
+        backend's to judge (a lost context, or a batch to retry) and pass through."""
         try:
             self._answer(cp, requests, results)
         except Exception as exc:
+            if _device_error(cp, exc):
+                raise
             n = len(requests)
             if n > 1:
                 half = n // 2
@@ -239,41 +262,74 @@ class TensorOnGpu:
                 self(cp, requests[half:], results[half:])
                 return
             text = failure_reason(self.op, exc).encode()[: results.shape[1] - 16]
-            header = np.zeros(16, np.uint8)
-            header[0:4] = np.frombuffer(np.uint32(len(text)).tobytes(), np.uint8)
-            header[6:8] = np.frombuffer(np.uint16(STATUS_ERROR).tobytes(), np.uint8)
             results[:, :16] = requests[:, :16]
-            results[:, 0:4] = cp.asarray(header[0:4])
-            results[:, 6:8] = cp.asarray(header[6:8])
+            results[:, 0:4] = cp.asarray(_le_bytes("<u4", len(text)))
+            results[:, 6:8] = cp.asarray(_le_bytes("<u2", STATUS_ERROR))
             results[0, 16 : 16 + len(text)] = cp.asarray(np.frombuffer(text, np.uint8))
 
     def _answer(self, cp: Any, requests: Any, results: Any) -> None:
         op, spec, out = self.op, self.op.input, self.op.output
         n = len(requests)
-        lens = requests[:, 0:4].copy().view(cp.uint32).ravel().astype(cp.int64)
+        lens = requests[:, 0:4].copy().view(np.dtype("<u4")).ravel().astype(np.int64)
         if isinstance(spec, Text) or spec.variable:
             # Text decodes on the host; padding needs the lengths: both from a host copy.
             host = cp.asnumpy(requests[:, 16 : 16 + spec.max_bytes])
-            args = op.arguments(host, cp.asnumpy(lens))
-            if op.framework != "torch":
-                args = tuple(a if isinstance(a, list) else cp.asarray(a) for a in args)
+            args = tuple(
+                a if isinstance(a, list) else self._on_device(cp, cp.asarray(a))
+                for a in op.host_arguments(host, cp.asnumpy(lens))
+            )
         else:
             x = cp.ascontiguousarray(requests[:, 16 : 16 + spec.row_bytes])
-            x = x.view(spec.dtype).reshape(n, *spec.shape)
-            args = (_torch_from(x) if op.framework == "torch" else x,)
-        y = op.fn(*args)
-        if hasattr(y, "detach"):  # a torch tensor: on the device through DLPack
-            y = y.detach().contiguous()
-            y = cp.from_dlpack(y) if y.is_cuda else cp.asarray(y.numpy())
-        y = cp.ascontiguousarray(cp.asarray(y), dtype=out.dtype)
-        if y.shape != (n, *out.shape):
-            raise ValueError(f"tensor op {op.name!r} returned shape {y.shape}, "
-                             f"expected {(n, *out.shape)}")  # fmt: skip
-        header = np.frombuffer(np.uint32(out.row_bytes).tobytes(), np.uint8)
-        results[:, :16] = requests[:, :16]
-        results[:, 0:4] = cp.asarray(header)
-        results[:, 6:8] = 0
-        results[:, 16 : 16 + out.row_bytes] = y.reshape(n, -1).view(cp.uint8)
+            args = (self._on_device(cp, x.view(spec.dtype).reshape(n, *spec.shape)),)
+        with _torch_on(cp):
+            y = op.fn(*args)
+            if hasattr(y, "detach"):  # a torch tensor: on the device through DLPack
+                y = y.detach().contiguous()
+                y = cp.from_dlpack(y) if y.is_cuda else cp.asarray(y.numpy())
+            y = cp.ascontiguousarray(cp.asarray(y), dtype=out.dtype)
+            if y.shape != (n, *out.shape):
+                raise ValueError(f"tensor op {op.name!r} returned shape {y.shape}, "
+                                 f"expected {(n, *out.shape)}")  # fmt: skip
+            results[:, :16] = requests[:, :16]
+            results[:, 0:4] = cp.asarray(_le_bytes("<u4", out.row_bytes))
+            results[:, 6:8] = 0
+            results[:, 16 : 16 + out.row_bytes] = y.reshape(n, -1).view(cp.uint8)
+
+    def _on_device(self, cp: Any, x: Any) -> Any:
+        return _torch_from(x) if self.op.framework == "torch" else x
+
+
+def _le_bytes(dtype: str, value: int) -> npt.NDArray[np.uint8]:
+    """A slot header field's little-endian bytes (packing/layout.py)."""
+    return np.array([value], dtype).view(np.uint8)
+
+
+def _device_error(cp: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` is CUDA's (CuPy's runtime or driver error, PyTorch's), not the
+    function's own."""
+    cuda = getattr(cp, "cuda", None)
+    kinds = tuple(
+        k
+        for k in (
+            getattr(getattr(cuda, "runtime", None), "CUDARuntimeError", None),
+            getattr(getattr(cuda, "driver", None), "CUDADriverError", None),
+        )
+        if isinstance(k, type)
+    )
+    return (isinstance(exc, (DeviceLost, *kinds)) or "CUDA error" in str(exc)
+            or type(exc).__name__ == "OutOfMemoryError")  # fmt: skip
+
+
+def _torch_on(cp: Any) -> Any:
+    """Where the op uses PyTorch on a GPU: its kernels on the current CuPy stream
+    (the batch's lane). The lane's copies of its input and output are then
+    ordered with them, and PyTorch's caching allocator, which reuses a block
+    only for work on the stream it was allocated on, cannot hand the output's
+    memory to the next batch before the lane has copied it out."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    return torch.cuda.stream(torch.cuda.ExternalStream(cp.cuda.get_current_stream().ptr))
 
 
 def _text(raw: U8) -> str:
@@ -296,7 +352,7 @@ def to_host(y: Any) -> Any:
     arrays come back to the host."""
     if hasattr(y, "detach"):  # torch
         return y.detach().cpu().numpy()
-    if hasattr(y, "get") and not isinstance(y, np.ndarray):  # cupy
+    if type(y).__module__.startswith("cupy"):
         return y.get()
     return y
 

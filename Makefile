@@ -36,8 +36,8 @@ demo: $(DEMO_STAMP)
 	$(BIN)/gpufeed demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check --no-cache src tests examples
-	$(BIN)/ruff format --no-cache --check src tests examples
+	$(BIN)/ruff check --no-cache src tests examples benchmarks
+	$(BIN)/ruff format --no-cache --check src tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

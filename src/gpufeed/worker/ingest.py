@@ -8,13 +8,9 @@ A full ring means no read: backpressure ends at Redis, where the messages wait.
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +18,7 @@ import redis
 import structlog
 from redis.backoff import ExponentialBackoff
 
-from gpufeed.errors import QueueMisconfigured, RingClosed
+from gpufeed.errors import QueueMisconfigured
 from gpufeed.ops.registry import OpTable
 from gpufeed.packing import (
     Columns,
@@ -41,10 +37,7 @@ from gpufeed.worker import metrics
 from gpufeed.worker.commit import REDIS_ERRORS, CommitCounts, Committer
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.crashlog import Trials
-from gpufeed.worker.exits import EXIT_STOPPED, exit_on_known_failures
-from gpufeed.worker.gctune import tune_for_hot_loop
 from gpufeed.worker.isolate import NOT_ISOLATED, as_entries, commit_each, pack_each
-from gpufeed.worker.lifeline import tie_to_parent
 from gpufeed.worker.reader import GroupReader, ensure_group, make_client
 from gpufeed.worker.reclaim import Reclaimer
 from gpufeed.worker.timings import StageLog
@@ -447,51 +440,3 @@ class Ingest:
             skipped=self.counts.skipped,
             **self.stats,
         )
-
-
-def ingest_main(
-    config: WorkerConfig,
-    index: int,
-    requests_name: str,
-    responses_name: str,
-    drain: Any,
-    setup: Callable[[str], None] | None = None,
-    crashlog: str | None = None,
-    supervisor_pid: int | None = None,
-) -> None:
-    """Entry point of ingest process ``index`` (started with ``spawn``); ``crashlog``
-    is the supervisor's crash log (worker/crashlog.py). It dies with
-    ``supervisor_pid``, and drains on SIGTERM (worker/lifeline.py)."""
-    ingest: Ingest | None = None
-    terminated = False
-
-    def on_term(signum: int, frame: Any) -> None:
-        nonlocal terminated
-        terminated = True
-        if ingest is not None:
-            ingest.draining = True
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains
-    signal.signal(signal.SIGTERM, on_term)
-    if supervisor_pid is not None:
-        tie_to_parent(supervisor_pid)
-    if setup is not None:
-        setup(f"ingest-{index}")
-    with exit_on_known_failures(requests_name, responses_name):
-        requests = RingProducer.attach(requests_name, spin=config.ring_spin)
-        responses = RingConsumer.attach(responses_name, spin=config.ring_spin)
-        trials = Trials(Path(crashlog), config.consumer_name(index)) if crashlog else None
-        ingest = Ingest(config, index, requests, responses, trials)
-        ingest.draining = terminated
-        tune_for_hot_loop(on_pause=metrics.gc_paused)
-        log.info("ingest started", consumer=ingest.consumer, stream=config.in_key)
-        try:
-            ingest.run(drain)
-        except RingClosed:
-            log.warning("ring closed under the ingest process; exiting")
-        finally:
-            ingest.timings.flush()
-            requests.close()
-            responses.close()
-    if terminated:
-        sys.exit(EXIT_STOPPED)

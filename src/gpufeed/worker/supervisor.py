@@ -38,7 +38,7 @@ from gpufeed.worker.compute import compute_main
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.crashlog import MAX_PENDING, CrashLog
 from gpufeed.worker.exits import EXIT_STOPPED, describe_exit, may_be_an_entrys_doing
-from gpufeed.worker.ingest import ingest_main
+from gpufeed.worker.ingest_process import ingest_main
 from gpufeed.worker.lease import ConsumerLease
 
 log = structlog.get_logger()

@@ -40,6 +40,7 @@ from gpufeed.keys import queue_key
 from gpufeed.loadgen.launch import wait_for_consumers, worker_process
 from gpufeed.ops.registry import load_op
 from gpufeed.ops.tensor import TensorOp, to_host
+from gpufeed.packing import write_requests
 from gpufeed.packing.layout import HEADER_BYTES
 
 
@@ -61,13 +62,13 @@ def slot_bytes_for(op: TensorOp) -> int:
     return max(64, 1 << (need - 1).bit_length())
 
 
-def payload_rows(inputs: Sequence[Any], width: int) -> tuple[npt.NDArray[np.uint8], Any]:
+def payload_rows(op: TensorOp, inputs: Sequence[Any]) -> tuple[npt.NDArray[np.uint8], Any]:
     """Inputs as the slot payload rows and lengths the worker's batch function reads."""
     raw = [x.encode() if isinstance(x, str) else np.ascontiguousarray(x).tobytes() for x in inputs]
-    rows = np.zeros((len(raw), width), np.uint8)
-    for i, b in enumerate(raw):
-        rows[i, : len(b)] = np.frombuffer(b, np.uint8)
-    return rows, np.array([len(b) for b in raw], np.int64)
+    lens = np.array([len(b) for b in raw], np.int64)
+    slots = np.zeros((len(raw), slot_bytes_for(op)), np.uint8)
+    write_requests([slots], raw, lens, np.zeros(len(raw), np.uint16), first_seq=0)
+    return slots[:, HEADER_BYTES:], lens
 
 
 class Direct:
@@ -75,8 +76,7 @@ class Direct:
 
     def __init__(self, op: TensorOp, inputs: Sequence[Any], batch: int) -> None:
         self.op = op
-        width = op.input.max_bytes
-        rows, lens = payload_rows(inputs, width)
+        rows, lens = payload_rows(op, inputs)
         self.batches = [
             op.arguments(rows[i : i + batch], lens[i : i + batch])
             for i in range(0, len(inputs), batch)
@@ -97,7 +97,7 @@ def agreement(ours: npt.NDArray[Any], theirs: npt.NDArray[Any]) -> float:
     a = ours.reshape(len(ours), -1).astype(np.float64)
     b = theirs.reshape(len(theirs), -1).astype(np.float64)
     if a.shape != b.shape:
-        return float("nan")
+        raise ProcessFailed(f"bench model: results of shape {a.shape}, direct calls' {b.shape}")
     dot = (a * b).sum(axis=1)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1), (a == b).all(axis=1))

@@ -105,11 +105,13 @@ class AsyncClient(ClientCore):
                     {self.reply_key: after}, count=1000, block=READ_BLOCK_MS
                 )
                 entries = stream_entries(reply)
-                for _, fields in entries:
-                    self._pending.deliver(*outcome(fields))
                 if entries:
                     after = entries[-1][0]
-                    await self._redis.xtrim(self.reply_key, minid=after, approximate=False)
+                    try:
+                        await self._redis.xtrim(self.reply_key, minid=after, approximate=False)
+                    finally:
+                        for _, fields in entries:
+                            self._pending.deliver(*outcome(fields))
                 failures = 0
             except Exception as exc:
                 failures += 1

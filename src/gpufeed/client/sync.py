@@ -119,12 +119,16 @@ class Client(ClientCore):
                     {self.reply_key: after}, count=1000, block=READ_BLOCK_MS
                 )
                 entries = stream_entries(reply)
-                for _, fields in entries:
-                    self._pending.deliver(*outcome(fields))
                 if entries:
                     after = entries[-1][0]
-                    # What was read is not needed again: keep the stream short.
-                    self._redis.xtrim(self.reply_key, minid=after, approximate=False)
+                    try:
+                        # What was read is not needed again: keep the stream short.
+                        # Trimmed before the futures resolve, so that a caller who
+                        # has its result finds the stream already short.
+                        self._redis.xtrim(self.reply_key, minid=after, approximate=False)
+                    finally:
+                        for _, fields in entries:
+                            self._pending.deliver(*outcome(fields))
                 failures = 0
             except Exception as exc:  # a lost connection, a failover, a refused command
                 failures += 1

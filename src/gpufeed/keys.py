@@ -17,6 +17,10 @@ from gpufeed.errors import ConfigError
 CLIENT_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
+# Priority levels per queue: 0 (the plain input stream) up to MAX_LEVELS - 1.
+MAX_LEVELS = 16
+
+
 def check_client_name(name: str) -> str:
     if not CLIENT_NAME.fullmatch(name):
         raise ConfigError(f"client name {name!r}: 1 to 100 of A-Z a-z 0-9 . _ -")
@@ -44,6 +48,17 @@ class QueueKeys:
     def in_key(self) -> str:
         """Where producers XADD messages."""
         return queue_key(self.queue, "in")
+
+    def level_key(self, level: int) -> str:
+        """The input stream of priority level ``level``: ``in`` for 0 (the default, and
+        the lowest), ``in:LEVEL`` above it; a higher level is served first."""
+        if not 0 <= level < MAX_LEVELS:
+            raise ConfigError(f"priority level {level}: must be between 0 and {MAX_LEVELS - 1}")
+        return self.in_key if level == 0 else queue_key(self.queue, f"in:{level}")
+
+    def level_keys(self, levels: int) -> list[str]:
+        """The input streams of a queue with ``levels`` priority levels, lowest first."""
+        return [self.level_key(k) for k in range(levels)]
 
     @property
     def out_key(self) -> str:

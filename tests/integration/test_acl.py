@@ -35,7 +35,8 @@ def test_worker_and_producer_users_work_with_least_privilege(
 ) -> None:
     worker_user = make_user(client, acl_rules("worker", queue))
     producer_user = make_user(client, acl_rules("producer", queue, reply="p1"))
-    worker = start_worker(url=url_for(redis_server, *worker_user))
+    # Two priority levels: the worker's start-up check probes both streams.
+    worker = start_worker("--priorities", "2", url=url_for(redis_server, *worker_user))
     producer = redis.Redis.from_url(url_for(redis_server, *producer_user))
     stream, out, dead = keys(queue)
     reply = f"gpufeed:{{{queue}}}:reply:p1"
@@ -55,8 +56,11 @@ def test_worker_and_producer_users_work_with_least_privilege(
     with Client(url_for(redis_server, *producer_user), queue, name="p1") as producer_client:
         futures = producer_client.submit_many([b"c%d" % i for i in range(10)])
         assert [f.result(60) for f in futures] == [b"c%d" % i for i in range(10)]
+        assert producer_client.submit(b"urgent", priority=1).result(60) == b"urgent"
     assert not client.exists(producer_client.reply_key), "the client deleted its reply stream"
     assert client.xlen(dead) == 1 and client.xpending(stream, "gpufeed")["pending"] == 0
+    urgent = f"{stream}:1"
+    assert client.xlen(urgent) == 1 and client.xpending(urgent, "gpufeed")["pending"] == 0
 
     # The producer can do nothing else: not read the queue, not write results,
     # not read another producer's replies, not touch another queue.

@@ -39,16 +39,17 @@ def exactly_one_each(results, ids) -> None:
 
 
 def test_four_workers_share_a_group_with_concurrent_reclaims(client, queue, start_worker) -> None:
-    # A slow op and a 200 ms visibility timeout: entries wait in one worker's ring
-    # long enough for the others to reclaim them, while that worker still computes
-    # them. The commit script's ownership check must keep one result per message.
-    args = ("--op", "user_ops:slow_echo", "--max-batch", "16", "--ring-capacity", "256",
-            "--visibility-timeout-ms", "200", "--max-deliveries", "1000",
-            "--log-format", "json")  # fmt: skip
+    # 100 ms batches and a 150 ms visibility timeout: an entry waits in one worker's
+    # ring behind the batch computing, then computes, longer than that, so the
+    # others reclaim it while that worker still has it. The commit script's
+    # ownership check must keep one result per message.
+    args = ("--op", "user_ops:model_paced", "--max-batch", "16", "--ring-capacity", "256",
+            "--visibility-timeout-ms", "150", "--reclaim-interval-ms", "100",
+            "--max-deliveries", "1000", "--log-format", "json")  # fmt: skip
     workers = [start_worker(*args, consumer=f"w{i}") for i in range(4)]
     for w in workers:
         w.wait_ready(client, keys(queue)[0], consumers=len(workers))
-    ids = xadd_all(client, keys(queue)[0], [f"m{i}".encode() for i in range(4000)])
+    ids = xadd_all(client, keys(queue)[0], [f"m{i}".encode() for i in range(2000)])
     results = wait_for_results(client, queue, len(ids), timeout=180, worker=workers[0])
     exactly_one_each(results, ids)
     assert all(r[0][b"status"] == b"ok" for r in results.values())
@@ -62,14 +63,16 @@ def test_four_workers_share_a_group_with_concurrent_reclaims(client, queue, star
 def test_a_worker_does_not_compute_again_what_it_reclaims_from_itself(
     client, queue, start_worker
 ) -> None:
-    # Entries wait in the ring longer than the visibility timeout, so XAUTOCLAIM
-    # hands the worker its own entries back while their first copy computes.
-    args = ("--op", "user_ops:slow_echo", "--max-batch", "16", "--ring-capacity", "256",
-            "--visibility-timeout-ms", "200", "--max-deliveries", "1000",
-            "--log-format", "json")  # fmt: skip
+    # Entries wait in the ring and compute longer than the visibility timeout, so
+    # XAUTOCLAIM hands the worker its own entries back while their first copy computes.
+    # The worker reclaims when it reads its next batch, as the one computing has
+    # waited about one batch time (100 ms) since it was read: more than 60 ms.
+    args = ("--op", "user_ops:model_paced", "--max-batch", "16", "--ring-capacity", "256",
+            "--visibility-timeout-ms", "60", "--reclaim-interval-ms", "100",
+            "--max-deliveries", "1000", "--log-format", "json")  # fmt: skip
     worker = start_worker(*args, consumer="solo")
     worker.wait_ready(client, keys(queue)[0], consumers=1)
-    ids = xadd_all(client, keys(queue)[0], [f"m{i}".encode() for i in range(2000)])
+    ids = xadd_all(client, keys(queue)[0], [f"m{i}".encode() for i in range(800)])
     results = wait_for_results(client, queue, len(ids), timeout=180, worker=worker)
     exactly_one_each(results, ids)
     assert worker.log().count('"reclaimed idle entries"') > 0, "the scenario must reclaim"
@@ -133,14 +136,19 @@ def test_least_privilege_users_on_a_cluster(cluster, start_worker) -> None:
             redis.Redis(port=node.port).acl_setuser(name, enabled=True, passwords=["+pw"])
             redis.Redis(port=node.port).execute_command("ACL", "SETUSER", name, *rules)
     url = {name: cluster.url.replace("//", f"//{name}:pw@") for name in users}
-    worker = start_worker(url=url["wk"], queue_name=queue)
+    # Two priority levels: both streams in the queue's slot, read in one pipeline.
+    worker = start_worker("--priorities", "2", url=url["wk"], queue_name=queue)
     producer = RedisTarget(url["pr"]).connect()
     reply = f"gpufeed:{{{queue}}}:reply:me"
     ids = xadd_all(producer, keys(queue)[0], [b"x"] * 500)
+    xadd_all(producer, keys(queue)[0] + ":1", [b"urgent"] * 300)
     asked = producer.xadd(keys(queue)[0], {"data": "y", "reply_to": reply})
     admin = RedisTarget(cluster.url).connect()
-    results = wait_for_results(admin, queue, len(ids), worker=worker)
-    exactly_one_each(results, ids)
+    wait_for_results(admin, queue, len(ids) + 300, worker=worker)
+    answered = sorted(f[b"data"] for _, f in admin.xrange(keys(queue)[1]))
+    assert answered == [b"urgent"] * 300 + [b"x"] * 500
+    for stream in (keys(queue)[0], keys(queue)[0] + ":1"):
+        assert admin.xpending(stream, "gpufeed")["pending"] == 0
     deadline = time.monotonic() + 30
     while not producer.xlen(reply) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -151,6 +159,7 @@ def test_least_privilege_users_on_a_cluster(cluster, start_worker) -> None:
     # gpufeed.Client, on the cluster, as that user: its reply stream is "me:TAG".
     with Client(url["pr"], queue, name="me") as c:
         assert [f.result(60) for f in c.submit_many([b"c1", b"c2"])] == [b"c1", b"c2"]
+        assert c.submit(b"c3", priority=1).result(60) == b"c3"
     assert not admin.exists(c.reply_key)
 
     run = subprocess.run(

@@ -409,3 +409,21 @@ def test_a_worker_refuses_reply_to_streams_among_the_queues_own_keys() -> None:
     # a stream at a lease key would keep workers under that name from starting
     assert "consumer-name leases" in (check(b"gpufeed:{jobs}:consumer:host-a") or "")
     assert check(b"gpufeed:{jobs}:reply:web-1") is None
+
+
+def test_a_message_predicted_to_miss_its_deadline_is_shed_without_a_slot() -> None:
+    now = 1_000_000
+    entries = [
+        (b"1-0", {b"data": b"a", b"deadline_ms": b"%d" % (now + 50)}),  # before the finish
+        (b"2-0", {b"data": b"b", b"deadline_ms": b"%d" % (now + 500)}),  # after it
+        (b"3-0", {b"data": b"c"}),  # no deadline: never shed
+        (b"4-0", {b"data": b"d", b"deadline_ms": b"%d" % (now - 1)}),  # already past
+    ]
+    batch = pack(entries, np.zeros((4, 64), np.uint8), table=table_for(64), first_seq=0,
+                 now_ms=now, finish_by_ms=now + 100)  # fmt: skip
+    assert batch.ids == [b"2-0", b"3-0"]
+    shed, past = batch.rejects
+    assert (shed.src, shed.status, past.src, past.status) == (b"1-0", "expired", b"4-0", "expired")
+    assert "would pass before the message could be answered" in shed.reason
+    assert "deadline_ms passed" in past.reason
+    assert batch.shed == 1, "shedding is counted apart from what came already expired"

@@ -31,9 +31,9 @@ def acl_rules(
 
     ``worker``: every key of the queue, ``gpufeed:{QUEUE}:*``, which covers the
     reply streams producers name ``gpufeed:{QUEUE}:reply:NAME``. ``producer``:
-    XADD to the input stream only, and reading, trimming and deleting its own reply
-    streams: ``gpufeed:{QUEUE}:reply:REPLY`` and the ``REPLY:*`` ones of
-    ``gpufeed.Client(name=REPLY)``.
+    XADD to the input streams only (``in`` and every priority level's ``in:*``), and
+    reading, trimming and deleting its own reply streams:
+    ``gpufeed:{QUEUE}:reply:REPLY`` and the ``REPLY:*`` ones of ``gpufeed.Client(name=REPLY)``.
     ``queue`` may be ``*`` for every queue. Add ``on``, ``>password`` and so on.
     """
     keys = QueueKeys(queue)
@@ -44,7 +44,8 @@ def acl_rules(
         return [*base, *(f"+{c}" for c in WORKER_COMMANDS[1:]), *extra, f"~{keys.every_key}",
                 f"({lease})"]  # fmt: skip
     if role == "producer":
-        rules = [*base, "+xadd", *extra, f"%W~{keys.in_key}"]
+        # The input stream of every priority level: in, in:1, in:2 ...
+        rules = [*base, "+xadd", *extra, f"%W~{keys.in_key}", f"%W~{keys.in_key}:*"]
         if reply:
             # Read its results, trim what it read, delete the stream when done
             # (gpufeed.Client does all three). A selector, so that DEL reaches no other key.

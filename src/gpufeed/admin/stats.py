@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from gpufeed.keys import QueueKeys
+from gpufeed.keys import MAX_LEVELS, QueueKeys
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,18 @@ class ConsumerInfo:
     pending: int
     idle_ms: int
     inactive_ms: int | None  # Redis >= 7.2: time since the last successful read
+
+
+@dataclass(frozen=True)
+class LevelStats:
+    """One priority level's input stream (``in`` is level 0)."""
+
+    level: int
+    stream: str
+    stream_length: int
+    lag: int | None
+    pending: int
+    oldest_pending_idle_ms: int | None
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class QueueStats:
     dead_letters: int = 0
     results: int = 0
     taken_at_ms: int = 0
+    levels: list[LevelStats] = field(default_factory=list)  # when the queue has several
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,11 +62,64 @@ def text(value: Any) -> str:
 
 def queue_stats(client: redis.Redis, keys: QueueKeys, group_name: str) -> QueueStats:
     """One consistent-enough snapshot of a queue and its consumer group ``group_name``
-    (several reads, not a transaction)."""
-    stream_length = int(client.xlen(keys.in_key))
+    (several reads, not a transaction).
+
+    Summed over the queue's priority levels (every ``in:LEVEL`` stream that exists);
+    ``levels`` has each level's own figures when there are several.
+    """
+    pipe = client.pipeline(transaction=False)
+    for level in range(1, MAX_LEVELS):
+        pipe.exists(keys.level_key(level))
+    found = [0] + [k for k, there in enumerate(pipe.execute(), start=1) if there]
+    levels = [_level_stats(client, k, keys.level_key(k), group_name) for k in found]
+    consumers: dict[str, ConsumerInfo] = {}
+    for lv in levels:
+        for c in lv.consumers:
+            seen = consumers.get(c.name)
+            consumers[c.name] = c if seen is None else _merged(seen, c)
+    oldest = [lv for lv in levels if lv.oldest_pending_idle_ms is not None]
+    first = max(oldest, key=lambda lv: lv.oldest_pending_idle_ms or 0) if oldest else None
+    lags = [lv.lag for lv in levels]
+    return QueueStats(
+        queue=keys.queue,
+        stream_length=sum(lv.stream_length for lv in levels),
+        group_exists=levels[0].group_exists,
+        lag=None if None in lags else sum(int(n or 0) for n in lags),
+        pending=sum(lv.pending for lv in levels),
+        oldest_pending_id=first.oldest_pending_id if first else None,
+        oldest_pending_idle_ms=first.oldest_pending_idle_ms if first else None,
+        consumers=list(consumers.values()),
+        dead_letters=int(client.xlen(keys.dead_key)),
+        results=int(client.xlen(keys.out_key)),
+        taken_at_ms=int(time.time() * 1000),
+        levels=[lv.summary() for lv in levels] if len(levels) > 1 else [],
+    )
+
+
+@dataclass(frozen=True)
+class _Level:
+    level: int
+    stream: str
+    stream_length: int
+    group_exists: bool
+    lag: int | None
+    pending: int
+    oldest_pending_id: str | None
+    oldest_pending_idle_ms: int | None
+    consumers: list[ConsumerInfo]
+
+    def summary(self) -> LevelStats:
+        return LevelStats(
+            self.level, self.stream, self.stream_length, self.lag, self.pending,
+            self.oldest_pending_idle_ms,
+        )  # fmt: skip
+
+
+def _level_stats(client: redis.Redis, level: int, stream: str, group_name: str) -> _Level:
+    stream_length = int(client.xlen(stream))
     group: dict[str, Any] | None = None
-    if stream_length or client.exists(keys.in_key):
-        for g in client.xinfo_groups(keys.in_key):
+    if stream_length or client.exists(stream):
+        for g in client.xinfo_groups(stream):
             if text(g["name"]) == group_name:
                 group = g
     pending = 0
@@ -64,10 +130,10 @@ def queue_stats(client: redis.Redis, keys: QueueKeys, group_name: str) -> QueueS
         pending = int(group["pending"])
         if pending:
             # The lowest pending id is the one waiting longest for an answer.
-            (row,) = client.xpending_range(keys.in_key, group_name, "-", "+", 1)
+            (row,) = client.xpending_range(stream, group_name, "-", "+", 1)
             oldest_id = text(row["message_id"])
             oldest_idle = int(row["time_since_delivered"])
-        for c in client.xinfo_consumers(keys.in_key, group_name):
+        for c in client.xinfo_consumers(stream, group_name):
             inactive = c.get("inactive")
             consumers.append(
                 ConsumerInfo(
@@ -78,16 +144,16 @@ def queue_stats(client: redis.Redis, keys: QueueKeys, group_name: str) -> QueueS
                 )
             )
     lag = group.get("lag") if group is not None else stream_length
-    return QueueStats(
-        queue=keys.queue,
-        stream_length=stream_length,
-        group_exists=group is not None,
-        lag=None if lag is None else int(lag),
-        pending=pending,
-        oldest_pending_id=oldest_id,
-        oldest_pending_idle_ms=oldest_idle,
-        consumers=consumers,
-        dead_letters=int(client.xlen(keys.dead_key)),
-        results=int(client.xlen(keys.out_key)),
-        taken_at_ms=int(time.time() * 1000),
+    return _Level(
+        level, stream, stream_length, group is not None, None if lag is None else int(lag),
+        pending, oldest_id, oldest_idle, consumers,
+    )  # fmt: skip
+
+
+def _merged(a: ConsumerInfo, b: ConsumerInfo) -> ConsumerInfo:
+    """One consumer seen on two levels' streams: its pending entries summed, its most
+    recent activity kept."""
+    inactive = [x for x in (a.inactive_ms, b.inactive_ms) if x is not None]
+    return ConsumerInfo(
+        a.name, a.pending + b.pending, min(a.idle_ms, b.idle_ms), min(inactive, default=None)
     )

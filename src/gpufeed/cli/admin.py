@@ -78,6 +78,12 @@ def _render(stats: Any) -> str:
     ]
     for c in stats.consumers:
         lines.append(f"    {c.name:<32} pending {c.pending:<8} idle {_ago(c.idle_ms)}")
+    if stats.levels:
+        lines.append(f"  priority levels       {len(stats.levels)} (highest first)")
+    for lv in reversed(stats.levels):
+        lag = "-" if lv.lag is None else lv.lag
+        lines.append(f"    {lv.level:<3} {lv.stream:<40} lag {lag:<8} pending {lv.pending:<8} "
+                     f"oldest pending idle {_ago(lv.oldest_pending_idle_ms)}")  # fmt: skip
     return "\n".join(lines)
 
 

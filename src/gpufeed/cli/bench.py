@@ -186,6 +186,42 @@ def bench_model(
     emit(result, as_json)
 
 
+@bench_app.command("scheduling")
+def bench_scheduling(
+    max_batch: Annotated[int, typer.Option(help="The worker's --max-batch.")] = 128,
+    seconds: Annotated[float, typer.Option(help="Seconds of each offered load.")] = 4.0,
+    fixed_delay_us: Annotated[
+        int, typer.Option(help="The fixed --max-queue-delay-us compared with 0 and auto.")
+    ] = 2000,
+    deadline_ms: Annotated[
+        int, typer.Option(help="At overload: each message's deadline after its XADD.")
+    ] = 100,
+    backlog: Annotated[
+        int, typer.Option(help="Level-0 messages queued ahead of the urgent ones.")
+    ] = 100_000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Batching delay 0, a fixed delay and auto at 10-120% of the worker's capacity
+    (round trips, throughput, late results under overload), and a priority level's
+    p99 round trip behind a backlog against its own unloaded, on an op of known cost.
+
+    Example: gpufeed bench scheduling --json
+    """
+    from gpufeed.bench.scheduling import SchedulingBenchConfig, run
+    from gpufeed.errors import ConfigError
+
+    cfg = SchedulingBenchConfig(
+        max_batch=max_batch, seconds=seconds, fixed_delay_us=fixed_delay_us,
+        deadline_ms=deadline_ms, backlog=backlog,
+    )  # fmt: skip
+    try:
+        result = run(cfg)
+    except ConfigError as exc:
+        typer.echo(f"gpufeed bench scheduling: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    emit(result, as_json)
+
+
 @bench_app.command("commit")
 def bench_commit(
     batch: Annotated[int, typer.Option(help="Entries committed per script call.")] = 400,

@@ -17,15 +17,20 @@ def produce(
     count: Annotated[int, typer.Option(help="Messages to write.")] = 10_000,
     rate: Annotated[float, typer.Option(help="Messages per second (0: as fast as possible).")] = 0,
     seed: Annotated[int, typer.Option(help="Payload random seed.")] = 0,
+    priority: Annotated[
+        int, typer.Option(help="Priority level: 0 writes to in, N > 0 to in:N.")
+    ] = 0,
     **settings: Any,
 ) -> None:
-    """Write COUNT valid messages for OP to the queue's input stream.
+    """Write COUNT valid messages for OP to the queue's input stream (of one priority level).
 
     Examples:
 
       gpufeed produce --queue jobs --op sha256 --count 100000
 
       gpufeed produce --queue jobs --op vector_add --count 50000 --rate 5000
+
+      gpufeed produce --queue jobs --op sha256 --count 100 --priority 1
     """
     from rich.progress import Progress
 
@@ -38,7 +43,7 @@ def produce(
     op = settings["op"]
     try:
         WorkerConfig(**settings)  # the worker's own checks: a slot size it would refuse
-        stream = QueueKeys(settings["queue"]).in_key
+        stream = QueueKeys(settings["queue"]).level_key(priority)
         capacity = payload_capacity(settings["slot_bytes"])
         payloads = sample_payloads(load_op(op), count, capacity, seed)
     except GpufeedError as exc:

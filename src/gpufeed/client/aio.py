@@ -52,14 +52,16 @@ class AsyncClient(ClientCore):
         op: OpSpec = None,
         cid: str | bytes | None = None,
         deadline_ms: int | None = None,
+        priority: int = 0,
     ) -> asyncio.Future[Any]:
         """Send one message; await the future for its result."""
+        stream = self.keys.level_key(priority)
         fields = message(data, self.reply_key, op=op or self.op, cid=cid, deadline_ms=deadline_ms)
         self._pending.begin()
         try:
             self._start()
             future = asyncio.get_running_loop().create_future()
-            entry_id = await self._redis.xadd(self.keys.in_key, fields)
+            entry_id = await self._redis.xadd(stream, fields)
             self._pending.expect(entry_id, future, decoder(op or self.op))
             return future
         finally:
@@ -72,9 +74,11 @@ class AsyncClient(ClientCore):
         op: OpSpec = None,
         cids: Sequence[str | bytes] | None = None,
         deadline_ms: int | None = None,
+        priority: int = 0,
     ) -> list[asyncio.Future[Any]]:
         """Send many messages in one pipeline; their futures, in order (as
         ``Client.submit_many``)."""
+        stream = self.keys.level_key(priority)
         fields = messages(
             items, self.reply_key, op=op or self.op, cids=cids, deadline_ms=deadline_ms
         )
@@ -83,7 +87,7 @@ class AsyncClient(ClientCore):
             self._start()
             pipe = self._redis.pipeline(transaction=False)
             for f in fields:
-                pipe.xadd(self.keys.in_key, f)
+                pipe.xadd(stream, f)
             replies = await pipe.execute(raise_on_error=False)
             make = asyncio.get_running_loop().create_future
             return self._pending.expect_all(replies, make, decoder(op or self.op))

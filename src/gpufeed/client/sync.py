@@ -71,15 +71,19 @@ class Client(ClientCore):
         op: OpSpec = None,
         cid: str | bytes | None = None,
         deadline_ms: int | None = None,
+        priority: int = 0,
     ) -> Future[Any]:
-        """Send one message; its future settles when its result comes back."""
+        """Send one message; its future settles when its result comes back.
+
+        ``priority``: the level whose stream it goes to (``in:PRIORITY``; 0 is the
+        plain ``in``); the worker must run with ``--priorities`` above it.
+        """
+        stream = self.keys.level_key(priority)
         fields = message(data, self.reply_key, op=op or self.op, cid=cid, deadline_ms=deadline_ms)
         self._pending.begin()
         try:
             future: Future[Any] = Future()
-            self._pending.expect(
-                self._redis.xadd(self.keys.in_key, fields), future, decoder(op or self.op)
-            )
+            self._pending.expect(self._redis.xadd(stream, fields), future, decoder(op or self.op))
             return future
         finally:
             self._pending.end()
@@ -91,10 +95,12 @@ class Client(ClientCore):
         op: OpSpec = None,
         cids: Sequence[str | bytes] | None = None,
         deadline_ms: int | None = None,
+        priority: int = 0,
     ) -> list[Future[Any]]:
         """Send many messages in one pipeline (one round trip); their futures, in
         order. A message Redis refused has its future failed with Redis's error;
         the others go on."""
+        stream = self.keys.level_key(priority)
         fields = messages(
             items, self.reply_key, op=op or self.op, cids=cids, deadline_ms=deadline_ms
         )
@@ -102,7 +108,7 @@ class Client(ClientCore):
         try:
             pipe = self._redis.pipeline(transaction=False)
             for f in fields:
-                pipe.xadd(self.keys.in_key, f)
+                pipe.xadd(stream, f)
             replies = pipe.execute(raise_on_error=False)
             return self._pending.expect_all(replies, Future, decoder(op or self.op))
         finally:

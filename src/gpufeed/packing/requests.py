@@ -75,6 +75,7 @@ class PackedBatch:
     ops: npt.NDArray[np.uint16] = field(default_factory=lambda: np.empty(0, np.uint16))
     # Messages answered without compute (bad input, expired), in read order.
     rejects: list[ResultEntry] = field(default_factory=list)
+    shed: int = 0  # of the rejects: expired because they were predicted to finish late
 
     @property
     def count(self) -> int:
@@ -173,6 +174,7 @@ def pack(
     first_seq: int,
     now_ms: int,
     reply_to_check: ReplyToCheck | None = None,
+    finish_by_ms: int | None = None,
 ) -> PackedBatch:
     """Write the valid messages of ``entries`` into request slots, in order.
 
@@ -181,6 +183,10 @@ def pack(
     messages become ``rejects`` and take no slot. ``reply_to_check`` says why
     a ``reply_to`` stream cannot be used, beyond its length: on Redis Cluster
     the commit script can only write streams in the queue's hash slot.
+
+    ``finish_by_ms``: when the batch is predicted to be answered (Unix ms); a
+    message whose ``deadline_ms`` falls before it is *shed*: expired now, with
+    no compute spent on a result that would come too late.
     """
     parts = slot_parts(out)
     capacity = table.payload_capacity
@@ -198,12 +204,15 @@ def pack(
 
     n = len(ids)
     lens = np.fromiter(map(len, datas), dtype=np.int64, count=n)
-    bad = _invalid(lens, op_ids, table, capacity, deadlines, now_ms)
+    bad = _invalid(lens, op_ids, table, capacity, deadlines, now_ms, finish_by_ms)
     if bad is not None:
         for i in np.flatnonzero(bad).tolist():
             code = int(bad[i])
             reason = _reason(code, int(lens[i]), table.ops[int(op_ids[i])], capacity)
-            status = Status.EXPIRED if code == _EXPIRED else Status.ERROR
+            if code == _SHED:
+                batch.shed += 1
+                reason = f"{reason}: predicted at {finish_by_ms}, deadline_ms {int(deadlines[i])}"  # type: ignore[index]
+            status = Status.EXPIRED if code in (_EXPIRED, _SHED) else Status.ERROR
             fields = {b"data": datas[i]} if kept_fields is None else kept_fields[i]
             batch.rejects.append(reject(ids[i], reason, fields, status, reply_to_check))
         keep = np.flatnonzero(bad == 0)
@@ -285,7 +294,7 @@ def _triage(
     return ids, datas, kept_fields, ops, deadlines
 
 
-_TOO_LARGE, _WRONG_LENGTH, _EXPIRED = 1, 2, 3
+_TOO_LARGE, _WRONG_LENGTH, _EXPIRED, _SHED = 1, 2, 3, 4
 
 
 def _invalid(
@@ -295,6 +304,7 @@ def _invalid(
     capacity: int,
     deadlines: npt.NDArray[np.int64] | None,
     now_ms: int,
+    finish_by_ms: int | None = None,
 ) -> npt.NDArray[np.uint8] | None:
     """Per message: 0 fine, else why not; None when every message is fine."""
     bad = np.zeros(len(lens), dtype=np.uint8)
@@ -307,6 +317,9 @@ def _invalid(
     if deadlines is not None:
         expired = (deadlines >= 0) & (deadlines < now_ms)
         bad[expired & (bad == 0)] = _EXPIRED
+        if finish_by_ms is not None:
+            late = (deadlines >= 0) & (deadlines < finish_by_ms)
+            bad[late & (bad == 0)] = _SHED
     bad[lens > capacity] = _TOO_LARGE
     return bad if bad.any() else None
 
@@ -324,6 +337,8 @@ def _reason(code: int, length: int, op: LengthRule, capacity: int) -> str:
         return f"payload of {length} bytes is larger than the {capacity}-byte slot payload area"
     if code == _WRONG_LENGTH:
         return f"wrong payload length {length} for op {op.name!r}: {op.length_rule}"
+    if code == _SHED:
+        return "deadline_ms would pass before the message could be answered"
     return "deadline_ms passed before the message was processed"
 
 

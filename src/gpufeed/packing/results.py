@@ -120,8 +120,10 @@ def write_results(
     out: npt.NDArray[np.uint8],
     out_lens: npt.NDArray[np.int64],
     status: int | npt.NDArray[np.uint16] = STATUS_OK,
+    stamp: int = 0,
 ) -> None:
-    """Write ``len(requests)`` result slots: header from the request, payload from ``out``.
+    """Write ``len(requests)`` result slots: header from the request, payload from ``out``;
+    ``stamp`` in the first one's ``reserved`` word (``layout.cost_stamp``).
 
     A result longer than the payload area (a misbehaving user op) is not
     truncated silently: that message gets an error result saying so.
@@ -134,6 +136,8 @@ def write_results(
     header["seq"] = requests["seq"]
     header["flags"] = status
     header["len"] = out_lens
+    if n:
+        header["reserved"][0] = stamp
     too_long = out_lens > capacity
     width = min(out.shape[1], capacity)
     row = 0

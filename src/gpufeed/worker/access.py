@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 
@@ -94,6 +94,16 @@ def probes(config: WorkerConfig) -> list[Probe]:
             Probe("xinfo|consumers", src, "report consumers (--metrics-port)",
                   ("XINFO", "CONSUMERS", src, group)),
         ]  # fmt: skip
+    # Each priority level's stream is read, claimed, acknowledged and committed alike.
+    for stream in cfg.level_keys[1:]:
+        found += [
+            replace(
+                p, key=stream, why=f"{p.why} (priority level {stream})",
+                args=tuple(stream if a == src else a for a in p.args),
+            )
+            for p in found
+            if p.key == src
+        ]  # fmt: skip
     return found
 
 
@@ -147,7 +157,7 @@ def check_stream_types(client: Client, config: WorkerConfig) -> None:
     of refused commits.
     """
     wrong = []
-    for key in (config.in_key, config.out_key, config.dead_key):
+    for key in (*config.level_keys, config.out_key, config.dead_key):
         try:
             client.xlen(key)  # as the commit script checks: no permission beyond XLEN
         except redis.ResponseError as exc:

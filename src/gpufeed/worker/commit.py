@@ -52,7 +52,11 @@ class Committer:
     here.
     """
 
-    def __init__(self, client: redis.Redis, config: WorkerConfig, consumer: str) -> None:
+    def __init__(
+        self, client: redis.Redis, config: WorkerConfig, consumer: str, stream: str | None = None
+    ) -> None:
+        """``stream``: the input stream whose entries it acknowledges (one priority
+        level's; default: the queue's ``in``)."""
         self._script = client.register_script(COMMIT_LUA)
         self._static = [
             config.group,
@@ -60,7 +64,7 @@ class Committer:
             config.out_maxlen,
             "1" if config.delete_acked else "0",
         ]
-        self._keys = [config.in_key, config.out_key, config.dead_key]
+        self._keys = [stream or config.in_key, config.out_key, config.dead_key]
 
     def load(self) -> None:
         """Load the script now, so the first commit does not pay a NOSCRIPT round trip."""

@@ -17,7 +17,7 @@ from gpufeed.errors import DeviceLost, PeerGone, RingClosed
 from gpufeed.gpu.backend import Backend, Completed
 from gpufeed.gpu.select import make_backend
 from gpufeed.ops.registry import OpTable
-from gpufeed.packing.layout import headers, payload_capacity
+from gpufeed.packing.layout import cost_stamp, headers, payload_capacity
 from gpufeed.packing.results import write_results
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
@@ -45,8 +45,9 @@ class RingPair:
     open: bool = True
 
 
-def _write(pair: RingPair, done: Completed) -> None:
-    """Put one finished batch into its response ring, waiting for room if need be."""
+def _write(pair: RingPair, done: Completed, stamp: int = 0) -> None:
+    """Put one finished batch into its response ring, waiting for room if need be;
+    ``stamp``, its cost (``layout.cost_stamp``), goes into its first result slot."""
     n, row = len(done.requests), 0
     while row < n:
         first, second = pair.responses.reserve(n - row, timeout=1.0)
@@ -61,6 +62,7 @@ def _write(pair: RingPair, done: Completed) -> None:
             done.out[row:end],
             done.out_lens[row:end],
             done.status[row:end],
+            stamp if row == 0 else 0,
         )
         pair.responses.commit(k)
         row = end
@@ -77,7 +79,10 @@ def serve(
 ) -> None:
     """Round-robin over the request rings until every one is closed and drained."""
     trace = timings is not None and timings.enabled
-    peeked: dict[tuple[int, int], int] = {}  # (ring, first seq) -> when, while tracing
+    # (ring, first seq) -> when it was submitted: each batch's cost for the ingest
+    # processes' cost model, and its stage stamps while tracing.
+    peeked: dict[tuple[int, int], int] = {}
+    last_done = 0  # when the last batch finished
     start = 0
     while any(p.open for p in pairs) or backend.in_flight():
         worked = False
@@ -93,11 +98,10 @@ def serve(
                 _finish(pair, i, exc)
                 continue
             if len(first):
-                if trace:
-                    now = time.monotonic_ns()
-                    for part in (first, second):
-                        if len(part):
-                            peeked[i, int(headers(part)["seq"][0])] = now
+                now = time.monotonic_ns()
+                for part in (first, second):
+                    if len(part):
+                        peeked[i, int(headers(part)["seq"][0])] = now
                 backend.submit(i, first)
                 if len(second):
                     backend.submit(i, second)
@@ -108,20 +112,25 @@ def serve(
             pair = pairs[done.ring]
             if not pair.open:
                 continue  # its ingest process is gone; the messages wait in Redis
-            computed = time.monotonic_ns() if trace else 0
+            computed = time.monotonic_ns()
+            n = len(done.requests)
+            submitted = peeked.pop((done.ring, int(done.requests["seq"][0])), 0) if n else 0
+            stamp = 0
+            if submitted:
+                stamp = cost_stamp(n, (computed - max(submitted, last_done)) / 1e9)
+            last_done = computed
             try:
-                _write(pair, done)
+                _write(pair, done, stamp)
             except (RingClosed, PeerGone) as exc:
                 _finish(pair, done.ring, exc)
-            if trace and timings is not None and len(done.requests):
-                seq = int(done.requests["seq"][0])
+            if trace and timings is not None and n:
                 timings.add({
-                    "ring": pair.requests.segment.name, "seq": seq, "n": len(done.requests),
-                    "peeked": peeked.pop((done.ring, seq), 0), "computed": computed,
+                    "ring": pair.requests.segment.name, "seq": int(done.requests["seq"][0]),
+                    "n": n, "peeked": submitted, "computed": computed,
                     "written": time.monotonic_ns(),
                 })  # fmt: skip
-                if len(peeked) > 4 * max_batch:  # a backend that merged or split batches
-                    peeked.clear()
+            if len(peeked) > 4 * max_batch:  # a backend that merged or split batches
+                peeked.clear()
         if not worked and not backend.in_flight():
             idle = [p for p in pairs if p.open]
             if idle:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gpufeed.errors import ConfigError
-from gpufeed.keys import QueueKeys
+from gpufeed.keys import MAX_LEVELS, QueueKeys
 
 if TYPE_CHECKING:
     from gpufeed.connect import RedisTarget
@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 
 # Lua's unpack() takes at most ~8000 values; one XACK per batch must stay below.
 MAX_BATCH = 4096
+
+
+# The longest --max-queue-delay-us, and how long `auto` waits at most.
+MAX_QUEUE_DELAY_US = 1_000_000
+AUTO_DELAY_CAP_US = 100_000
+
+
+@dataclass(frozen=True)
+class QueueDelay:
+    """How long the ingest process may hold a small batch back while the device idles."""
+
+    auto: bool
+    us: int  # the fixed wait, or auto's cap
 
 
 def setting(default: Any, help_text: str, *, flag: str | None = None) -> Any:
@@ -50,6 +63,22 @@ class WorkerConfig:
     ingest_procs: int = setting(1, "Ingest processes (Redis I/O).")
     max_batch: int = setting(1024, "Most messages per batch.")
     max_wait_ms: int = setting(5, "XREADGROUP BLOCK when idle, ms.")
+    priorities: int = setting(
+        1, "Priority levels: streams in (level 0), in:1 ... in:N-1; higher is served first."
+    )
+    lowest_share: float = setting(
+        0.05, "Share of each batch kept for lower priority levels that have a backlog."
+    )
+    max_queue_delay_us: str = setting(
+        "0",
+        "With the device idle, wait up to this long for a fuller batch; auto: a cost "
+        "model decides.",
+    )
+    shed_late: bool = setting(
+        True,
+        "Answer expired, without compute, a message the cost model says will miss its deadline_ms.",
+        flag="--shed-late/--no-shed-late",
+    )
     slot_bytes: int = setting(256, "Slot size (power of two >= 64).")
     ring_capacity: int = setting(4096, "Slots per ring.")
     visibility_timeout_ms: int = setting(30_000, "Idle time before XAUTOCLAIM takes an entry over.")
@@ -112,6 +141,11 @@ class WorkerConfig:
             raise bad("max_wait_ms", "timeouts must be positive and max-deliveries >= 1")
         if self.out_maxlen < 0:
             raise bad("out_maxlen", "must be >= 0")
+        if not 1 <= self.priorities <= min(MAX_LEVELS, self.max_batch):
+            raise bad("priorities", f"must be between 1 and {MAX_LEVELS}, and at most --max-batch")
+        if not 0 <= self.lowest_share < 1:
+            raise bad("lowest_share", "must be at least 0 and below 1")
+        self.queue_delay  # noqa: B018 -- checks --max-queue-delay-us
         if self.ring_spin < 0:
             raise bad("ring_spin", "must be >= 0")
         if self.reclaim_interval_ms < 1:
@@ -134,7 +168,8 @@ class WorkerConfig:
         (the commit script writes every stream in one call)."""
         from gpufeed.connect import cluster_reply_check  # here: settings load without redis
 
-        own = {self.in_key.encode(): "input", self.dead_key.encode(): "dead-letter"}
+        own = {k.encode(): "input" for k in self.level_keys}
+        own[self.dead_key.encode()] = "dead-letter"
         leases = self.keys.lease_key("").encode()
         cluster = cluster_reply_check(self.in_key) if self.redis.cluster else None
 
@@ -147,6 +182,24 @@ class WorkerConfig:
             return cluster(reply_to) if cluster is not None else None
 
         return check
+
+    @property
+    def queue_delay(self) -> QueueDelay:
+        """``--max-queue-delay-us``: a fixed wait in microseconds, or ``auto``."""
+        text = self.max_queue_delay_us.strip().lower()
+        if text == "auto":
+            return QueueDelay(auto=True, us=AUTO_DELAY_CAP_US)
+        if not text.isdigit() or int(text) > MAX_QUEUE_DELAY_US:
+            raise ConfigError(
+                f"--max-queue-delay-us: 0 to {MAX_QUEUE_DELAY_US} microseconds, or auto; "
+                f"got {self.max_queue_delay_us!r}"
+            )
+        return QueueDelay(auto=False, us=int(text))
+
+    @property
+    def level_keys(self) -> list[str]:
+        """The input streams, one per priority level, lowest (``in``) first."""
+        return self.keys.level_keys(self.priorities)
 
     @property
     def keys(self) -> QueueKeys:

@@ -14,11 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import redis
 import structlog
-from redis.backoff import ExponentialBackoff
 
-from gpufeed.errors import QueueMisconfigured
 from gpufeed.ops.registry import OpTable
 from gpufeed.packing import (
     Columns,
@@ -27,25 +24,35 @@ from gpufeed.packing import (
     Results,
     Status,
     collect_results,
-    error_result,
     pack,
 )
 from gpufeed.packing.ids import ids_ms
-from gpufeed.packing.layout import SlotArray, payload_capacity
+from gpufeed.packing.layout import SlotArray, cost_samples, headers, payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
-from gpufeed.worker.commit import REDIS_ERRORS, CommitCounts, Committer
+from gpufeed.worker.commit import CommitCounts
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.crashlog import Trials
-from gpufeed.worker.isolate import NOT_ISOLATED, as_entries, commit_each, pack_each
-from gpufeed.worker.reader import GroupReader, ensure_group, make_client
-from gpufeed.worker.reclaim import Reclaimer
+from gpufeed.worker.isolate import NOT_ISOLATED, commit_each, pack_each
+from gpufeed.worker.levels import (
+    Level,
+    LevelReader,
+    Read,
+    make_levels,
+)
+from gpufeed.worker.reader import make_client
+from gpufeed.worker.schedule import (
+    DRAIN,
+    NO_DELAY,
+    RECLAIM_OR_HISTORY,
+    SEND,
+    HeldBack,
+    Scheduler,
+)
+from gpufeed.worker.suspects import answer_poison
 from gpufeed.worker.timings import StageLog
 
 log = structlog.get_logger()
-
-# What ends a suspect's trial without saying anything about the suspect.
-GIVEN_UP_ON = (*REDIS_ERRORS, redis.ResponseError, QueueMisconfigured)
 
 
 # Longest wait for a batch's answer before reading again, after a read that
@@ -54,6 +61,9 @@ ANSWER_WAIT_MS = 1
 # The same wait while the compute process has a whole batch queued beyond what it
 # computes; bounded only so that the process's periodic duties keep their pace.
 QUEUED_ANSWER_WAIT_MS = 100
+
+# Batches the request ring holds at most, unreleased by the compute process (Ingest.fill).
+AHEAD_BATCHES = 2
 
 # How often each ingest process logs a throughput summary (info level).
 SUMMARY_INTERVAL_S = 5.0
@@ -73,6 +83,7 @@ class _SentBatch:
     # history and reclaimed entries are older than what is in flight.
     ordered: bool
     first_seq: int  # the sequence number of its first slot
+    level: int = 0  # the priority level whose stream it came from
     answered: int = 0
     collected_ns: int = 0  # its last result taken from the response ring
 
@@ -94,15 +105,14 @@ class Ingest:
             config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
         )
         self.client = make_client(config.redis)
-        self.reader = GroupReader(self.client, config, self.consumer)
         self.reply_to_check = config.reply_to_check()
-        self.committer = Committer(self.client, config, self.consumer)
+        self.levels = make_levels(self.client, config, self.consumer, self.reply_to_check)
+        self.reader = LevelReader(self.client, config, self.consumer, self.levels)
         self.counts = CommitCounts()
-        self.reclaimer = Reclaimer(self.client, config, self.consumer, self.reply_to_check)
         self.in_flight: deque[_SentBatch] = deque()
-        self.to_commit = Results(ordered=True)
-        self.to_commit_born: list[Any] = []
         self.to_commit_batches: list[_SentBatch] = []
+        self.scheduler = Scheduler(config)
+        self.held = HeldBack()  # entries held back for a fuller batch
         self.timings = StageLog("batch timings", config.trace_timings)
         self.summary_at = time.monotonic()
         self.summary_answered = 0
@@ -122,15 +132,20 @@ class Ingest:
             got = len(first) + len(second)
             if got == 0:
                 return
-            failed = len(self.to_commit.other)
-            self.to_commit.ordered &= head.ordered
-            collect_results((first, second), head.batch, head.answered, self.to_commit)
-            self.to_commit_born.append(head.born_ms[head.answered : head.answered + got])
+            for part in (first, second):
+                if len(part):
+                    self.scheduler.observe(*cost_samples(headers(part)["reserved"]))
+            level = self.levels[head.level]
+            to_commit = level.to_commit
+            failed = len(to_commit.other)
+            to_commit.ordered &= head.ordered
+            collect_results((first, second), head.batch, head.answered, to_commit)
+            level.born.append(head.born_ms[head.answered : head.answered + got])
             self.responses.release(got)
             metrics.RING_OCCUPANCY.dec(got)
-            for r in self.to_commit.other[failed:]:
+            for r in to_commit.other[failed:]:
                 if r.status != Status.OK:
-                    self._log_failed(r.src, r.reason, r.status)
+                    self.log_failed(r.src, r.reason, r.status)
             head.answered += got
             if head.answered == head.batch.count:
                 self.in_flight.popleft()
@@ -140,8 +155,13 @@ class Ingest:
                     self.to_commit_batches.append(head)
             timeout = 0.0
 
+    def pending_commit(self) -> bool:
+        """Whether results wait for their commit."""
+        return any(level.to_commit for level in self.levels)
+
     def commit(self) -> None:
-        """Commit the collected results, in this thread.
+        """Commit the collected results, one script call per level that has any, in
+        this thread.
 
         The commit runs between reads, not beside them on a thread of its own:
         where Redis, producers and workers share the cores, a second thread's
@@ -152,26 +172,30 @@ class Ingest:
         again, which the script makes safe (entries already acknowledged are
         skipped).
         """
-        if not self.to_commit:
-            return
-        born = np.concatenate(self.to_commit_born) if self.to_commit_born else ()
+        for level in reversed(self.levels):
+            if level.to_commit:
+                self._commit_level(level)
+
+    def _commit_level(self, level: Level) -> None:
+        to_commit = level.to_commit
+        born = np.concatenate(level.born) if level.born else ()
         started = time.monotonic_ns()
         try:
-            counts = self.committer.commit(self.to_commit)
+            counts = level.committer.commit(to_commit)
         except NOT_ISOLATED:
             raise
         except Exception as exc:  # one result's doing, perhaps: see worker/isolate.py
-            counts = commit_each(self.to_commit, self.committer.commit, exc)
+            counts = commit_each(to_commit, level.committer.commit, exc)
         ended = time.monotonic_ns()
-        metrics.committed((ended - started) / 1e9, len(self.to_commit))
+        metrics.committed((ended - started) / 1e9, len(to_commit))
         if self.to_commit_batches:
             self._trace(self.to_commit_batches, started, ended)
             self.to_commit_batches = []
         metrics.record_commit(counts, born)
         self.counts = self.counts.plus(counts)
-        self.to_commit = Results(ordered=True)
-        self.to_commit_born = []
-        log.debug("batch committed", **counts._asdict())
+        level.to_commit = Results(ordered=True)
+        level.born = []
+        log.debug("batch committed", stream=level.stream, **counts._asdict())
         if counts.skipped:
             log.info("results skipped: entries no longer pending for us", **counts._asdict())
 
@@ -185,10 +209,10 @@ class Ingest:
                 "committed": committed_ns,
             })  # fmt: skip
 
-    def _log_failed(self, entry_id: bytes, reason: str, status: str) -> None:
-        level = log.info if status == Status.EXPIRED else log.warning
-        level(
-            "message failed", stream=self.config.in_key, entry_id=entry_id.decode(),
+    def log_failed(self, entry_id: bytes, reason: str, status: str, level: int = 0) -> None:
+        say = log.info if status == Status.EXPIRED else log.warning
+        say(
+            "message failed", stream=self.levels[level].stream, entry_id=entry_id.decode(),
             status=str(status), reason=reason,
         )  # fmt: skip
 
@@ -199,68 +223,112 @@ class Ingest:
             return
         answered = self.counts.answered
         log.info(
-            "throughput", stream=self.config.in_key,
+            "throughput", stream=self.config.in_key, levels=len(self.levels),
             msgs_per_s=round((answered - self.summary_answered) / (now - self.summary_at), 1),
             answered=answered, in_flight=sum(f.batch.count - f.answered for f in self.in_flight),
             **self.stats,
         )  # fmt: skip
         self.summary_at, self.summary_answered = now, answered
 
-    def _held(self) -> set[bytes]:
-        """The ids of the entries in the request ring or waiting for their results."""
-        return {i for f in self.in_flight for i in f.batch.ids}
+    def _held(self, level: int) -> set[bytes]:
+        """The ids of ``level``'s entries held back, in the request ring or waiting for
+        their results."""
+        held = {i for f in self.in_flight if f.level == level for i in f.batch.ids}
+        held.update(self.held.ids(level))
+        return held
 
     def fill(self, reclaim: bool = True) -> bool:
         """Read and pack one batch if the ring has room; False if nothing was read.
 
         ``reclaim=False``: a plain read, even when reclaiming is due.
         """
-        first, second = self.requests.reserve(self.config.max_batch)
+        # What waits in Redis can still be overtaken by a higher priority level, or
+        # shed before its deadline; what is in the ring cannot. So the ring holds
+        # at most two batches ahead of the compute process: the one it computes
+        # and the next, ready when that one ends.
+        want = min(self.config.max_batch, AHEAD_BATCHES * self.config.max_batch
+                   - self.requests.unreleased())  # fmt: skip
+        if want <= 0:
+            return False
+        first, second = self.requests.reserve(want)
         room = len(first) + len(second)
         if room == 0:
             return False  # ring full: leave the messages in Redis
-        entries: list[Entry] | Columns
+        reads: Read
         fresh = False
-        if reclaim and self.reclaimer.due():
-            entries, dead = self.reclaimer.claim(room)
+        holding = len(self.held)
+        room -= holding
+        if room <= 0:  # cannot happen: a full batch is never held
+            self.requests.commit(0)
+            return self._send_held()
+        reclaim = reclaim and not holding
+        due = [lv for lv in reversed(self.levels) if lv.reclaimer.due()] if reclaim else []
+        if due:
+            level = due[0]  # one level per round, the highest first
+            entries, dead = level.reclaimer.claim(room)
             # XAUTOCLAIM hands back our own entries too once they are idle past the
             # visibility timeout, such as a batch still computing: its copy in the
             # ring answers them. A second copy would be computed for nothing, and
             # could put two results for one entry into one commit.
             if self.in_flight:
-                held = self._held()
+                held = self._held(level.index)
                 entries = [e for e in entries if e[0] not in held]
                 dead = [d for d in dead if d.src not in held]
-            self.to_commit.extend(dead)
+            level.to_commit.extend(dead)
             for d in dead:
-                self._log_failed(d.src, d.reason, d.status)
+                self.log_failed(d.src, d.reason, d.status, level.index)
+            reads = [(level.index, entries)] if entries else []
         else:
             fresh = self.reader.live
             # Block only with nothing in hand: a result waiting for its commit
             # would wait for the block too.
-            idle = not self.in_flight and not self.to_commit
+            idle = not self.in_flight and not self.pending_commit()
             block = max(1, self.config.max_wait_ms) if idle else None
-            entries = self.reader.read(room, block, self._held)
+            if holding:  # no longer than the held entries may wait
+                left_ms = self.held.left_ms()
+                block = left_ms if left_ms >= 1 and idle else None
+            reads = self.reader.read(room, block, self._held)
         read_ns = time.monotonic_ns()
-        if entries and self.trials is not None and self.trials.poison:
-            entries = self._answer_poison(entries)
-        if not entries:
+        if reads and self.trials is not None and self.trials.poison:
+            reads = [(k, answer_poison(self, k, e)) for k, e in reads]
+        reads = [(k, e) for k, e in reads if len(e)]
+        if fresh and reads:
+            self.scheduler.arrived(sum(len(e) for _, e in reads), time.monotonic())
+        why = NO_DELAY if fresh else RECLAIM_OR_HISTORY
+        if self.scheduler.holds and fresh:
+            reads = self.held.merged(reads)
+            if reads:
+                launch = self.held.decide(self.scheduler, reads, self.requests.unreleased() == 0)
+                if launch.hold_s > 0:
+                    self.requests.commit(0)
+                    return True
+                why = launch.why
+        if not reads:
             self.requests.commit(0)
             return False
-        self._send(entries, (first, second), fresh, read_ns)
+        metrics.LAUNCHES.labels(why).inc()
+        out = (first, second)
+        for k, (level_index, some) in enumerate(reads):
+            if k:  # the next level's batch goes after the last one's packed slots
+                out = self.requests.reserve(len(some))
+            self.send(some, out, fresh, read_ns, level_index)
         return True
 
-    def _send(
+    def send(
         self,
         entries: list[Entry] | Columns,
         out: tuple[SlotArray, SlotArray],
         fresh: bool,
         read_ns: int = 0,
+        level_index: int = 0,
     ) -> None:
-        """Pack ``entries`` into the reserved slots ``out`` and hand them to compute."""
+        """Pack ``entries`` of priority level ``level_index`` into the reserved slots
+        ``out`` and hand them to compute."""
+        level = self.levels[level_index]
         read_ms = time.time() * 1000
         first_seq = self.seq
-        batch = self._pack(entries, out, int(read_ms))
+        finish_by = self.scheduler.finish_by_ms(len(entries), self.requests.unreleased())
+        batch = self._pack(entries, out, int(read_ms), finish_by)
         packed_ns = time.monotonic_ns()
         self.requests.commit(batch.count)
         self.stats["read"] += len(entries)
@@ -268,10 +336,12 @@ class Ingest:
         self.stats["rejected"] += len(batch.rejects)
         metrics.BATCHES.inc()
         metrics.BATCH_SIZE.observe(len(entries))
+        if batch.shed:
+            metrics.SHED.inc(batch.shed)
         for r in batch.rejects:
-            self._log_failed(r.src, r.reason, r.status)
-        self.to_commit.extend(batch.rejects)
-        log.debug("batch read", stream=self.config.in_key, read=len(entries),
+            self.log_failed(r.src, r.reason, r.status, level_index)
+        level.to_commit.extend(batch.rejects)
+        log.debug("batch read", stream=level.stream, read=len(entries),
                   packed=batch.count, rejected=len(batch.rejects))  # fmt: skip
         if batch.count:
             born = ids_ms(batch.ids)
@@ -279,59 +349,24 @@ class Ingest:
             metrics.RING_OCCUPANCY.inc(batch.count)
             self.seq = (self.seq + batch.count) % (1 << 32)
             self.in_flight.append(
-                _SentBatch(batch, born, read_ns or packed_ns, packed_ns, fresh, first_seq)
+                _SentBatch(
+                    batch, born, read_ns or packed_ns, packed_ns, fresh, first_seq, level_index
+                )
             )
 
-    # -- entries that keep killing the worker (worker/crashlog.py) -----------------------
-
-    def _answer_poison(self, entries: list[Entry] | Columns) -> list[Entry] | Columns:
-        """Answer the entries convicted of crashing the worker with an error; the rest."""
-        assert self.trials is not None
-        poison = self.trials.poison
-        ids = entries.ids if isinstance(entries, Columns) else [e[0] for e in entries]
-        if not poison.keys() & set(ids):
-            return entries
-        kept: list[Entry] = []
-        for entry in as_entries(entries):
-            why = poison.get(entry[0])
-            if why is None:
-                kept.append(entry)
-                continue
-            self.to_commit.extend([error_result(entry[0], why, entry[1], self.reply_to_check)])
-            self._log_failed(entry[0], why, Status.ERROR)
-            self.trials.answered(entry[0])
-        return kept
-
-    def run_trials(self) -> None:
-        """Before any other work: run each suspect of this consumer alone, through the
-        ring and the compute process to its commit; then wait for the other ingest
-        processes' suspects."""
-        assert self.trials is not None
-        for entry_id in list(self.trials.mine):
-            while self.in_flight:  # a trial cut short by a lost connection, say
-                self.collect(timeout=0.05)
-            self.commit()  # nothing of ours beside the suspect, not even in Redis's hands
-            with self.trials.alone(entry_id, given_up_on=GIVEN_UP_ON):
-                found: Any = self.client.xrange(self.config.in_key, entry_id, entry_id)
-                entries: list[Entry] = [(entry_id, found[0][1] if found else None)]
-                if self.trials.poison:
-                    entries = self._answer_poison(entries)  # type: ignore[assignment]
-                if entries:
-                    self._send(entries, self.requests.reserve(1, timeout=None), fresh=False)
-                while self.in_flight:
-                    self.collect(timeout=0.05)
-                self.commit()
-            log.info("suspect ran alone and was answered", entry_id=entry_id.decode())
-        self.trials.wait_for_the_others(stop=lambda: self.draining)
-
     def _pack(
-        self, entries: list[Entry] | Columns, out: tuple[SlotArray, SlotArray], now_ms: int
+        self,
+        entries: list[Entry] | Columns,
+        out: tuple[SlotArray, SlotArray],
+        now_ms: int,
+        finish_by_ms: int | None = None,
     ) -> PackedBatch:
         """``pack``; if something unexpected raises, entry by entry (worker/isolate.py)."""
 
         def pack_some(some: Any, into: Any) -> PackedBatch:
             return pack(some, into, table=self.table, first_seq=self.seq, now_ms=now_ms,
-                        reply_to_check=self.reply_to_check)  # fmt: skip
+                        reply_to_check=self.reply_to_check,
+                        finish_by_ms=finish_by_ms)  # fmt: skip
 
         try:
             return pack_some(entries, out)
@@ -340,6 +375,17 @@ class Ingest:
         except Exception as exc:
             return pack_each(entries, out, pack_some, self.config.slot_bytes, exc,
                              self.reply_to_check)  # fmt: skip
+
+    def _send_held(self) -> bool:
+        """Send what is held back for a fuller batch, now."""
+        reads = self.held.take()
+        if not reads:
+            return False
+        metrics.LAUNCHES.labels(DRAIN if self.draining else SEND).inc()
+        for level_index, entries in reads:
+            out = self.requests.reserve(len(entries))
+            self.send(entries, out, True, time.monotonic_ns(), level_index)
+        return True
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -356,6 +402,8 @@ class Ingest:
                 self.fill(reclaim=False)
         self.collect()
         self.commit()
+        if self.held.reads and (self.draining or self.requests.unreleased()):
+            self._send_held()  # no waiting while draining; nor once the device is busy
         if self.draining:
             if not self.in_flight:
                 return False  # everything collected was committed above
@@ -390,53 +438,3 @@ class Ingest:
         if self.requests.unreleased() > self.config.max_batch:
             return QUEUED_ANSWER_WAIT_MS / 1000
         return min(self.config.max_wait_ms, ANSWER_WAIT_MS) / 1000
-
-    def run(self, drain: Any | None = None) -> None:
-        """Serve until drained: by ``draining`` (SIGTERM) or the supervisor's ``drain`` event."""
-        backoff = ExponentialBackoff(cap=2.0, base=0.05)
-        failures = 0
-        group_ready = False
-        while True:
-            if drain is not None and not self.draining and drain.is_set():
-                self.draining = True
-            try:
-                if not group_ready:
-                    ensure_group(self.client, self.config)
-                    self.committer.load()
-                    group_ready = True
-                if self.trials is not None and self.trials.pending:
-                    self.run_trials()
-                if not self.step():
-                    break
-                failures = 0
-            except (QueueMisconfigured, redis.ResponseError) as exc:
-                # Nothing was written; the results wait here (and no more is read)
-                # until someone fixes the key, or the server takes writes again (it
-                # was out of memory, a replica, the group was deleted...). Not a
-                # restart: a restarted process would meet the same refusal.
-                if self.draining:
-                    break  # what was not committed is still pending in Redis
-                group_ready = False
-                failures += 1
-                pause = backoff.compute(failures)
-                if failures == 1 or failures % 30 == 0:
-                    what = "queue misconfigured" if isinstance(exc, QueueMisconfigured) \
-                        else "redis refused a command"  # fmt: skip
-                    log.error(f"{what}; results are kept and the commit retried",
-                              error=str(exc), attempts=failures)  # fmt: skip
-                time.sleep(pause)
-            except REDIS_ERRORS as exc:
-                failures += 1
-                pause = backoff.compute(failures)
-                log.warning("redis unavailable; retrying", error=str(exc), pause_s=round(pause, 3))
-                time.sleep(pause)
-                # A reply lost with the connection may have delivered entries we never
-                # saw: re-read our pending history (entries in flight are filtered out).
-                self.reader.reread_history()
-        log.info(
-            "ingest drained",
-            consumer=self.consumer,
-            answered=self.counts.answered,
-            skipped=self.counts.skipped,
-            **self.stats,
-        )

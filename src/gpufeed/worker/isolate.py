@@ -69,6 +69,11 @@ def as_entries(entries: Sequence[Entry] | Columns) -> list[Entry]:
     return list(entries)
 
 
+def as_ids(entries: Sequence[Entry] | Columns) -> list[bytes]:
+    """The entry ids of a read."""
+    return entries.ids if isinstance(entries, Columns) else [e[0] for e in entries]
+
+
 def pack_each(
     entries: Sequence[Entry] | Columns,
     out: SlotArray | Sequence[SlotArray],

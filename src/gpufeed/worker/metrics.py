@@ -72,6 +72,16 @@ RING_OCCUPANCY = Gauge(
     "Messages in the request/response rings, waiting for or in compute.",
     multiprocess_mode="livesum",
 )
+LAUNCHES = Counter(
+    "gpufeed_batch_launches",
+    "Batches sent to compute by why they went then (--max-queue-delay-us).",
+    ["why"],
+)
+SHED = Counter(
+    "gpufeed_shed",
+    "Messages answered expired because the cost model predicted they would miss "
+    "their deadline_ms (not counting those already past it when read).",
+)
 RECLAIMED = Counter("gpufeed_reclaimed", "Entries taken over from idle consumers (XAUTOCLAIM).")
 DEAD_LETTERS = Counter("gpufeed_dead_letter", "Entries written to the dead-letter stream.")
 SKIPPED = Counter(
@@ -195,6 +205,19 @@ class QueueCollector:
                 if value is not None:
                     family = GaugeMetricFamily(name, doc, labels=labels)
                     family.add_metric([s.queue], float(value))
+                    yield family
+            if s.levels:  # each priority level's own backlog
+                for name, doc, attr in (
+                    ("gpufeed_level_pending_entries", "Pending entries of one priority level.",
+                     "pending"),
+                    ("gpufeed_level_lag_entries", "Undelivered entries of one priority level.",
+                     "lag"),
+                ):  # fmt: skip
+                    family = GaugeMetricFamily(name, doc, labels=["queue", "level"])
+                    for lv in s.levels:
+                        value = getattr(lv, attr)
+                        if value is not None:
+                            family.add_metric([s.queue, str(lv.level)], float(value))
                     yield family
         yield from self._gpu.collect()
 

@@ -45,25 +45,30 @@ def make_client(target: RedisTarget) -> Client:
 
 
 def ensure_group(client: Client, config: WorkerConfig) -> None:
-    """Create the consumer group (and the stream) unless it exists."""
-    try:
-        client.xgroup_create(config.in_key, config.group, id=config.start_id, mkstream=True)
-        log.info("consumer group created", stream=config.in_key, group=config.group)
-    except redis.ResponseError as exc:
-        if "WRONGTYPE" in str(exc):
-            raise QueueMisconfigured(f"{config.in_key}: {exc}") from exc
-        if "BUSYGROUP" not in str(exc):
-            raise
+    """Create the consumer group (and the stream) of each priority level unless it exists."""
+    for stream in config.level_keys:
+        try:
+            client.xgroup_create(stream, config.group, id=config.start_id, mkstream=True)
+            log.info("consumer group created", stream=stream, group=config.group)
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                raise QueueMisconfigured(f"{stream}: {exc}") from exc
+            if "BUSYGROUP" not in str(exc):
+                raise
 
 
 class GroupReader:
     """XREADGROUP for one consumer: its pending history (what it read and did not
     answer before a restart or a lost connection), page by page, then new entries."""
 
-    def __init__(self, client: Client, config: WorkerConfig, consumer: str) -> None:
+    def __init__(
+        self, client: Client, config: WorkerConfig, consumer: str, stream: str | None = None
+    ) -> None:
+        """``stream``: one priority level's input stream (default: the queue's ``in``)."""
         self.client = client
         self.config = config
         self.consumer = consumer
+        self.stream = stream or config.in_key
         self.read_id = HISTORY
         # Whether the last read may have left entries in the stream: it was
         # filled, or it paged through history. A short read emptied the stream.
@@ -89,7 +94,7 @@ class GroupReader:
             return self.client.xreadgroup(
                 self.config.group,
                 self.consumer,
-                {self.config.in_key: self.read_id},
+                {self.stream: self.read_id},
                 count=count,
                 block=block,
             )
@@ -97,7 +102,7 @@ class GroupReader:
             if "WRONGTYPE" in str(exc) or "NOGROUP" in str(exc):
                 # The input stream was replaced by another type, or deleted with its
                 # group: wait for someone to fix it (the group is made again below).
-                raise QueueMisconfigured(f"{self.config.in_key}: {exc}") from exc
+                raise QueueMisconfigured(f"{self.stream}: {exc}") from exc
             raise
 
     def read(

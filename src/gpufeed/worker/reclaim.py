@@ -29,9 +29,12 @@ class Reclaimer:
         config: WorkerConfig,
         consumer: str,
         reply_to_check: ReplyToCheck | None = None,
+        stream: str | None = None,
     ) -> None:
         """``reply_to_check``: as ``pack`` takes it; a dead letter's result goes to the
-        entry's reply_to stream only if it passes."""
+        entry's reply_to stream only if it passes. ``stream``: one priority level's
+        input stream (default: the queue's ``in``)."""
+        self.stream = stream or config.in_key
         self.client = client
         self.reply_to_check = reply_to_check
         self.config = config
@@ -53,7 +56,7 @@ class Reclaimer:
         self.last = time.monotonic()
         cfg = self.config
         reply: Any = self.client.xautoclaim(
-            cfg.in_key,
+            self.stream,
             cfg.group,
             self.consumer,
             min_idle_time=cfg.visibility_timeout_ms,
@@ -67,7 +70,7 @@ class Reclaimer:
         if not claimed:
             return [], []
         metrics.RECLAIMED.inc(len(claimed))
-        log.info("reclaimed idle entries", stream=cfg.in_key, count=len(claimed))
+        log.info("reclaimed idle entries", stream=self.stream, count=len(claimed))
         deliveries = self._deliveries([e[0] for e in claimed])
         keep: list[Entry] = []
         dead: list[ResultEntry] = []
@@ -84,14 +87,14 @@ class Reclaimer:
         """Delivery counts from XPENDING for ``ids`` (sorted, all now ours)."""
         cfg = self.config
         rows = self.client.xpending_range(
-            cfg.in_key, cfg.group, min=ids[0], max=ids[-1], count=2 * len(ids) + 64,
+            self.stream, cfg.group, min=ids[0], max=ids[-1], count=2 * len(ids) + 64,
             consumername=self.consumer,
         )  # fmt: skip
         rows_: Any = rows
         counts: dict[bytes, int] = {r["message_id"]: int(r["times_delivered"]) for r in rows_}
         for missing in (i for i in ids if i not in counts):  # range held more than we asked
             one = self.client.xpending_range(
-                cfg.in_key, cfg.group, min=missing, max=missing, count=1,
+                self.stream, cfg.group, min=missing, max=missing, count=1,
                 consumername=self.consumer,
             )  # fmt: skip
             if one:

@@ -40,6 +40,7 @@ from gpufeed.worker.crashlog import MAX_PENDING, CrashLog
 from gpufeed.worker.exits import EXIT_STOPPED, describe_exit, may_be_an_entrys_doing
 from gpufeed.worker.ingest_process import ingest_main
 from gpufeed.worker.lease import ConsumerLease
+from gpufeed.worker.levels import crash_id
 
 log = structlog.get_logger()
 _CTX = mp.get_context("spawn")
@@ -203,10 +204,11 @@ class Supervisor:
             client = cfg.redis.connect(socket_timeout=5.0)
             try:
                 for consumer in consumers:
-                    rows: Any = client.xpending_range(
-                        cfg.in_key, cfg.group, "-", "+", MAX_PENDING, consumername=consumer
-                    )
-                    pending.update((r["message_id"], consumer) for r in rows)
+                    for level, stream in enumerate(cfg.level_keys):
+                        rows: Any = client.xpending_range(
+                            stream, cfg.group, "-", "+", MAX_PENDING, consumername=consumer
+                        )
+                        pending.update((crash_id(level, r["message_id"]), consumer) for r in rows)
             finally:
                 client.close()
         except Exception as exc:  # not worth the supervisor's life: nothing is counted

@@ -92,3 +92,17 @@ def test_auto_answers_every_message_once(client, queue, start_worker) -> None:
     assert sorted(results) == sorted(ids) and all(len(r) == 1 for r in results.values())
     assert all(results[i][0][b"data"] == b"m%d" % n for n, i in enumerate(ids))
     assert worker.terminate() == 0
+
+
+def test_what_is_held_back_is_answered_on_drain(client, queue, start_worker) -> None:
+    worker = start_worker("--backend", "cpu", "--max-queue-delay-us", "1000000")
+    worker.wait_ready(client, keys(queue)[0])
+    # Neither needs compute: packing answers both, and nothing else is in flight.
+    bad = client.xadd(keys(queue)[0], {"data": b"held", "op": "no-such-op"})
+    empty = client.xadd(keys(queue)[0], {"cid": b"no data"})
+    time.sleep(0.2)  # read, and held back for up to a second
+    assert client.xlen(keys(queue)[1]) == 0
+    assert worker.terminate() == 0
+    results = by_src(client, queue)
+    assert results[bad][1][b"status"] == results[empty][1][b"status"] == b"error"
+    assert client.xpending(keys(queue)[0], "gpufeed")["pending"] == 0

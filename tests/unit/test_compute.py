@@ -61,3 +61,34 @@ def test_results_for_an_ingest_side_that_left_are_dropped_not_fatal() -> None:
     serve([pair], CpuBackend(table, SLOT, 16), 16)  # returns instead of raising RingClosed
     assert not pair.open
     _close(pair.requests, pair.responses)
+
+
+def test_each_batch_carries_its_own_cost_in_its_first_result() -> None:
+    # Two ingest sides with a batch each: the cpu backend computes both in one round
+    # before it is polled; each stamp must still time its own batch (5 ms + 50 us
+    # per message), not the round's.
+    from gpufeed.packing.layout import cost_samples, headers
+
+    table = OpTable.for_worker("gpufeed.bench.paced:paced", payload_capacity(SLOT))
+    sides = [_rings() for _ in range(2)]
+    for requests, _, _ in sides:
+        _send(requests, table, 10)
+    pairs = [pair for _, _, pair in sides]
+    server = threading.Thread(target=serve, args=(pairs, CpuBackend(table, SLOT, 16), 16))
+    server.start()
+    stamps = []
+    try:
+        for _, responses, _ in sides:
+            first, second = responses.peek(10, timeout=10.0)
+            stamps.append(cost_samples(headers(first)["reserved"]))
+            del first, second  # views of the ring: gone before it closes
+            responses.release(10)
+    finally:
+        for requests, _, _ in sides:
+            requests.close()
+        server.join(10)
+        for _, responses, pair in sides:
+            _close(pair.requests, pair.responses, responses)
+    for sizes, seconds in stamps:
+        assert sizes == [10]
+        assert 0.0052 <= seconds[0] < 0.0095, seconds

@@ -30,3 +30,25 @@ def test_crash_names_round_trip(level, entry_id) -> None:
     entry_id = entry_id.replace(b"/", b"-")
     assert parse_crash_id(crash_id(level, entry_id)) == (level, entry_id)
     assert crash_id(0, entry_id) == entry_id, "level 0 keeps the names crash logs had"
+
+
+def test_with_no_share_kept_a_lower_level_still_gets_what_the_top_leaves() -> None:
+    import fakeredis
+
+    from gpufeed.worker.config import WorkerConfig
+    from gpufeed.worker.levels import LevelReader, make_levels
+
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server)
+    config = WorkerConfig(queue="q", priorities=2, lowest_share=0.0)
+    for stream in config.level_keys:
+        client.xgroup_create(stream, config.group, id="0", mkstream=True)
+    for i in range(100):
+        client.xadd(config.level_keys[0], {"data": b"low %d" % i})
+    levels = make_levels(client, config, "c", lambda _: None)
+    reader = LevelReader(client, config, "c", levels)
+    for level in levels:
+        level.reader.read_id = ">"  # past the (empty) history
+    reads = reader.read(50, None, lambda _: set())
+    assert [(k, len(e)) for k, e in reads] == [(0, 50)]
+    assert reader.more_waiting

@@ -120,3 +120,11 @@ def test_scheduling_settings_are_checked(settings, flag) -> None:
 
     with pytest.raises(ConfigError, match=flag):
         WorkerConfig(**settings)
+
+
+def test_a_hostile_deadline_is_left_to_packing_to_reject() -> None:
+    from gpufeed.worker.schedule import earliest_deadline
+
+    reads = [(0, [(b"1-0", {b"data": b"x", b"deadline_ms": b"9" * 5000}),
+                  (b"2-0", {b"data": b"y", b"deadline_ms": b"1700000000000"})])]  # fmt: skip
+    assert earliest_deadline(reads) == 1700000000000

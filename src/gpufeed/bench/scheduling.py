@@ -64,15 +64,19 @@ class Phase:
     answered: dict[bytes, tuple[float, bytes, int]]  # id -> (perf_counter, status, commit ms)
     seconds: float = 0.0  # first XADD to last answer
 
+    def mine(self) -> list[tuple[float, bytes, int]]:
+        """The answers to this phase's messages (the stream carries others' too)."""
+        return [self.answered[src] for src in self.sent if src in self.answered]
+
     def rtt_ms(self) -> list[float]:
         return [
-            (got - self.sent[src]) * 1e3
-            for src, (got, status, _) in self.answered.items()
-            if status == b"ok" and src in self.sent
+            (self.answered[src][0] - sent) * 1e3
+            for src, sent in self.sent.items()
+            if src in self.answered and self.answered[src][1] == b"ok"
         ]
 
     def ok_per_s(self) -> float:
-        ok = sum(1 for _, status, _ in self.answered.values() if status == b"ok")
+        ok = sum(1 for _, status, _ in self.mine() if status == b"ok")
         return ok / self.seconds if self.seconds else 0.0
 
     def late_share(self) -> float:
@@ -89,7 +93,7 @@ class Phase:
     def expired_share(self) -> float:
         if not self.sent:
             return 0.0
-        return sum(1 for _, s, _ in self.answered.values() if s == b"expired") / len(self.sent)
+        return sum(1 for _, s, _ in self.mine() if s == b"expired") / len(self.sent)
 
 
 class Bench:
@@ -147,13 +151,15 @@ class Bench:
                         self._send(stream, n, phase, deadline_ms)
                     time.sleep(TICK_S)
             deadline = time.monotonic() + self.cfg.timeout_s
-            while len(phase.answered) < len(phase.sent):
+            # The output stream also carries other messages' results (a backlog's):
+            # wait for this phase's own.
+            while missing := sum(1 for src in phase.sent if src not in phase.answered):
                 if time.monotonic() > deadline:
                     raise ProcessFailed(
-                        f"bench scheduling: {len(phase.answered)} of {len(phase.sent)} answered"
+                        f"bench scheduling: {missing} of {len(phase.sent)} not answered"
                     )
                 time.sleep(0.01)
-            last = max((t for t, _, _ in phase.answered.values()), default=started)
+            last = max((phase.answered[src][0] for src in phase.sent), default=started)
             phase.seconds = last - started
         finally:
             done.set()
@@ -213,7 +219,13 @@ def run(cfg: SchedulingBenchConfig) -> dict[str, Any]:
         bench = Bench(cfg, server.url, Path(tmp))
         with bench.worker() as keys:
             capacity = bench.offer(keys, 0, 0, backlog_at_start=cfg.capacity_messages)
-            capacity_per_s = len(capacity.answered) / capacity.seconds
+            capacity_per_s = len(capacity.sent) / capacity.seconds
+        fewest = min(min(cfg.loads), cfg.high_share) * capacity_per_s * cfg.seconds
+        if fewest < 20:
+            raise ConfigError(
+                f"bench scheduling: --seconds {cfg.seconds} sends {fewest:.0f} messages at the "
+                "lowest rate; at least 20 are needed for percentiles"
+            )
         per: dict[str, dict[float, dict[str, float]]] = {}
         late: dict[str, float] = {}
         expired: dict[str, float] = {}

@@ -33,6 +33,9 @@ class Completed:
     out: npt.NDArray[np.uint8]
     out_lens: npt.NDArray[np.int64]
     status: npt.NDArray[np.uint16]
+    # time.monotonic_ns() when it finished, for a backend that computes in submit()
+    # (its poll() comes only after the round's other submits); 0: when polled.
+    finished_ns: int = 0
 
 
 class Backend(ABC):

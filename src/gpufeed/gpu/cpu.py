@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -116,7 +117,8 @@ class CpuBackend(Backend):
         self._current = None
         if np.may_share_memory(out, requests):  # a user op returned a view of its input
             out = out.copy()
-        self._done.append(Completed(ring, headers(requests).copy(), out, out_lens, status))
+        self._done.append(Completed(ring, headers(requests).copy(), out, out_lens, status,
+                                    time.monotonic_ns()))  # fmt: skip
 
     def poll(self, timeout: float = 0.0) -> list[Completed]:
         done, self._done = self._done, []

@@ -112,7 +112,7 @@ def serve(
             pair = pairs[done.ring]
             if not pair.open:
                 continue  # its ingest process is gone; the messages wait in Redis
-            computed = time.monotonic_ns()
+            computed = done.finished_ns or time.monotonic_ns()
             n = len(done.requests)
             submitted = peeked.pop((done.ring, int(done.requests["seq"][0])), 0) if n else 0
             stamp = 0

@@ -145,7 +145,7 @@ class Ingest:
             metrics.RING_OCCUPANCY.dec(got)
             for r in to_commit.other[failed:]:
                 if r.status != Status.OK:
-                    self.log_failed(r.src, r.reason, r.status)
+                    self.log_failed(r.src, r.reason, r.status, head.level)
             head.answered += got
             if head.answered == head.batch.count:
                 self.in_flight.popleft()
@@ -298,7 +298,7 @@ class Ingest:
         if self.scheduler.holds and fresh:
             reads = self.held.merged(reads)
             if reads:
-                launch = self.held.decide(self.scheduler, reads, self.requests.unreleased() == 0)
+                launch = self.held.decide(self.scheduler, reads, device_idle=not self.in_flight)
                 if launch.hold_s > 0:
                     self.requests.commit(0)
                     return True
@@ -306,13 +306,22 @@ class Ingest:
         if not reads:
             self.requests.commit(0)
             return False
+        self._send_all(reads, (first, second), fresh, read_ns, why)
+        return True
+
+    def _send_all(
+        self, reads: Read, out: tuple[SlotArray, SlotArray], fresh: bool, read_ns: int, why: str
+    ) -> None:
+        """Send one read's entries, level by level, into the slots reserved from ``out``
+        on. One prediction of when they will be answered serves them all: the
+        compute process takes them in one batch."""
         metrics.LAUNCHES.labels(why).inc()
-        out = (first, second)
+        total = sum(len(e) for _, e in reads)
+        finish_by = self.scheduler.finish_by_ms(total, self.requests.unreleased())
         for k, (level_index, some) in enumerate(reads):
             if k:  # the next level's batch goes after the last one's packed slots
                 out = self.requests.reserve(len(some))
-            self.send(some, out, fresh, read_ns, level_index)
-        return True
+            self.send(some, out, fresh, read_ns, level_index, finish_by, why)
 
     def send(
         self,
@@ -321,13 +330,15 @@ class Ingest:
         fresh: bool,
         read_ns: int = 0,
         level_index: int = 0,
+        finish_by: int | None = None,
+        why: str = NO_DELAY,
     ) -> None:
         """Pack ``entries`` of priority level ``level_index`` into the reserved slots
-        ``out`` and hand them to compute."""
+        ``out`` and hand them to compute; a deadline before ``finish_by`` (Unix ms) is
+        shed; ``why`` they went now is logged."""
         level = self.levels[level_index]
         read_ms = time.time() * 1000
         first_seq = self.seq
-        finish_by = self.scheduler.finish_by_ms(len(entries), self.requests.unreleased())
         batch = self._pack(entries, out, int(read_ms), finish_by)
         packed_ns = time.monotonic_ns()
         self.requests.commit(batch.count)
@@ -341,8 +352,8 @@ class Ingest:
         for r in batch.rejects:
             self.log_failed(r.src, r.reason, r.status, level_index)
         level.to_commit.extend(batch.rejects)
-        log.debug("batch read", stream=level.stream, read=len(entries),
-                  packed=batch.count, rejected=len(batch.rejects))  # fmt: skip
+        log.debug("batch read", stream=level.stream, read=len(entries), packed=batch.count,
+                  rejected=len(batch.rejects), shed=batch.shed, why=why)  # fmt: skip
         if batch.count:
             born = ids_ms(batch.ids)
             metrics.observe_many(metrics.QUEUE_WAIT, np.maximum(read_ms - born, 0.0) / 1000)
@@ -378,13 +389,15 @@ class Ingest:
 
     def _send_held(self) -> bool:
         """Send what is held back for a fuller batch, now."""
-        reads = self.held.take()
-        if not reads:
+        total = len(self.held)
+        if not total:
             return False
-        metrics.LAUNCHES.labels(DRAIN if self.draining else SEND).inc()
-        for level_index, entries in reads:
-            out = self.requests.reserve(len(entries))
-            self.send(entries, out, True, time.monotonic_ns(), level_index)
+        out = self.requests.reserve(total)
+        if len(out[0]) + len(out[1]) < total:  # no room for them all yet: they wait
+            self.requests.commit(0)
+            return False
+        reads = self.held.take()
+        self._send_all(reads, out, True, time.monotonic_ns(), DRAIN if self.draining else SEND)
         return True
 
     # -- the loop ----------------------------------------------------------------------
@@ -401,9 +414,11 @@ class Ingest:
                 # alone.
                 self.fill(reclaim=False)
         self.collect()
+        if self.held.reads and (self.draining or self.in_flight):
+            # No waiting while draining, nor once the device is busy; before the
+            # commit, so that what packing rejects is committed with the rest.
+            self._send_held()
         self.commit()
-        if self.held.reads and (self.draining or self.requests.unreleased()):
-            self._send_held()  # no waiting while draining; nor once the device is busy
         if self.draining:
             if not self.in_flight:
                 return False  # everything collected was committed above

@@ -107,6 +107,9 @@ def serve(ingest: Ingest, drain: Any | None = None) -> None:
             if ingest.draining:
                 break  # what was not committed is still pending in Redis
             group_ready = False
+            # A pipelined read (priority levels) may have delivered the entries of
+            # the levels whose reads went through: read our history again.
+            ingest.reader.reread_history()
             failures += 1
             pause = backoff.compute(failures)
             if failures == 1 or failures % 30 == 0:

@@ -154,8 +154,9 @@ class LevelReader:
         return got
 
     def _read_busy(self, room: int) -> Read:
-        """Each level's share in one pipelined round trip; then what is left, to the
-        highest levels that had more, one read each."""
+        """Each level's share in one pipelined round trip; then what is left to the
+        levels that may have more (those that filled their share, and those given
+        none), highest first, one read each."""
         counts = split(room, len(self.top_first), self.config.lowest_share)
         asked = [(lv, c) for lv, c in zip(self.top_first, counts, strict=True) if c > 0]
         pipe = self.client.pipeline(transaction=False)
@@ -163,15 +164,15 @@ class LevelReader:
             pipe.xreadgroup(self.config.group, self.consumer, {level.stream: NEW}, count=count)
         replies: Any = self._call(pipe.execute)
         got: dict[int, list[Entry] | Columns] = {}
-        full: list[Level] = []
+        drained: set[int] = set()  # levels whose read came back short: nothing more
         for (level, count), reply in zip(asked, replies, strict=True):
             entries = read_entries(reply)
             if entries:
                 got[level.index] = entries
-            if len(entries) >= count:
-                full.append(level)
+            if len(entries) < count:
+                drained.add(level.index)
         left = room - sum(len(e) for e in got.values())
-        for level in full:
+        for level in [lv for lv in self.top_first if lv.index not in drained]:
             if left <= 0:
                 break
             ask = functools.partial(
@@ -179,10 +180,12 @@ class LevelReader:
                 self.config.group, self.consumer, {level.stream: NEW}, count=left,
             )  # fmt: skip
             more = read_entries(self._call(ask))
+            if len(more) < left:
+                drained.add(level.index)
             if more:
                 got[level.index] = joined(got.get(level.index), more)
                 left -= len(more)
-        self.more_waiting = bool(full)
+        self.more_waiting = any(lv.index not in drained for lv in self.top_first)
         self.burst_begun = False
         return [(lv.index, got[lv.index]) for lv in self.top_first if lv.index in got]
 

@@ -8,8 +8,9 @@ uses the fit for two decisions of the ingest process:
 - **hold**: with the device idle and a small batch in hand, wait a little for
   more (``--max-queue-delay-us``). A fixed delay waits for a full batch or for
   the delay, whichever comes first. ``auto`` waits only while more messages are
-  due within one batch's fixed cost ``a`` (the arrival rate times ``a`` exceeds
-  the batch in hand), at most ``a`` (a ski-rental bound: waiting never costs a
+  due within the batch's own time than it holds (the arrival rate times
+  a + b·n exceeds n: a batch launched now could not keep up with what arrives
+  while it computes), at most ``a`` (a ski-rental bound: waiting never costs a
   message more than one extra fixed cost), and never past what the earliest
   deadline in hand allows.
 - **shed**: a message whose deadline falls before the predicted commit of its
@@ -134,7 +135,9 @@ def earliest_deadline(reads: Read) -> int | None:
             continue  # data only
         for _, fields in entries:
             raw = fields.get(b"deadline_ms") if fields else None
-            if raw is not None and raw.isdigit():
+            # A malformed deadline is packing's to reject (with a reason), not ours
+            # to parse: 19 digits at most, as int() refuses more than 4300.
+            if raw is not None and raw.isdigit() and len(raw) <= 19:
                 value = int(raw)
                 earliest = value if earliest is None else min(earliest, value)
     return earliest
@@ -189,8 +192,9 @@ class Scheduler:
             left = self.delay_s - held
             if left <= 0:
                 return Launch(0.0, DELAY_OVER)
-        if earliest_deadline_ms is not None and self.model.fitted:
-            finish = time.time() + left + self.model.predict(in_hand) + COMMIT_MARGIN_S
+        if earliest_deadline_ms is not None:
+            compute = self.model.predict(in_hand) if self.model.fitted else 0.0
+            finish = time.time() + left + compute + COMMIT_MARGIN_S
             if finish * 1000 >= earliest_deadline_ms:
                 return Launch(0.0, DEADLINE)
         return Launch(left, WAITING)

@@ -54,6 +54,11 @@ def run_trials(ingest: Ingest) -> None:
     assert trials is not None
     for name in list(trials.mine):
         level, entry_id = parse_crash_id(name)
+        if level >= len(ingest.levels):  # the worker ran with more levels then
+            log.warning("suspect of a priority level this worker does not read; dropped",
+                        entry_id=name.decode(), priorities=len(ingest.levels))  # fmt: skip
+            trials.answered(name)
+            continue
         while ingest.in_flight:  # a trial cut short by a lost connection, say
             ingest.collect(timeout=0.05)
         ingest.commit()  # nothing of ours beside the suspect, not even in Redis's hands

@@ -128,3 +128,15 @@ def test_a_hostile_deadline_is_left_to_packing_to_reject() -> None:
     reads = [(0, [(b"1-0", {b"data": b"x", b"deadline_ms": b"9" * 5000}),
                   (b"2-0", {b"data": b"y", b"deadline_ms": b"1700000000000"})])]  # fmt: skip
     assert earliest_deadline(reads) == 1700000000000
+
+
+def test_the_shedding_margin_follows_how_late_predictions_come_true() -> None:
+    s = scheduler("0", model=fitted(0.005, 50e-6))
+    assert s.shed_before_ms(1000) == 1000, "no misses seen: no margin"
+    for k in range(64):  # answered 8 ms later than predicted, now and then 20
+        s.answered(1000, 1000 + (20 if k % 10 == 0 else 8) - 2)
+    assert 1008 <= s.shed_before_ms(1000) <= 1020
+    for _ in range(256):  # the machine calms down: answers come early
+        s.answered(1000, 995)
+    assert s.shed_before_ms(1000) == 1000
+    assert s.shed_before_ms(None) is None

@@ -86,6 +86,7 @@ class _SentBatch:
     level: int = 0  # the priority level whose stream it came from
     answered: int = 0
     collected_ns: int = 0  # its last result taken from the response ring
+    finish_by: int | None = None  # when the cost model said it would be answered (Unix ms)
 
 
 class Ingest:
@@ -151,6 +152,8 @@ class Ingest:
                 self.in_flight.popleft()
                 head.collected_ns = time.monotonic_ns()
                 metrics.COMPUTE.observe((head.collected_ns - head.packed_ns) / 1e9)
+                if head.finish_by is not None:
+                    self.scheduler.answered(head.finish_by, time.time() * 1000)
                 if self.timings.enabled:
                     self.to_commit_batches.append(head)
             timeout = 0.0
@@ -226,6 +229,8 @@ class Ingest:
             "throughput", stream=self.config.in_key, levels=len(self.levels),
             msgs_per_s=round((answered - self.summary_answered) / (now - self.summary_at), 1),
             answered=answered, in_flight=sum(f.batch.count - f.answered for f in self.in_flight),
+            batch_cost_ms=round(self.scheduler.model.a * 1e3, 3),
+            message_cost_us=round(self.scheduler.model.b * 1e6, 2),
             **self.stats,
         )  # fmt: skip
         self.summary_at, self.summary_answered = now, answered
@@ -334,12 +339,13 @@ class Ingest:
         why: str = NO_DELAY,
     ) -> None:
         """Pack ``entries`` of priority level ``level_index`` into the reserved slots
-        ``out`` and hand them to compute; a deadline before ``finish_by`` (Unix ms) is
-        shed; ``why`` they went now is logged."""
+        ``out`` and hand them to compute; a deadline before ``finish_by`` (Unix ms, as
+        the cost model predicts) and the margin its misses call for is shed; ``why``
+        they went now is logged."""
         level = self.levels[level_index]
         read_ms = time.time() * 1000
         first_seq = self.seq
-        batch = self._pack(entries, out, int(read_ms), finish_by)
+        batch = self._pack(entries, out, int(read_ms), self.scheduler.shed_before_ms(finish_by))
         packed_ns = time.monotonic_ns()
         self.requests.commit(batch.count)
         self.stats["read"] += len(entries)
@@ -361,7 +367,14 @@ class Ingest:
             self.seq = (self.seq + batch.count) % (1 << 32)
             self.in_flight.append(
                 _SentBatch(
-                    batch, born, read_ns or packed_ns, packed_ns, fresh, first_seq, level_index
+                    batch,
+                    born,
+                    read_ns or packed_ns,
+                    packed_ns,
+                    fresh,
+                    first_seq,
+                    level_index,
+                    finish_by=finish_by,
                 )
             )
 

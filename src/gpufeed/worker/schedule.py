@@ -45,6 +45,9 @@ RATE_WINDOW_S = 1.0
 # What a commit adds after the last result of a batch comes back (the script
 # call and the round trip), when predicting a message's answer time.
 COMMIT_MARGIN_S = 0.002
+# The predictions' own misses: over the latest batches, the share of them a
+# prediction plus its margin covers (the margin is that quantile of the misses).
+MISS_QUANTILE = 95
 
 
 class CostModel:
@@ -154,6 +157,10 @@ class Scheduler:
         self.shed = config.shed_late
         self.model = CostModel()
         self.rate = ArrivalRate()
+        # How much later than predicted batches were answered, in ms (negative:
+        # earlier): the machine's noise, and what the model does not see.
+        self.misses: deque[float] = deque(maxlen=WINDOW)
+        self.margin_s = 0.0
 
     @property
     def holds(self) -> bool:
@@ -164,6 +171,13 @@ class Scheduler:
         """Cost stamps from the response ring."""
         if sizes:
             self.model.add(sizes, seconds)
+
+    def answered(self, predicted_ms: int, at_ms: float) -> None:
+        """A batch predicted to be answered at ``predicted_ms`` came back at ``at_ms``
+        (its commit follows): the prediction's error widens or narrows the margin."""
+        self.misses.append(at_ms + COMMIT_MARGIN_S * 1000 - predicted_ms)  # as predicted
+        if len(self.misses) >= MIN_SAMPLES and len(self.misses) % MIN_SAMPLES == 0:
+            self.margin_s = max(0.0, float(np.percentile(self.misses, MISS_QUANTILE))) / 1000
 
     def arrived(self, n: int, now: float) -> None:
         self.rate.add(n, now)
@@ -200,14 +214,19 @@ class Scheduler:
         return Launch(left, WAITING)
 
     def finish_by_ms(self, n: int, queued_ahead: int) -> int | None:
-        """When a batch of ``n`` packed now would be committed, by the model, in Unix
-        ms; None when shedding is off or the model has no fit yet."""
+        """When a batch of ``n`` packed now would be committed, by the model alone, in
+        Unix ms; None when shedding is off or the model has no fit yet."""
         if not self.shed or not self.model.fitted:
             return None
         # What is queued ahead runs first, as batches of at most max_batch.
         batches = -(-queued_ahead // self.max_batch)
         ahead = self.model.a * batches + self.model.b * queued_ahead
         return int((time.time() + ahead + self.model.predict(n) + COMMIT_MARGIN_S) * 1000)
+
+    def shed_before_ms(self, finish_by_ms: int | None) -> int | None:
+        """Deadlines before this are shed: the prediction, plus the margin its misses
+        call for."""
+        return None if finish_by_ms is None else finish_by_ms + round(self.margin_s * 1000)
 
 
 class HeldBack:

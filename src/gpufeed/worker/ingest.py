@@ -213,7 +213,9 @@ class Ingest:
             })  # fmt: skip
 
     def log_failed(self, entry_id: bytes, reason: str, status: str, level: int = 0) -> None:
-        say = log.info if status == Status.EXPIRED else log.warning
+        # Expired ones at debug: under overload they come by the thousand, and a log
+        # line each (tens of us) is time the messages that can still make it need.
+        say = log.debug if status == Status.EXPIRED else log.warning
         say(
             "message failed", stream=self.levels[level].stream, entry_id=entry_id.decode(),
             status=str(status), reason=reason,

@@ -190,3 +190,39 @@ def test_produce_refuses_a_slot_size_the_worker_would_refuse(redis_server) -> No
 def test_the_worker_refuses_a_malformed_url_before_starting(url, said) -> None:
     code, out = cli("worker", "--redis-url", url, "--queue", "jobs")
     assert code == 2 and out.startswith(f"gpufeed worker: {said}") and "Traceback" not in out
+
+
+def test_stats_and_metrics_per_priority_level_and_replay_to_one(
+    redis_server, client, queue
+) -> None:
+    from gpufeed.worker.config import WorkerConfig
+    from gpufeed.worker.metrics import QueueCollector
+
+    stream, _, dead = keys(queue)
+    for level, (n, read) in {0: (10, 4), 2: (7, 3)}.items():
+        key = stream + (f":{level}" if level else "")
+        xadd_all(client, key, [b"x"] * n)
+        client.xgroup_create(key, "gpufeed", id="0")
+        client.xreadgroup("gpufeed", "host-0", {key: ">"}, count=read)
+    code, out = cli("stats", "--redis-url", redis_server.url, "--queue", queue, "--json")
+    assert code == 0, out
+    stats = json.loads(out)
+    assert (stats["stream_length"], stats["lag"], stats["pending"]) == (17, 10, 7)
+    assert [(c["name"], c["pending"]) for c in stats["consumers"]] == [("host-0", 7)]
+    assert [(lv["level"], lv["lag"], lv["pending"]) for lv in stats["levels"]] == [
+        (0, 6, 4), (2, 4, 3)
+    ]  # fmt: skip
+    code, out = cli("stats", "--redis-url", redis_server.url, "--queue", queue)
+    assert "priority levels       2" in out and f"{stream}:2" in out
+
+    config = WorkerConfig(redis_url=redis_server.url, queue=queue)
+    families = {f.name: f for f in QueueCollector(config).collect()}
+    lag = {s.labels["level"]: s.value for s in families["gpufeed_level_lag_entries"].samples}
+    assert lag == {"0": 6, "2": 4}
+    assert families["gpufeed_group_lag_entries"].samples[0].value == 10
+
+    letter = client.xadd(dead, {"data": b"again", "src": b"1-1", "error": b"e"})
+    url = ["--redis-url", redis_server.url, "--queue", queue]
+    assert cli("dead", "replay", *url, "--priority", "2", letter.decode())[0] == 0
+    assert client.xrevrange(f"{stream}:2", count=1)[0][1] == {b"data": b"again"}
+    assert cli("dead", "replay", *url, "--priority", "99", "--all")[0] == 2

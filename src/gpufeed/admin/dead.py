@@ -89,8 +89,11 @@ def _all_dead_ids(client: redis.Redis, keys: QueueKeys) -> list[str]:
         start = "(" + ids[-1]
 
 
-def replay(client: redis.Redis, keys: QueueKeys, ids: list[str] | None = None) -> dict[str, str]:
-    """Move dead letters (``ids``, or all) back to the input stream.
+def replay(
+    client: redis.Redis, keys: QueueKeys, ids: list[str] | None = None, priority: int = 0
+) -> dict[str, str]:
+    """Move dead letters (``ids``, or all) back to the input stream of priority level
+    ``priority`` (0: ``in``).
 
     Returns {dead-letter id: new input id}; ids not found are left out.
     """
@@ -99,7 +102,7 @@ def replay(client: redis.Redis, keys: QueueKeys, ids: list[str] | None = None) -
     moved: dict[str, str] = {}
     for start in range(0, len(chosen), 500):
         part = chosen[start : start + 500]
-        added = script(keys=[keys.dead_key, keys.in_key], args=part)
+        added = script(keys=[keys.dead_key, keys.level_key(priority)], args=part)
         moved.update({d: text(a) for d, a in zip(part, added, strict=True) if a})
     return moved
 

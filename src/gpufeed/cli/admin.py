@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from gpufeed.cli.options import REDIS_OPTIONS, fail, redis_session, with_settings
+from gpufeed.errors import GpufeedError
 from gpufeed.worker.config import WorkerConfig
 
 dead_app = typer.Typer(
@@ -164,6 +165,9 @@ def dead_list(
 def dead_replay(
     ids: Annotated[list[str] | None, typer.Argument(help="Dead-letter ids to replay.")] = None,
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    priority: Annotated[
+        int, typer.Option(help="The priority level to replay to: 0 is in, N > 0 in:N.")
+    ] = 0,
     **settings: Any,
 ) -> None:
     """Move dead letters back to the input stream with their original fields.
@@ -179,10 +183,14 @@ def dead_replay(
     if not ids and not replay_all:
         raise typer.BadParameter("give dead-letter ids, or --all")
     keys = _keys("dead replay", settings, ids)
+    try:
+        stream = keys.level_key(priority)
+    except GpufeedError as exc:
+        raise fail("dead replay", exc) from exc
     with redis_session("dead replay", settings) as client:
-        moved = replay(client, keys, None if replay_all else list(ids or []))
+        moved = replay(client, keys, None if replay_all else list(ids or []), priority)
     missing = [i for i in ids or [] if i not in moved]
-    typer.echo(f"replayed {len(moved)} dead letters to {keys.in_key}")
+    typer.echo(f"replayed {len(moved)} dead letters to {stream}")
     if missing:
         typer.echo(f"not found: {', '.join(missing)}", err=True)
         raise typer.Exit(1)

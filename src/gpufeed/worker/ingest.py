@@ -1,16 +1,17 @@
 """The ingest process: all Redis I/O for one request/response ring pair.
 
 Loop: take finished results from the response ring; commit them (and any
-rejects) with one script call; then, if the request ring has room, read up to
-that many entries with XREADGROUP and pack them straight into the ring.
-A full ring means no read: backpressure ends at Redis, where the messages wait.
+rejects) with one script call per priority level (worker/answers.py); then,
+if the request ring has room, read up to that many entries with XREADGROUP
+(worker/levels.py), hold them back for a fuller batch or not
+(worker/schedule.py), and pack them straight into the ring. A full ring means
+no read: backpressure ends at Redis, where the messages wait.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,21 +22,18 @@ from gpufeed.packing import (
     Columns,
     Entry,
     PackedBatch,
-    Results,
-    Status,
-    collect_results,
     pack,
 )
 from gpufeed.packing.ids import ids_ms
-from gpufeed.packing.layout import SlotArray, cost_samples, headers, payload_capacity
+from gpufeed.packing.layout import SlotArray, payload_capacity
 from gpufeed.ring import RingConsumer, RingProducer
 from gpufeed.worker import metrics
+from gpufeed.worker.answers import Answering, SentBatch
 from gpufeed.worker.commit import CommitCounts
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.crashlog import Trials
-from gpufeed.worker.isolate import NOT_ISOLATED, commit_each, pack_each
+from gpufeed.worker.isolate import NOT_ISOLATED, pack_each
 from gpufeed.worker.levels import (
-    Level,
     LevelReader,
     Read,
     make_levels,
@@ -69,27 +67,7 @@ AHEAD_BATCHES = 2
 SUMMARY_INTERVAL_S = 5.0
 
 
-@dataclass
-class _SentBatch:
-    """A packed batch in the request ring, or partly answered in the response ring."""
-
-    batch: PackedBatch
-    born_ms: Any  # entry-id times of the packed messages (NumPy float64)
-    # time.monotonic_ns() when XREADGROUP's reply was in, and when the batch went
-    # into the request ring (worker/timings.py)
-    read_ns: int
-    packed_ns: int
-    # From a ">" read: its ids follow those of the batches before it. Pending
-    # history and reclaimed entries are older than what is in flight.
-    ordered: bool
-    first_seq: int  # the sequence number of its first slot
-    level: int = 0  # the priority level whose stream it came from
-    answered: int = 0
-    collected_ns: int = 0  # its last result taken from the response ring
-    finish_by: int | None = None  # when the cost model said it would be answered (Unix ms)
-
-
-class Ingest:
+class Ingest(Answering):
     def __init__(
         self,
         config: WorkerConfig,
@@ -110,8 +88,8 @@ class Ingest:
         self.levels = make_levels(self.client, config, self.consumer, self.reply_to_check)
         self.reader = LevelReader(self.client, config, self.consumer, self.levels)
         self.counts = CommitCounts()
-        self.in_flight: deque[_SentBatch] = deque()
-        self.to_commit_batches: list[_SentBatch] = []
+        self.in_flight: deque[SentBatch] = deque()
+        self.to_commit_batches: list[SentBatch] = []
         self.scheduler = Scheduler(config)
         self.held = HeldBack()  # entries held back for a fuller batch
         self.timings = StageLog("batch timings", config.trace_timings)
@@ -121,105 +99,6 @@ class Ingest:
         self.draining = False
         self.stats = {"read": 0, "batches": 0, "rejected": 0}
         self.trials = trials  # entries pending across crashes (worker/crashlog.py)
-
-    # -- results -----------------------------------------------------------------------
-
-    def collect(self, timeout: float = 0.0) -> None:
-        """Move finished results from the response ring to the commit list."""
-        while self.in_flight:
-            head = self.in_flight[0]
-            remaining = head.batch.count - head.answered
-            first, second = self.responses.peek(remaining, timeout)
-            got = len(first) + len(second)
-            if got == 0:
-                return
-            for part in (first, second):
-                if len(part):
-                    self.scheduler.observe(*cost_samples(headers(part)["reserved"]))
-            level = self.levels[head.level]
-            to_commit = level.to_commit
-            failed = len(to_commit.other)
-            to_commit.ordered &= head.ordered
-            collect_results((first, second), head.batch, head.answered, to_commit)
-            level.born.append(head.born_ms[head.answered : head.answered + got])
-            self.responses.release(got)
-            metrics.RING_OCCUPANCY.dec(got)
-            for r in to_commit.other[failed:]:
-                if r.status != Status.OK:
-                    self.log_failed(r.src, r.reason, r.status, head.level)
-            head.answered += got
-            if head.answered == head.batch.count:
-                self.in_flight.popleft()
-                head.collected_ns = time.monotonic_ns()
-                metrics.COMPUTE.observe((head.collected_ns - head.packed_ns) / 1e9)
-                if head.finish_by is not None:
-                    self.scheduler.answered(head.finish_by, time.time() * 1000)
-                if self.timings.enabled:
-                    self.to_commit_batches.append(head)
-            timeout = 0.0
-
-    def pending_commit(self) -> bool:
-        """Whether results wait for their commit."""
-        return any(level.to_commit for level in self.levels)
-
-    def commit(self) -> None:
-        """Commit the collected results, one script call per level that has any, in
-        this thread.
-
-        The commit runs between reads, not beside them on a thread of its own:
-        where Redis, producers and workers share the cores, a second thread's
-        GIL hand-offs and wake-ups cost more CPU per message than the overlap
-        gains (``bench e2e``: 6.0-6.8 against 8.0-8.8 us per message), and
-        the compute process works on the ring meanwhile. A lost connection
-        raises; ``run`` backs off and the next round commits the same results
-        again, which the script makes safe (entries already acknowledged are
-        skipped).
-        """
-        for level in reversed(self.levels):
-            if level.to_commit:
-                self._commit_level(level)
-
-    def _commit_level(self, level: Level) -> None:
-        to_commit = level.to_commit
-        born = np.concatenate(level.born) if level.born else ()
-        started = time.monotonic_ns()
-        try:
-            counts = level.committer.commit(to_commit)
-        except NOT_ISOLATED:
-            raise
-        except Exception as exc:  # one result's doing, perhaps: see worker/isolate.py
-            counts = commit_each(to_commit, level.committer.commit, exc)
-        ended = time.monotonic_ns()
-        metrics.committed((ended - started) / 1e9, len(to_commit))
-        if self.to_commit_batches:
-            self._trace(self.to_commit_batches, started, ended)
-            self.to_commit_batches = []
-        metrics.record_commit(counts, born)
-        self.counts = self.counts.plus(counts)
-        level.to_commit = Results(ordered=True)
-        level.born = []
-        log.debug("batch committed", stream=level.stream, **counts._asdict())
-        if counts.skipped:
-            log.info("results skipped: entries no longer pending for us", **counts._asdict())
-
-    def _trace(self, batches: list[_SentBatch], committing_ns: int, committed_ns: int) -> None:
-        for sent in batches:
-            self.timings.add({
-                "ring": self.requests.segment.name, "seq": sent.first_seq,
-                "ids": [i.decode() for i in sent.batch.ids],
-                "read": sent.read_ns, "packed": sent.packed_ns,
-                "collected": sent.collected_ns, "committing": committing_ns,
-                "committed": committed_ns,
-            })  # fmt: skip
-
-    def log_failed(self, entry_id: bytes, reason: str, status: str, level: int = 0) -> None:
-        # Expired ones at debug: under overload they come by the thousand, and a log
-        # line each (tens of us) is time the messages that can still make it need.
-        say = log.debug if status == Status.EXPIRED else log.warning
-        say(
-            "message failed", stream=self.levels[level].stream, entry_id=entry_id.decode(),
-            status=str(status), reason=reason,
-        )  # fmt: skip
 
     def summary(self) -> None:
         """Every few seconds, one info line with this process's throughput."""
@@ -368,7 +247,7 @@ class Ingest:
             metrics.RING_OCCUPANCY.inc(batch.count)
             self.seq = (self.seq + batch.count) % (1 << 32)
             self.in_flight.append(
-                _SentBatch(
+                SentBatch(
                     batch,
                     born,
                     read_ns or packed_ns,

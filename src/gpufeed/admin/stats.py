@@ -77,42 +77,33 @@ def queue_stats(client: redis.Redis, keys: QueueKeys, group_name: str) -> QueueS
         for c in lv.consumers:
             seen = consumers.get(c.name)
             consumers[c.name] = c if seen is None else _merged(seen, c)
-    oldest = [lv for lv in levels if lv.oldest_pending_idle_ms is not None]
-    first = max(oldest, key=lambda lv: lv.oldest_pending_idle_ms or 0) if oldest else None
-    lags = [lv.lag for lv in levels]
+    oldest = [lv for lv in levels if lv.stats.oldest_pending_idle_ms is not None]
+    first = max(oldest, key=lambda lv: lv.stats.oldest_pending_idle_ms or 0) if oldest else None
+    lags = [lv.stats.lag for lv in levels]
     return QueueStats(
         queue=keys.queue,
-        stream_length=sum(lv.stream_length for lv in levels),
+        stream_length=sum(lv.stats.stream_length for lv in levels),
         group_exists=levels[0].group_exists,
         lag=None if None in lags else sum(int(n or 0) for n in lags),
-        pending=sum(lv.pending for lv in levels),
+        pending=sum(lv.stats.pending for lv in levels),
         oldest_pending_id=first.oldest_pending_id if first else None,
-        oldest_pending_idle_ms=first.oldest_pending_idle_ms if first else None,
+        oldest_pending_idle_ms=first.stats.oldest_pending_idle_ms if first else None,
         consumers=list(consumers.values()),
         dead_letters=int(client.xlen(keys.dead_key)),
         results=int(client.xlen(keys.out_key)),
         taken_at_ms=int(time.time() * 1000),
-        levels=[lv.summary() for lv in levels] if len(levels) > 1 else [],
+        levels=[lv.stats for lv in levels] if len(levels) > 1 else [],
     )
 
 
 @dataclass(frozen=True)
 class _Level:
-    level: int
-    stream: str
-    stream_length: int
-    group_exists: bool
-    lag: int | None
-    pending: int
-    oldest_pending_id: str | None
-    oldest_pending_idle_ms: int | None
-    consumers: list[ConsumerInfo]
+    """One level's figures, and what the queue's totals need besides."""
 
-    def summary(self) -> LevelStats:
-        return LevelStats(
-            self.level, self.stream, self.stream_length, self.lag, self.pending,
-            self.oldest_pending_idle_ms,
-        )  # fmt: skip
+    stats: LevelStats
+    group_exists: bool
+    oldest_pending_id: str | None
+    consumers: list[ConsumerInfo]
 
 
 def _level_stats(client: redis.Redis, level: int, stream: str, group_name: str) -> _Level:
@@ -144,10 +135,9 @@ def _level_stats(client: redis.Redis, level: int, stream: str, group_name: str) 
                 )
             )
     lag = group.get("lag") if group is not None else stream_length
-    return _Level(
-        level, stream, stream_length, group is not None, None if lag is None else int(lag),
-        pending, oldest_id, oldest_idle, consumers,
-    )  # fmt: skip
+    lag = None if lag is None else int(lag)
+    stats = LevelStats(level, stream, stream_length, lag, pending, oldest_idle)
+    return _Level(stats, group is not None, oldest_id, consumers)
 
 
 def _merged(a: ConsumerInfo, b: ConsumerInfo) -> ConsumerInfo:

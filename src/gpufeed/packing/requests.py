@@ -159,7 +159,7 @@ def reply_entries(reply: Any) -> list[Entry]:
 MAX_DEADLINE_MS = 2**63 - 1
 
 
-def _parse_deadline(raw: bytes) -> int:
+def parse_deadline(raw: bytes) -> int:
     # ASCII digits only: int() would also take " 5", "+5" and "1_000".
     if not raw.isdigit() or int(raw) > MAX_DEADLINE_MS:
         raise ValueError(raw)
@@ -278,7 +278,7 @@ def _triage(
             raw_deadline = fields.get(b"deadline_ms")
             if raw_deadline is not None:
                 try:
-                    deadline = _parse_deadline(raw_deadline)
+                    deadline = parse_deadline(raw_deadline)
                 except ValueError:
                     reason = (
                         f"malformed deadline_ms {raw_deadline[:40]!r}: "

@@ -20,15 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from gpufeed.connect import Client
-from gpufeed.errors import QueueMisconfigured
 from gpufeed.packing import Columns, Entry, ReplyToCheck, Results, read_entries
 from gpufeed.worker.commit import Committer
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.isolate import as_entries
-from gpufeed.worker.reader import BURST_BELOW, NEW, GroupReader
+from gpufeed.worker.reader import BURST_BELOW, NEW, GroupReader, read_refusals
 from gpufeed.worker.reclaim import Reclaimer
 
 Read = list[tuple[int, "list[Entry] | Columns"]]  # (level, its entries), highest level first
@@ -105,6 +102,8 @@ class LevelReader:
         self.top_first = sorted(levels, key=lambda lv: -lv.index)
         self.more_waiting = True
         self.burst_begun = False
+        # Which streams a refused read of several levels names.
+        self.label = f"{config.in_key} (or a level above)"
 
     @property
     def live(self) -> bool:
@@ -137,11 +136,10 @@ class LevelReader:
         COUNT applies per stream, so each asks for its part of ``room``."""
         per = room // len(self.top_first)  # >= 1: read() sees to it
         streams = {lv.stream: NEW for lv in self.top_first}
-        reply: Any = self._call(
-            lambda: self.client.xreadgroup(
+        with read_refusals(self.label):
+            reply: Any = self.client.xreadgroup(
                 self.config.group, self.consumer, streams, count=per, block=block
             )
-        )
         by_stream = _by_stream(reply)
         got: Read = []
         for level in self.top_first:
@@ -162,7 +160,8 @@ class LevelReader:
         pipe = self.client.pipeline(transaction=False)
         for level, count in asked:
             pipe.xreadgroup(self.config.group, self.consumer, {level.stream: NEW}, count=count)
-        replies: Any = self._call(pipe.execute)
+        with read_refusals(self.label):
+            replies: Any = pipe.execute()
         got: dict[int, list[Entry] | Columns] = {}
         drained: set[int] = set()  # levels whose read came back short: nothing more
         for (level, count), reply in zip(asked, replies, strict=True):
@@ -175,11 +174,12 @@ class LevelReader:
         for level in [lv for lv in self.top_first if lv.index not in drained]:
             if left <= 0:
                 break
-            ask = functools.partial(
-                self.client.xreadgroup,
-                self.config.group, self.consumer, {level.stream: NEW}, count=left,
-            )  # fmt: skip
-            more = read_entries(self._call(ask))
+            with read_refusals(level.stream):
+                more = read_entries(
+                    self.client.xreadgroup(
+                        self.config.group, self.consumer, {level.stream: NEW}, count=left
+                    )
+                )
             if len(more) < left:
                 drained.add(level.index)
             if more:
@@ -188,14 +188,6 @@ class LevelReader:
         self.more_waiting = any(lv.index not in drained for lv in self.top_first)
         self.burst_begun = False
         return [(lv.index, got[lv.index]) for lv in self.top_first if lv.index in got]
-
-    def _call(self, call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except redis.ResponseError as exc:
-            if "WRONGTYPE" in str(exc) or "NOGROUP" in str(exc):
-                raise QueueMisconfigured(f"{self.config.in_key} (or a level above): {exc}") from exc
-            raise
 
 
 def _by_stream(reply: Any) -> dict[bytes, list[Entry] | Columns]:

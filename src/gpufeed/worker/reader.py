@@ -3,7 +3,8 @@ then new entries, and the client and group that takes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -42,6 +43,19 @@ def make_client(target: RedisTarget) -> Client:
     )
     client.set_response_callback("XREADGROUP", lambda response, **options: response)
     return client
+
+
+@contextlib.contextmanager
+def read_refusals(stream: str) -> Iterator[None]:
+    """A read Redis refuses because the input stream was replaced by another type, or
+    deleted with its group, raises ``QueueMisconfigured``: the ingest process waits
+    for someone to fix it (``ensure_group`` makes the group again)."""
+    try:
+        yield
+    except redis.ResponseError as exc:
+        if "WRONGTYPE" in str(exc) or "NOGROUP" in str(exc):
+            raise QueueMisconfigured(f"{stream}: {exc}") from exc
+        raise
 
 
 def ensure_group(client: Client, config: WorkerConfig) -> None:
@@ -90,7 +104,7 @@ class GroupReader:
         self.read_id = HISTORY
 
     def _xreadgroup(self, count: int, block: int | None) -> Any:
-        try:
+        with read_refusals(self.stream):
             return self.client.xreadgroup(
                 self.config.group,
                 self.consumer,
@@ -98,12 +112,6 @@ class GroupReader:
                 count=count,
                 block=block,
             )
-        except redis.ResponseError as exc:
-            if "WRONGTYPE" in str(exc) or "NOGROUP" in str(exc):
-                # The input stream was replaced by another type, or deleted with its
-                # group: wait for someone to fix it (the group is made again below).
-                raise QueueMisconfigured(f"{self.stream}: {exc}") from exc
-            raise
 
     def read(
         self, room: int, block: int | None, held: Callable[[], set[bytes]]

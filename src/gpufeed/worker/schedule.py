@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpufeed.packing import Columns
+from gpufeed.packing.requests import parse_deadline
 from gpufeed.worker.config import WorkerConfig
 from gpufeed.worker.isolate import as_ids
 from gpufeed.worker.levels import Read, joined
@@ -138,11 +139,13 @@ def earliest_deadline(reads: Read) -> int | None:
             continue  # data only
         for _, fields in entries:
             raw = fields.get(b"deadline_ms") if fields else None
-            # A malformed deadline is packing's to reject (with a reason), not ours
-            # to parse: 19 digits at most, as int() refuses more than 4300.
-            if raw is not None and raw.isdigit() and len(raw) <= 19:
-                value = int(raw)
-                earliest = value if earliest is None else min(earliest, value)
+            if raw is None:
+                continue
+            try:
+                value = parse_deadline(raw)
+            except ValueError:  # malformed: packing rejects it, with a reason
+                continue
+            earliest = value if earliest is None else min(earliest, value)
     return earliest
 
 

@@ -8,7 +8,7 @@ per message back to Redis.
 
 from typing import Any
 
-from gpufeed.errors import ClientClosed, GpufeedError, ResultError, ResultExpired
+from gpufeed.errors import ClientClosed, GpufeedError, ReplyRefused, ResultError, ResultExpired
 
 __version__ = "0.1.0"
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Client",
     "ClientClosed",
     "GpufeedError",
+    "ReplyRefused",
     "ResultError",
     "ResultExpired",
     "__version__",

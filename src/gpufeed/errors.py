@@ -167,3 +167,8 @@ class ResultExpired(ResultError):
 
 class ClientClosed(GpufeedError):
     """The client was closed before this message's result came back."""
+
+
+class ReplyRefused(GpufeedError):
+    """Redis refused the client reading its own reply stream (``NOPERM``): the
+    results cannot reach it, so what waits fails at once instead of timing out."""

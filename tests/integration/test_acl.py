@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import redis
 
 from conftest import keys, wait_for_results
 from gpufeed.admin.acl import acl_rules
-from gpufeed.client import Client
+from gpufeed.client import AsyncClient, Client
 from gpufeed.embedded import RedisServer
+from gpufeed.errors import ReplyRefused
 from gpufeed.worker.access import check_worker_access
 from gpufeed.worker.config import WorkerConfig
 
@@ -152,3 +154,25 @@ def test_a_client_whose_user_may_not_trim_still_gets_every_result(
         for round_ in range(3):
             futures = c.submit_many([b"r%d-%d" % (round_, i) for i in range(50)])
             assert [f.result(60) for f in futures] == [b"r%d-%d" % (round_, i) for i in range(50)]
+
+
+def test_a_client_whose_user_may_not_read_its_replies_fails_at_once_saying_why(
+    client, redis_server, queue
+) -> None:
+    """A producer user made for --reply p5, a client of another name: Redis refuses
+    every read of its reply stream, so nothing it waits for could come back. Its
+    futures fail with the reason, long before their timeout; no worker is needed."""
+    user = make_user(client, acl_rules("producer", queue, reply="p5"))
+    url = url_for(redis_server, *user)
+    with Client(url, queue, name="not-p5") as c:
+        future = c.submit(b"x")
+        with pytest.raises(ReplyRefused, match="gpufeed acl producer --reply NAME") as caught:
+            future.result(20)
+        assert "'not-p5'" in str(caught.value)
+
+    async def main() -> None:
+        async with AsyncClient(url, queue, name="not-p5") as c:
+            with pytest.raises(ReplyRefused):
+                await asyncio.wait_for(await c.submit(b"y"), 20)
+
+    asyncio.run(asyncio.wait_for(main(), 60))

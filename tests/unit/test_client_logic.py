@@ -147,3 +147,21 @@ def test_an_xadd_redis_refused_fails_its_own_future_in_a_pipeline() -> None:
     pending.deliver(b"1-0", b"a")
     pending.deliver(b"3-0", b"c")
     assert [futures[0].result(0), futures[2].result(0)] == [b"a", b"c"]
+
+
+def test_an_entry_without_its_input_id_does_not_stop_the_rest_of_its_read() -> None:
+    """Something other than a worker wrote to the reply stream: the results read
+    with that entry still settle their futures."""
+    pending = Pending("c")
+    pending.begin()
+    first: Future[bytes] = Future()
+    second: Future[bytes] = Future()
+    pending.expect(b"1-0", first, None)
+    pending.expect(b"2-0", second, None)
+    pending.end()
+    pending.deliver_entries([
+        (b"9-0", {b"src": b"1-0", b"status": b"ok", b"data": b"one"}),
+        (b"9-1", {b"status": b"ok", b"data": b"stray"}),
+        (b"9-2", {b"src": b"2-0", b"status": b"ok", b"data": b"two"}),
+    ])  # fmt: skip
+    assert first.result(0) == b"one" and second.result(0) == b"two"

@@ -223,7 +223,11 @@ def acl(
     queue: Annotated[str, typer.Option(help="Queue name, or * for every queue.")] = "default",
     user: Annotated[str | None, typer.Option(help="User name (default: gpufeed-ROLE).")] = None,
     reply: Annotated[
-        str | None, typer.Option(help="Producer: may read gpufeed:{QUEUE}:reply:NAME.")
+        str | None,
+        typer.Option(
+            help="Producer: may read, trim and delete gpufeed:{QUEUE}:reply:NAME and "
+            "reply:NAME:* (the streams of gpufeed.Client(name=NAME))."
+        ),
     ] = None,
     cluster: Annotated[
         bool, typer.Option("--cluster", help="Add what a Redis Cluster client needs.")

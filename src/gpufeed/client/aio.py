@@ -9,14 +9,13 @@ from typing import Any
 
 import redis
 
-from gpufeed.client.core import READ_BLOCK_MS, ClientCore, Pending, reader_pause
+from gpufeed.client.core import READ_BLOCK_MS, ClientCore, Pending, read_refused, reader_pause
 from gpufeed.client.messages import (
     OpSpec,
     Payload,
     decoder,
     message,
     messages,
-    outcome,
     stream_entries,
 )
 from gpufeed.connect import RedisTarget
@@ -105,21 +104,27 @@ class AsyncClient(ClientCore):
         after, failures = b"0-0", 0
         while not self._pending.closed:
             try:
-                reply: Any = await self._redis.xread(
-                    {self.reply_key: after}, count=1000, block=READ_BLOCK_MS
-                )
-                entries = stream_entries(reply)
+                entries = await self._xread(after)
                 if entries:
                     after = entries[-1][0]
                     try:
                         await self._redis.xtrim(self.reply_key, minid=after, approximate=False)
                     finally:
-                        for _, fields in entries:
-                            self._pending.deliver(*outcome(fields))
+                        self._pending.deliver_entries(entries)
                 failures = 0
             except Exception as exc:
                 failures += 1
                 await asyncio.sleep(reader_pause(failures, exc, self.name))
+
+    async def _xread(self, after: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        try:
+            reply = await self._redis.xread(
+                {self.reply_key: after}, count=1000, block=READ_BLOCK_MS
+            )
+        except redis.exceptions.NoPermissionError as exc:
+            self._pending.fail_waiting(read_refused(self, exc))
+            raise
+        return stream_entries(reply)
 
     async def close(self) -> None:
         """As ``Client.close``."""

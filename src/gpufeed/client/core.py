@@ -16,8 +16,8 @@ from typing import Any
 import redis
 import structlog
 
-from gpufeed.client.messages import Decode, OpSpec
-from gpufeed.errors import ClientClosed, ConfigError, ResultError
+from gpufeed.client.messages import Decode, OpSpec, outcome
+from gpufeed.errors import ClientClosed, ConfigError, ReplyRefused, ResultError
 from gpufeed.keys import QueueKeys
 
 log = structlog.get_logger()
@@ -131,6 +131,20 @@ class Pending:
                 return
         settle(waiting[0], value, waiting[1], src)
 
+    def deliver_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Settle the futures of a read's result entries. An entry without the input
+        id it answers (written by something other than a worker) settles nothing."""
+        for _, fields in entries:
+            if b"src" in fields:
+                self.deliver(*outcome(fields))
+
+    def fail_waiting(self, exc: Exception) -> None:
+        """Fail every future now waiting with ``exc``; later submits go on."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+        for future, _ in waiting.values():
+            settle(future, exc, None)
+
     def close(self) -> None:
         """Fail every future still waiting with ``ClientClosed``; later submits too."""
         with self._lock:
@@ -170,3 +184,14 @@ def reader_pause(failures: int, exc: Exception, name: str) -> float:
     if not isinstance(exc, LOST) and (failures == 1 or failures % 30 == 0):
         log.warning("reply reader failed; retrying", client=name, error=repr(exc))
     return min(1.0, 0.05 * 2.0 ** min(failures, 10))
+
+
+def read_refused(core: ClientCore, exc: Exception) -> ReplyRefused:
+    """What fails the futures waiting when Redis refuses to let the client read its
+    reply stream (NOPERM): no result can arrive until the user's rules change, and
+    a timeout would not say why. (A refused trim costs nothing but length.)"""
+    return ReplyRefused(
+        f"Redis refused reading the reply stream {core.reply_key}: {exc}. A producer "
+        f"user needs `gpufeed acl producer --reply NAME` and the client name=NAME "
+        f"(this client's name is {core.name!r})"
+    )

@@ -10,14 +10,13 @@ from typing import Any
 
 import redis
 
-from gpufeed.client.core import READ_BLOCK_MS, ClientCore, Pending, reader_pause
+from gpufeed.client.core import READ_BLOCK_MS, ClientCore, Pending, read_refused, reader_pause
 from gpufeed.client.messages import (
     OpSpec,
     Payload,
     decoder,
     message,
     messages,
-    outcome,
     stream_entries,
 )
 from gpufeed.connect import Client as RedisClient
@@ -121,10 +120,7 @@ class Client(ClientCore):
         after, failures = b"0-0", 0
         while not self._stop.is_set():
             try:
-                reply: Any = self._redis.xread(
-                    {self.reply_key: after}, count=1000, block=READ_BLOCK_MS
-                )
-                entries = stream_entries(reply)
+                entries = self._xread(after)
                 if entries:
                     after = entries[-1][0]
                     try:
@@ -133,12 +129,19 @@ class Client(ClientCore):
                         # has its result finds the stream already short.
                         self._redis.xtrim(self.reply_key, minid=after, approximate=False)
                     finally:
-                        for _, fields in entries:
-                            self._pending.deliver(*outcome(fields))
+                        self._pending.deliver_entries(entries)
                 failures = 0
             except Exception as exc:  # a lost connection, a failover, a refused command
                 failures += 1
                 self._stop.wait(reader_pause(failures, exc, self.name))
+
+    def _xread(self, after: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        try:
+            reply = self._redis.xread({self.reply_key: after}, count=1000, block=READ_BLOCK_MS)
+        except redis.exceptions.NoPermissionError as exc:
+            self._pending.fail_waiting(read_refused(self, exc))
+            raise
+        return stream_entries(reply)
 
     # -- closing -----------------------------------------------------------------------
 

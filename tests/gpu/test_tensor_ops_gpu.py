@@ -100,3 +100,49 @@ def test_text_that_is_not_utf8_fails_alone_on_the_device() -> None:
     assert done.status.tolist() == [STATUS_OK, STATUS_ERROR, STATUS_OK]
     assert [int(done.out[i, :8].view("<i8")[0]) for i in (0, 2)] == [5, 2]
     assert b"not UTF-8 text" in bytes(done.out[1, : done.out_lens[1]])
+
+
+# Run in a fresh interpreter: torch must not be imported before the first batch.
+LAZY_TORCH_OP = """
+import sys
+import cupy
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_tensor_ops_gpu import backend_for, run_batches, slots_of
+from gpufeed.ops import Tensor, TensorOp
+from gpufeed.packing import STATUS_OK
+assert "torch" not in sys.modules
+seen = []
+
+def where(x):
+    import torch  # as a model that loads lazily does
+
+    lane = cupy.cuda.get_current_stream().ptr
+    seen.append((torch.cuda.current_stream().cuda_stream == lane,
+                 torch.cuda.current_device() == cupy.cuda.Device().id))
+    return x + 1
+
+op = TensorOp("where", where, Tensor("<f4", (4,)), Tensor("<f4", (4,)), framework="torch")
+backend = backend_for(op)
+x = np.zeros((8, 4), "<f4")
+done = run_batches(backend, [slots_of([r.tobytes() for r in x]) for _ in range(6)])
+backend.close()
+assert len(seen) == 6 and all(a and b for a, b in seen), seen
+assert all((d.status == STATUS_OK).all() for d in done)
+print("ok")
+"""
+
+
+def test_a_torch_op_runs_every_batch_on_its_lane_and_device_from_the_first() -> None:
+    """A function that imports torch itself: its first batch too runs on the lane's
+    stream, with the backend's device as torch's current one (where a model
+    placed on "cuda" lands)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    here = str(Path(__file__).parent)
+    proc = subprocess.run([sys.executable, "-c", LAZY_TORCH_OP, here], capture_output=True,
+                          text=True, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -48,7 +48,10 @@ def encode(texts: list[str]) -> Any:
         return model().encode(texts, batch_size=len(texts), convert_to_tensor=True)
 
 
-embed = TensorOp("embed", encode, Text(MAX_TEXT_BYTES), Tensor("float32", (DIM,)))
+# framework="torch": the batched backend imports torch before the first batch and
+# runs every batch's kernels on that batch's CUDA stream (docs/ops.md).
+embed = TensorOp("embed", encode, Text(MAX_TEXT_BYTES), Tensor("float32", (DIM,)),
+                 framework="torch")  # fmt: skip
 
 _SUBJECTS = (
     "The worker", "A tired engineer", "Our new model", "The red fox", "Every GPU",

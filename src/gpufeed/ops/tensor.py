@@ -281,7 +281,7 @@ class TensorOnGpu:
         else:
             x = cp.ascontiguousarray(requests[:, 16 : 16 + spec.row_bytes])
             args = (self._on_device(cp, x.view(spec.dtype).reshape(n, *spec.shape)),)
-        with _torch_on(cp):
+        with _torch_on(cp, op.framework):
             y = op.fn(*args)
             if hasattr(y, "detach"):  # a torch tensor: on the device through DLPack
                 y = y.detach().contiguous()
@@ -320,16 +320,29 @@ def _device_error(cp: Any, exc: BaseException) -> bool:
             or type(exc).__name__ == "OutOfMemoryError")  # fmt: skip
 
 
-def _torch_on(cp: Any) -> Any:
+def _torch_on(cp: Any, framework: str) -> Any:
     """Where the op uses PyTorch on a GPU: its kernels on the current CuPy stream
     (the batch's lane). The lane's copies of its input and output are then
     ordered with them, and PyTorch's caching allocator, which reuses a block
     only for work on the stream it was allocated on, cannot hand the output's
-    memory to the next batch before the lane has copied it out."""
-    torch = sys.modules.get("torch")
+    memory to the next batch before the lane has copied it out.
+
+    A torch op imports torch here, before its first batch: an op that imports
+    it inside its function would otherwise run that batch on torch's default
+    stream. Other ops are looked at only once they have imported torch."""
+    torch = _torch() if framework == "torch" else sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
         return contextlib.nullcontext()
-    return torch.cuda.stream(torch.cuda.ExternalStream(cp.cuda.get_current_stream().ptr))
+    # The lane belongs to the device this process serves (--device N). Torch files
+    # an external stream under its own current device unless told, and kernels
+    # queued on another device's stream fail; making that device torch's current
+    # one too puts a model the function places on "cuda" where its batches are.
+    device = cp.cuda.Device().id
+    lane = torch.cuda.ExternalStream(cp.cuda.get_current_stream().ptr, device=device)
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.cuda.device(device))
+    stack.enter_context(torch.cuda.stream(lane))
+    return stack
 
 
 def _text(raw: U8) -> str:

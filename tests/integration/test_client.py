@@ -170,11 +170,12 @@ def test_concurrent_first_submits_start_one_reader(redis_server, queue, served) 
     assert asyncio.run(asyncio.wait_for(main(), 120)) == [b"%d" % i for i in range(20)]
 
 
-def test_the_persistent_backend_refuses_a_tensor_op_at_start(redis_server, queue) -> None:
+@pytest.mark.parametrize("device", [["--emulate-device"], []], ids=["emulated", "as-is"])
+def test_the_persistent_backend_refuses_a_tensor_op_at_start(redis_server, queue, device) -> None:
+    """With or without a GPU here: the combination is what cannot work."""
     run = subprocess.run(
         [sys.executable, "-m", "gpufeed", "worker", "--redis-url", redis_server.url,
-         "--queue", queue, "--backend", "persistent", "--emulate-device",
-         "--op", "user_ops:double"],
+         "--queue", queue, "--backend", "persistent", *device, "--op", "user_ops:double"],
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), *sys.path])},
     )  # fmt: skip

@@ -32,6 +32,9 @@ def check_locally(config: WorkerConfig) -> str:
     table = OpTable.for_worker(
         config.op, payload_capacity(config.slot_bytes), dense_model=config.dense_model
     )
+    # A tensor op under --backend persistent can never work: said before whether
+    # this machine has a GPU, which is the lesser problem.
+    check_ops(config.backend_settings.name, table)
     backend = check_backend(config.backend_settings)
     check_ops(backend, table)
     return backend

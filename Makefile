@@ -70,7 +70,7 @@ example-embeddings: $(EMB_STAMP)
 
 # Also the tensor-op tests, whose PyTorch path needs torch (not in `make test`'s set).
 example-embeddings-test: $(EMB_STAMP)
-	$(EMB_BIN)/pytest examples/embeddings tests/unit/test_tensor_ops.py
+	$(EMB_BIN)/pytest examples/embeddings tests/unit/test_tensor_ops.py tests/integration/test_bench_mlp.py
 
 # The model served through gpufeed vs called directly (gpufeed bench model).
 bench-model: $(EMB_STAMP)

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# A run on a GPU machine: the GPU tests, both GPU benchmarks, and bench e2e on
-# the machine's many cores; logs and JSON under $OUT as they are written.
+# A run on a GPU machine: the GPU tests, both GPU benchmarks, a torch model
+# served on the GPU, and bench e2e on the machine's many cores; logs and JSON
+# under $OUT as they are written (seven files, the benchmarks' stderr in one).
 #
-#   bash benchmarks/gpu-check.sh                 # all three stages
-#   bash benchmarks/gpu-check.sh tests bench     # some of them: tests, bench, e2e
+#   bash benchmarks/gpu-check.sh                 # all four stages
+#   bash benchmarks/gpu-check.sh tests bench     # some of them: tests, bench, model, e2e
 #
 # bench e2e needs no GPU, but on a machine with a core for each of the
 # producer, Redis and the worker's processes its figures say what gpufeed
 # costs; on a 2-core machine they say how the cores were shared.
+#
+# The model stage serves benchmarks/mlp_op.py (a torch MLP whose weights come from
+# a fixed seed) with `gpufeed bench model --backend batched`: the embeddings
+# example's weights are too large to carry to a machine without a package index.
 #
 # The machine needs Python with CuPy, NumPy, pytest, typer, hypothesis and
 # prometheus-client; the rest is installed from wheel files in .whl/ (for its
@@ -19,11 +24,11 @@
 # Run from the repository root.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpufeed-gpu-check}
-STAGES=${*:-tests bench e2e}
+STAGES=${*:-tests bench model e2e}
 for stage in $STAGES; do
   case $stage in
-    tests | bench | e2e) ;;
-    *) echo "unknown stage '$stage' (tests, bench, e2e)" >&2; exit 2 ;;
+    tests | bench | model | e2e) ;;
+    *) echo "unknown stage '$stage' (tests, bench, model, e2e)" >&2; exit 2 ;;
   esac
 done
 want() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -37,18 +42,27 @@ python3 -c 'import cupy; print("cupy", cupy.__version__)' | tee -a "$OUT/gpu.txt
 python3 -c 'from cuda.pathfinder import find_nvidia_header_directory as find
 print("cuda headers", find("cudart"))' 2>&1 | tee -a "$OUT/gpu.txt"
 status=0
+# Every benchmark's stderr goes to one file, each under a line naming it.
+bench() {
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name" >>"$OUT/bench-stderr.log"
+  timeout "$limit" python3 -m gpufeed bench "$@" --json 2>>"$OUT/bench-stderr.log" \
+    | tee "$OUT/bench-$name.json"
+}
 if want tests; then
   timeout 420 python3 -m pytest -p no:cacheprovider -q -m gpu tests/gpu 2>&1 \
     | tee "$OUT/gpu-tests.log" || status=1
 fi
 if want bench; then
-  timeout 240 python3 -m gpufeed bench gpu --backend batched --json \
-    2>"$OUT/bench-batched.err" | tee "$OUT/bench-batched.json" || status=1
-  timeout 120 python3 -m gpufeed bench gpu --backend persistent --op echo --json \
-    2>"$OUT/bench-persistent.err" | tee "$OUT/bench-persistent.json" || status=1
+  bench batched 240 gpu --backend batched || status=1
+  bench persistent 120 gpu --backend persistent --op echo || status=1
+fi
+if want model; then
+  PYTHONPATH=$PYTHONPATH:$PWD/benchmarks bench model 240 model --op mlp_op:mlp \
+    --backend batched --messages 20000 --max-batch 256 || status=1
 fi
 if want e2e; then
-  timeout 240 python3 -m gpufeed bench e2e --json \
-    2>"$OUT/bench-e2e.err" | tee "$OUT/bench-e2e.json" || status=1
+  bench e2e 240 e2e || status=1
 fi
 exit $status

@@ -139,4 +139,7 @@ def test_the_shedding_margin_follows_how_late_predictions_come_true() -> None:
     for _ in range(256):  # the machine calms down: answers come early
         s.answered(1000, 995)
     assert s.shed_before_ms(1000) == 1000
+    for _ in range(100):  # a full window goes on following: busy again
+        s.answered(1000, 1000 + 30 - 2)
+    assert s.shed_before_ms(1000) == 1030
     assert s.shed_before_ms(None) is None

@@ -50,10 +50,15 @@ def cost_stamp(n: int, seconds: float) -> int:
 def cost_samples(reserved: npt.NDArray[np.uint32]) -> tuple[list[int], list[float]]:
     """The (sizes, seconds) of the cost stamps among result headers' ``reserved``
     words; saturated ones left out."""
-    stamps = reserved[reserved != 0].astype(np.int64)
-    units = stamps & _STAMP_TIME_MAX
-    stamps, units = stamps[units < _STAMP_TIME_MAX], units[units < _STAMP_TIME_MAX]
-    return (stamps >> _STAMP_TIME_BITS).tolist(), (units * STAMP_UNIT_S).tolist()
+    # A few stamps among many words: found by one NumPy call, then read as ints
+    # (array arithmetic on them cost 6 us a batch, on the way to its commit).
+    sizes, seconds = [], []
+    for stamp in reserved[np.flatnonzero(reserved)].tolist():
+        units = stamp & _STAMP_TIME_MAX
+        if units < _STAMP_TIME_MAX:
+            sizes.append(stamp >> _STAMP_TIME_BITS)
+            seconds.append(units * STAMP_UNIT_S)
+    return sizes, seconds
 
 
 SlotArray = npt.NDArray[np.uint8]

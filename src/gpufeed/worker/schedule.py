@@ -24,11 +24,13 @@ model that is unsure adds no latency.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from gpufeed.packing import Columns
 from gpufeed.packing.requests import parse_deadline
@@ -51,12 +53,33 @@ COMMIT_MARGIN_S = 0.002
 MISS_QUANTILE = 95
 
 
+class Window:
+    """The latest ``WINDOW`` values, in a preallocated array: what the fits read is a
+    view, not a list converted on every call (a deque through ``np.percentile``
+    took 40 us, on the path from a lone message's results to their commit)."""
+
+    def __init__(self) -> None:
+        self._values = np.zeros(WINDOW)
+        self._next = 0
+        self.count = 0
+
+    def extend(self, values: list[float] | list[int]) -> None:
+        for v in values:
+            self._values[self._next] = v
+            self._next = (self._next + 1) % WINDOW
+        self.count = min(WINDOW, self.count + len(values))
+
+    def values(self) -> npt.NDArray[np.float64]:
+        """The values held, in no particular order (all the fits need)."""
+        return self._values[: self.count]
+
+
 class CostModel:
     """Batch time = a + b·n by least squares over the last ``WINDOW`` batches."""
 
     def __init__(self) -> None:
-        self.sizes: deque[int] = deque(maxlen=WINDOW)
-        self.times: deque[float] = deque(maxlen=WINDOW)
+        self.sizes = Window()
+        self.times = Window()  # its k-th value is the time of sizes' k-th
         self.a = 0.0  # seconds per batch
         self.b = 0.0  # seconds per message
         self.fitted = False
@@ -66,24 +89,27 @@ class CostModel:
         self.sizes.extend(sizes)
         self.times.extend(seconds)
         self._new += len(sizes)
-        if self._new >= REFIT_EVERY or (not self.fitted and len(self.sizes) >= MIN_SAMPLES):
+        if self._new >= REFIT_EVERY or (not self.fitted and self.sizes.count >= MIN_SAMPLES):
             self._fit()
 
     def _fit(self) -> None:
         self._new = 0
-        if len(self.sizes) < MIN_SAMPLES:
+        if self.sizes.count < MIN_SAMPLES:
             return
-        n = np.asarray(self.sizes, dtype=np.float64)
-        t = np.asarray(self.times, dtype=np.float64)
-        if np.ptp(n) == 0:  # one size only: a and b cannot be told apart
+        n, t = self.sizes.values(), self.times.values()
+        # The least-squares line in closed form: 8 us here, np.polyfit 55.
+        dn = n - n.mean()
+        spread = float(dn @ dn)
+        if spread == 0:  # one size only: a and b cannot be told apart
             self.a, self.b = 0.0, float(t.mean() / n[0])
         else:
-            b, a = np.polyfit(n, t, 1)
+            b = float(dn @ (t - t.mean())) / spread
+            a = float(t.mean()) - b * float(n.mean())
             if a < 0:  # noise: a line through the origin instead
                 a, b = 0.0, float((n @ t) / (n @ n))
             elif b < 0:
                 a, b = float(t.mean()), 0.0
-            self.a, self.b = float(a), float(b)
+            self.a, self.b = a, b
         self.fitted = True
 
     def predict(self, n: int) -> float:
@@ -162,7 +188,8 @@ class Scheduler:
         self.rate = ArrivalRate()
         # How much later than predicted batches were answered, in ms (negative:
         # earlier): the machine's noise, and what the model does not see.
-        self.misses: deque[float] = deque(maxlen=WINDOW)
+        self.misses = Window()
+        self._answered = 0
         self.margin_s = 0.0
 
     @property
@@ -178,9 +205,14 @@ class Scheduler:
     def answered(self, predicted_ms: int, at_ms: float) -> None:
         """A batch predicted to be answered at ``predicted_ms`` came back at ``at_ms``
         (its commit follows): the prediction's error widens or narrows the margin."""
-        self.misses.append(at_ms + COMMIT_MARGIN_S * 1000 - predicted_ms)  # as predicted
-        if len(self.misses) >= MIN_SAMPLES and len(self.misses) % MIN_SAMPLES == 0:
-            self.margin_s = max(0.0, float(np.percentile(self.misses, MISS_QUANTILE))) / 1000
+        self.misses.extend([at_ms + COMMIT_MARGIN_S * 1000 - predicted_ms])  # as predicted
+        self._answered += 1
+        # Every MIN_SAMPLES batches: counted, since the window's length stops at
+        # WINDOW, and a quantile per batch would sit between results and commit.
+        if self._answered % MIN_SAMPLES == 0 and self.misses.count >= MIN_SAMPLES:
+            misses = self.misses.values()
+            k = math.ceil(len(misses) * MISS_QUANTILE / 100) - 1  # nearest rank
+            self.margin_s = max(0.0, float(np.partition(misses, k)[k])) / 1000
 
     def arrived(self, n: int, now: float) -> None:
         self.rate.add(n, now)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import redis
+import structlog
 
 from conftest import keys, wait_for_results
 from gpufeed.admin.acl import acl_rules
@@ -145,15 +146,21 @@ def test_the_start_up_check_changes_nothing_in_redis(client, redis_server, queue
 def test_a_client_whose_user_may_not_trim_still_gets_every_result(
     client, redis_server, queue, start_worker
 ) -> None:
-    """The reader's XTRIM is refused (NOPERM) after every read; the reader goes on."""
+    """The reader's XTRIM is refused (NOPERM) after every read; the reader goes on,
+    says so once, and does not take the refusal for a failed read (which backs the
+    reads off, up to a second each)."""
     rules = [r.replace(" +xtrim", "") for r in acl_rules("producer", queue, reply="p3")]
     user = make_user(client, rules)
     worker = start_worker()
     worker.wait_ready(client, keys(queue)[0])
-    with Client(url_for(redis_server, *user), queue, name="p3") as c:
+    url = url_for(redis_server, *user)
+    with structlog.testing.capture_logs() as logs, Client(url, queue, name="p3") as c:
         for round_ in range(3):
             futures = c.submit_many([b"r%d-%d" % (round_, i) for i in range(50)])
             assert [f.result(60) for f in futures] == [b"r%d-%d" % (round_, i) for i in range(50)]
+    events = [e["event"] for e in logs]
+    assert events.count("reply stream cannot be trimmed: it grows until the client closes") == 1
+    assert "reply reader failed; retrying" not in events
 
 
 def test_a_client_whose_user_may_not_read_its_replies_fails_at_once_saying_why(

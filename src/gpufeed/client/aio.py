@@ -108,13 +108,19 @@ class AsyncClient(ClientCore):
                 if entries:
                     after = entries[-1][0]
                     try:
-                        await self._redis.xtrim(self.reply_key, minid=after, approximate=False)
+                        await self._trim(after)
                     finally:
                         self._pending.deliver_entries(entries)
                 failures = 0
             except Exception as exc:
                 failures += 1
                 await asyncio.sleep(reader_pause(failures, exc, self.name))
+
+    async def _trim(self, after: bytes) -> None:
+        try:
+            await self._redis.xtrim(self.reply_key, minid=after, approximate=False)
+        except redis.exceptions.NoPermissionError as exc:
+            self.trim_refused(exc)
 
     async def _xread(self, after: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
         try:

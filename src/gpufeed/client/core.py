@@ -50,6 +50,16 @@ class ClientCore:
         self.op = op
         self._own = connection is None
         self._redis: Any = checked_connection(connection) if connection is not None else connect()
+        self._trim_refused = False
+
+    def trim_refused(self, exc: Exception) -> None:
+        """Redis refused the reader's trim (a user without ``+xtrim``): the stream
+        grows, results still come. Said once, not counted as a failed read, which
+        would slow the reads down."""
+        if not self._trim_refused:
+            self._trim_refused = True
+            log.warning("reply stream cannot be trimmed: it grows until the client closes",
+                        client=self.name, stream=self.reply_key, error=repr(exc))  # fmt: skip
 
 
 def checked_connection(connection: Any) -> Any:
@@ -189,7 +199,8 @@ def reader_pause(failures: int, exc: Exception, name: str) -> float:
 def read_refused(core: ClientCore, exc: Exception) -> ReplyRefused:
     """What fails the futures waiting when Redis refuses to let the client read its
     reply stream (NOPERM): no result can arrive until the user's rules change, and
-    a timeout would not say why. (A refused trim costs nothing but length.)"""
+    a timeout would not say why. (A refused trim costs length only: see
+    ``ClientCore.trim_refused``.)"""
     return ReplyRefused(
         f"Redis refused reading the reply stream {core.reply_key}: {exc}. A producer "
         f"user needs `gpufeed acl producer --reply NAME` and the client name=NAME "

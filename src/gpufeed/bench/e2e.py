@@ -50,7 +50,7 @@ from gpufeed.embedded import RedisServer
 from gpufeed.errors import InternalError, ProcessFailed
 from gpufeed.keys import queue_key
 from gpufeed.loadgen.launch import wait_for_consumers, worker_process
-from gpufeed.loadgen.produce import xadd_all
+from gpufeed.loadgen.produce import xadd_all, xadd_chunks
 from gpufeed.packing import Results
 from gpufeed.packing.ids import id_ms
 from gpufeed.worker.commit import Committer
@@ -80,7 +80,8 @@ class E2EBenchConfig:
 
 def produce(url: str, stream: str, n: int, size: int, rate: float = 0.0) -> None:
     """Write ``n`` messages of ``size`` zero bytes (a producer process's target)."""
-    xadd_all(RedisTarget(url).connect(), stream, [bytes(size)] * n, rate=rate)
+    for _ids in xadd_chunks(RedisTarget(url).connect(), stream, [bytes(size)] * n, rate=rate):
+        pass  # not kept: a long run's ids would slow the writes down
 
 
 def _floor_keys(queue: str, checked: bool) -> tuple[str, str, str]:

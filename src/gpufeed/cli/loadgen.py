@@ -36,7 +36,7 @@ def produce(
 
     from gpufeed.keys import QueueKeys
     from gpufeed.loadgen.payloads import sample_payloads
-    from gpufeed.loadgen.produce import xadd_all
+    from gpufeed.loadgen.produce import xadd_chunks
     from gpufeed.ops import load_op
     from gpufeed.packing import payload_capacity
 
@@ -53,10 +53,8 @@ def produce(
         Progress(transient=not sys.stderr.isatty()) as progress,
     ):
         task = progress.add_task(f"XADD {stream}", total=count)
-        xadd_all(
-            client, stream, payloads, op=op, rate=rate,
-            progress=lambda done: progress.update(task, completed=done),
-        )  # fmt: skip
+        for ids in xadd_chunks(client, stream, payloads, op=op, rate=rate):
+            progress.advance(task, len(ids))
     typer.echo(f"wrote {count} {op} messages to {stream}")
 
 

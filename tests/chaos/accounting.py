@@ -1,10 +1,12 @@
 """Where a soak window's time went: CPU seconds by process, the machine's idle
-and stolen time, and the worker's batches, read at each window's end.
+and stolen time, how long tasks waited for a core, and the worker's batches,
+read at each window's end.
 
 A latency window means little alone on a shared machine. Beside it, these say
 whether the worker did more work per message (its own slowdown: CPU per
 message up, batches the same), or got less of the machine (its CPU per message
-flat while the machine had no idle time left, or the hypervisor stole it).
+flat while tasks waited for a core, the hypervisor stole time, or the cores
+ran slower, which a fixed yardstick's CPU time shows).
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def machine_s() -> dict[str, float]:
     return {"busy": user + nice + system + irq + softirq, "idle": idle + iowait, "steal": steal}
 
 
+def waiting_s() -> float:
+    """Seconds so far in which some task was ready to run but waited for a core
+    (the kernel's CPU pressure, "some"; 0 where the kernel does not keep it)."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+    except OSError:
+        return 0.0
+    return int(some[-1].removeprefix("total=")) / 1e6  # microseconds
+
+
 def scrape(port: int) -> dict[str, float]:
     """The worker's counters of batches, messages and commit time, from its endpoint."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
@@ -73,6 +86,7 @@ class Reading:
     at: float
     cpu: dict[str, float]
     machine: dict[str, float]
+    waiting: float
     worker: dict[str, float]
     answered: int
 
@@ -84,7 +98,7 @@ def read(processes: dict[str, int], port: int, answered: int, at: float) -> Read
     for name, pid in processes.items():
         tree = process_tree_cpu_s([pid])
         cpu[name] = tree.get(pid, 0.0) if name == "probe" else sum(tree.values())
-    return Reading(at, cpu, machine_s(), scrape(port), answered)
+    return Reading(at, cpu, machine_s(), waiting_s(), scrape(port), answered)
 
 
 def account(before: Reading, after: Reading) -> dict[str, Any]:
@@ -102,6 +116,7 @@ def account(before: Reading, after: Reading) -> dict[str, Any]:
         "cpu_us_per_msg": cpu,
         "idle": round(machine["idle"] / total, 3),
         "steal": round(machine["steal"] / total, 3),
+        "waiting": round((after.waiting - before.waiting) / seconds, 3),
         "batch": round(worker["messages"] / max(1.0, worker["batches"]), 1),
         "commit_ms": round(worker["commit_s"] / max(1.0, worker["commits"]) * 1e3, 3),
         "compute_ms": round(worker["compute_s"] / max(1.0, worker["batches"]) * 1e3, 3),
@@ -114,7 +129,9 @@ def slow_window(window: dict[str, Any], usual: dict[str, float]) -> str:
     worker = window["cpu_us_per_msg"]["worker"] / usual["worker"]
     return (
         f"the yardstick took {machine:.1f}× its median CPU time, the worker {worker:.1f}× its "
-        f"median CPU per message (mean batch {window['batch']:.0f}, backlog {window['backlog']})"
+        f"median CPU per message (mean batch {window['batch']:.0f}, backlog {window['backlog']}); "
+        f"some task waited for a core {window['waiting']:.0%} of the time "
+        f"(median {usual['waiting']:.0%})"
     )
 
 
@@ -123,6 +140,7 @@ def medians_of(windows: list[dict[str, Any]]) -> dict[str, float]:
     return {
         "yardstick_us": float(np.median([w["yardstick_us"] for w in windows])),
         "worker": float(np.median([w["cpu_us_per_msg"]["worker"] for w in windows])),
+        "waiting": float(np.median([w["waiting"] for w in windows])),
     }
 
 
@@ -143,5 +161,6 @@ def compare(early: list[dict[str, Any]], late: list[dict[str, Any]]) -> str:
         f"yardstick {both(lambda w: w['yardstick_us'], '.0f')} µs; "
         f"mean batch {both(lambda w: w['batch'], '.0f')}; "
         f"machine idle {both(lambda w: w['idle'], '.0%')}, "
-        f"stolen {both(lambda w: w['steal'], '.1%')}"
+        f"stolen {both(lambda w: w['steal'], '.1%')}, "
+        f"a task waiting for a core {both(lambda w: w['waiting'], '.0%')}"
     )

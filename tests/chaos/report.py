@@ -130,8 +130,9 @@ NOTES = """
   or more (both in its log), and Redis's latency monitor and slow log (10 ms
   or more; the slow log names the command, the commit script by name). Each
   window also has its account: CPU time per message answered of the worker,
-  Redis, the producer and the sampler; the machine's idle and stolen share;
-  the worker's mean batch (from its metrics endpoint); and a yardstick, the
+  Redis, the producer and the sampler; the machine's idle and stolen share,
+  and how long some task waited for a core (the kernel's CPU pressure); the
+  worker's mean batch (from its metrics endpoint); and a yardstick, the
   CPU time of a fixed piece of work (a 2 MiB copy and a short loop) done by
   the sampler, which says how fast the machine ran code then. A slow window
   in which the yardstick and every process slowed alike, with no stall

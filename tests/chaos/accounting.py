@@ -1,26 +1,27 @@
-"""Where a soak window's time went: CPU seconds by process, the machine's idle
-and stolen time, how long tasks waited for a core, and the worker's batches,
-read at each window's end.
+"""Where a soak window's time went, read at each window's end: each process's
+CPU time per message, the machine's idle and stolen time, how long tasks on
+the machine waited for a core, the worker's batches, and a yardstick.
 
-A latency window means little alone on a shared machine. Beside it, these say
-whether the worker did more work per message (its own slowdown: CPU per
-message up, batches the same), or got less of the machine (its CPU per message
-flat while tasks waited for a core, the hypervisor stole time, or the cores
-ran slower, which a fixed yardstick's CPU time shows).
+A latency window means little alone on a shared machine. Beside it, these
+tell a worker that slowed down from a machine that gave it less. The worker's
+own slowdown: its CPU per message up while the yardstick (a fixed piece of
+work) stays flat and its batches stay the same size. Slower cores: the
+yardstick's CPU time up, and the worker's CPU per message with it. Too few
+cores: tasks waiting for one (CPU pressure) or time stolen by the hypervisor,
+with CPU per message flat.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import scrape
 from gpufeed.bench import process_tree_cpu_s
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -49,33 +50,40 @@ def machine_s() -> dict[str, float]:
     return {"busy": user + nice + system + irq + softirq, "idle": idle + iowait, "steal": steal}
 
 
-def waiting_s() -> float:
-    """Seconds so far in which some task was ready to run but waited for a core
-    (the kernel's CPU pressure, "some"; 0 where the kernel does not keep it)."""
+def waiting_s() -> float | None:
+    """Seconds so far in which some task on the machine (any task, not only
+    ours) was ready to run but waited for a core: the kernel's CPU pressure,
+    "some". None where the kernel does not keep it."""
     try:
         with open("/proc/pressure/cpu") as f:
             some = f.readline().split()
     except OSError:
-        return 0.0
+        return None
     return int(some[-1].removeprefix("total=")) / 1e6  # microseconds
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The worker's counters of batches, messages and commit time, from its endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    wanted = {
-        "gpufeed_batches_total": "batches",
-        "gpufeed_batch_size_messages_sum": "messages",
-        "gpufeed_commit_seconds_sum": "commit_s",
-        "gpufeed_commit_seconds_count": "commits",
-        "gpufeed_compute_seconds_sum": "compute_s",
-    }
-    got = dict.fromkeys(wanted.values(), 0.0)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in wanted:
-                got[wanted[sample.name]] += sample.value
+# The worker's metrics that a window's account uses, and what it calls them.
+_WORKER_METRICS = {
+    "gpufeed_batches_total": "batches",
+    "gpufeed_batch_size_messages_sum": "messages",
+    "gpufeed_commit_seconds_sum": "commit_s",
+    "gpufeed_commit_seconds_count": "commits",
+    "gpufeed_compute_seconds_sum": "compute_s",
+    "gpufeed_compute_seconds_count": "computed",
+}
+
+
+def worker_metrics(port: int) -> dict[str, float]:
+    """The worker's batches, messages, commit and compute time, from its endpoint."""
+    samples = scrape(port)
+    got = dict.fromkeys(_WORKER_METRICS.values(), 0.0)
+    seen = set()
+    for (name, _labels), value in samples.items():
+        if name in _WORKER_METRICS:
+            got[_WORKER_METRICS[name]] += value
+            seen.add(name)
+    missing = set(_WORKER_METRICS) - seen
+    assert not missing, f"the worker's endpoint has no {sorted(missing)}"
     return got
 
 
@@ -86,61 +94,86 @@ class Reading:
     at: float
     cpu: dict[str, float]
     machine: dict[str, float]
-    waiting: float
+    waiting: float | None
     worker: dict[str, float]
+    written: int
     answered: int
 
 
-def read(processes: dict[str, int], port: int, answered: int, at: float) -> Reading:
+def read(processes: dict[str, int], port: int, written: int, answered: int) -> Reading:
     """``processes``: a name for each process whose CPU time is read, its children's
-    included (the test's own, named "probe", without the processes it started)."""
+    included (the test's own, named "sampler", without the processes it started).
+    ``written`` and ``answered``: the input and output streams' entries so far."""
     cpu = {}
     for name, pid in processes.items():
         tree = process_tree_cpu_s([pid])
-        cpu[name] = tree.get(pid, 0.0) if name == "probe" else sum(tree.values())
-    return Reading(at, cpu, machine_s(), waiting_s(), scrape(port), answered)
+        cpu[name] = tree.get(pid, 0.0) if name == "sampler" else sum(tree.values())
+    return Reading(
+        time.monotonic(), cpu, machine_s(), waiting_s(), worker_metrics(port), written, answered
+    )
 
 
 def account(before: Reading, after: Reading) -> dict[str, Any]:
-    """One window: its throughput, each process's CPU microseconds per message
-    answered, the machine's idle and stolen share, and the worker's mean batch
-    and commit call."""
-    n = max(1, after.answered - before.answered)
+    """One window: messages answered per second; each process's CPU microseconds
+    per message (the producer's per message written, the others' per message
+    answered, so that a worker falling behind does not make the producer look
+    dearer); the machine's idle and stolen share of its CPU time; the share of
+    the window in which some task waited for a core; and the worker's mean
+    batch, commit call and compute time per batch."""
+    answered = max(1, after.answered - before.answered)
+    written = max(1, after.written - before.written)
     seconds = after.at - before.at
     machine = {k: after.machine[k] - before.machine[k] for k in after.machine}
     total = sum(machine.values()) or 1.0
     worker = {k: after.worker[k] - before.worker[k] for k in after.worker}
-    cpu = {k: round((after.cpu[k] - before.cpu[k]) / n * 1e6, 2) for k in after.cpu}
+    cpu = {
+        name: round((after.cpu[name] - before.cpu[name]) * 1e6
+                    / (written if name == "producer" else answered), 2)
+        for name in after.cpu
+    }  # fmt: skip
+    waiting = None
+    if after.waiting is not None and before.waiting is not None:
+        waiting = round((after.waiting - before.waiting) / seconds, 3)
     return {
-        "msgs_per_s": round(n / seconds),
+        "msgs_per_s": round(answered / seconds),
         "cpu_us_per_msg": cpu,
         "idle": round(machine["idle"] / total, 3),
         "steal": round(machine["steal"] / total, 3),
-        "waiting": round((after.waiting - before.waiting) / seconds, 3),
+        "waiting": waiting,
         "batch": round(worker["messages"] / max(1.0, worker["batches"]), 1),
         "commit_ms": round(worker["commit_s"] / max(1.0, worker["commits"]) * 1e3, 3),
-        "compute_ms": round(worker["compute_s"] / max(1.0, worker["batches"]) * 1e3, 3),
+        "compute_ms": round(worker["compute_s"] / max(1.0, worker["computed"]) * 1e3, 3),
     }
 
 
-def slow_window(window: dict[str, Any], usual: dict[str, float]) -> str:
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def slow_window(window: dict[str, Any], usual: dict[str, Any]) -> str:
     """How much slower than usual the machine, and the worker, ran in one window."""
     machine = window["yardstick_us"] / usual["yardstick_us"]
     worker = window["cpu_us_per_msg"]["worker"] / usual["worker"]
     return (
         f"the yardstick took {machine:.1f}× its median CPU time, the worker {worker:.1f}× its "
         f"median CPU per message (mean batch {window['batch']:.0f}, backlog {window['backlog']}); "
-        f"some task waited for a core {window['waiting']:.0%} of the time "
-        f"(median {usual['waiting']:.0%})"
+        f"some task on the machine waited for a core {_share(window['waiting'])} of the time "
+        f"(median {_share(usual['waiting'])})"
     )
 
 
-def medians_of(windows: list[dict[str, Any]]) -> dict[str, float]:
+def _median(windows: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> Any:
+    """The median of a figure over windows; None where a window lacks it."""
+    values = [value(w) for w in windows]
+    return None if None in values else float(np.median(values))
+
+
+def medians_of(windows: list[dict[str, Any]]) -> dict[str, Any]:
     """The medians that ``slow_window`` compares a window to."""
     return {
-        "yardstick_us": float(np.median([w["yardstick_us"] for w in windows])),
-        "worker": float(np.median([w["cpu_us_per_msg"]["worker"] for w in windows])),
-        "waiting": float(np.median([w["waiting"] for w in windows])),
+        "yardstick_us": _median(windows, lambda w: w["yardstick_us"]),
+        "worker": _median(windows, lambda w: w["cpu_us_per_msg"]["worker"]),
+        "waiting": _median(windows, lambda w: w["waiting"]),
     }
 
 
@@ -148,8 +181,10 @@ def compare(early: list[dict[str, Any]], late: list[dict[str, Any]]) -> str:
     """The first and last windows' accounts side by side (medians): which process
     came to need more CPU per message, and whether the machine had time to spare."""
 
-    def both(value: Callable[[dict[str, Any]], float], form: str) -> str:
-        first, last = (float(np.median([value(w) for w in ws])) for ws in (early, late))
+    def both(value: Callable[[dict[str, Any]], Any], form: str) -> str:
+        first, last = _median(early, value), _median(late, value)
+        if first is None or last is None:
+            return "n/a"
         return f"{first:{form}} → {last:{form}}"
 
     cpu = ", ".join(
@@ -162,5 +197,5 @@ def compare(early: list[dict[str, Any]], late: list[dict[str, Any]]) -> str:
         f"mean batch {both(lambda w: w['batch'], '.0f')}; "
         f"machine idle {both(lambda w: w['idle'], '.0%')}, "
         f"stolen {both(lambda w: w['steal'], '.1%')}, "
-        f"a task waiting for a core {both(lambda w: w['waiting'], '.0%')}"
+        f"some task waiting for a core {both(lambda w: w['waiting'], '.0%')}"
     )

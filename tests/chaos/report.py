@@ -129,16 +129,17 @@ NOTES = """
   worker's garbage collections of 20 ms or more and commit calls of 100 ms
   or more (both in its log), and Redis's latency monitor and slow log (10 ms
   or more; the slow log names the command, the commit script by name). Each
-  window also has its account: CPU time per message answered of the worker,
-  Redis, the producer and the sampler; the machine's idle and stolen share,
-  and how long some task waited for a core (the kernel's CPU pressure); the
-  worker's mean batch (from its metrics endpoint); and a yardstick, the
-  CPU time of a fixed piece of work (a 2 MiB copy and a short loop) done by
-  the sampler, which says how fast the machine ran code then. A slow window
-  in which the yardstick and every process slowed alike, with no stall
-  logged, is the machine's. A window over five times the median during which
-  the worker stalled itself fails the soak. The report compares the first
-  and last fifth's accounts, so that a drift shows whose cost grew.
+  window also has its account: CPU time per message of the worker, Redis,
+  the producer and the sampler; the machine's idle and stolen share, and how
+  long some task on the machine waited for a core (the kernel's CPU
+  pressure); the worker's mean batch (from its metrics endpoint); and a
+  yardstick, the CPU time of a fixed piece of work (a 2 MiB copy and a short
+  loop) done by the sampler, which says how fast the machine ran code then.
+  A slow window is named with the yardstick's and the worker's CPU against
+  their medians, and the share of it spent waiting for a core. A window over
+  five times the median during which the worker stalled itself fails the
+  soak. The report compares the first and last fifth's accounts, so that a
+  drift shows whose cost grew.
 """
 
 

@@ -16,11 +16,11 @@ median one, with what was recorded during each: the worker's own stalls
 logged by the worker) and Redis's (its latency monitor, events of 10 ms or
 more, and the slow log, which names the command). A slow window with none
 of these is the machine's: a process that waited for a core, or cores that
-ran slower. Each window has an account (``accounting``) that tells these
-apart: every process's CPU time per message, the machine's idle and stolen
-time, the worker's mean batch (the worker serves its metrics, as in
-production), and a yardstick's CPU time. A spike during which the worker
-stalled itself fails the soak.
+ran slower. Each window has an account (``accounting``) to judge that by:
+every process's CPU time per message, the machine's idle and stolen time,
+how long tasks waited for a core, the worker's mean batch (the worker serves
+its metrics, as in production), and a yardstick's CPU time. A spike during
+which the worker stalled itself fails the soak.
 
 The 20-second run is a smaller check of the same machinery: its windows are
 one second, where a p99 is decided by one or two scheduler stalls on a shared
@@ -183,10 +183,10 @@ def test_soak_at_seventy_percent_of_capacity(client, redis_server, queue, start_
     n = int(LOAD * capacity * SOAK_S)
     producer = start_producer(redis_server.url, queue, n, SOAK_S)
     processes = {"worker": worker.proc.pid, "redis": redis_server.proc.pid,
-                 "producer": producer.pid, "probe": os.getpid()}  # fmt: skip
+                 "producer": producer.pid, "sampler": os.getpid()}  # fmt: skip
     t0 = time.monotonic()
     samples: list[dict[str, Any]] = []
-    reading = read(processes, port, _added(client, out), time.monotonic())
+    reading = read(processes, port, _added(client, stream), _added(client, out))
     while producer.is_alive():
         window: list[float] = []
         yardstick: list[float] = []
@@ -198,7 +198,8 @@ def test_soak_at_seventy_percent_of_capacity(client, redis_server, queue, start_
             time.sleep(PROBE_EVERY_S)
         if time.monotonic() < end:
             break  # the producer finished mid-window: a partial window is no sample
-        previous, reading = reading, read(processes, port, _added(client, out), time.monotonic())
+        previous, reading = reading, read(processes, port, _added(client, stream),
+                                          _added(client, out))  # fmt: skip
         sample = {"t_s": round(time.monotonic() - t0, 1),
                   "rss_kib": {pid: rss_kib(pid) for pid in pids},
                   "p50_ms": float(np.percentile(window, 50)),

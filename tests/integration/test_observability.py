@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import keys, wait_for_results
+from conftest import keys, scrape, value, wait_for_results
 from gpufeed.embedded import free_port
 from gpufeed.loadgen.produce import xadd_all
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_endpoint_counts_what_was_produced(client, queue, start_worker) -> None:

@@ -166,6 +166,7 @@ def wait_for_results(
     raise AssertionError(f"{got} of {count} results after {timeout} s\n{log}")
 
 
+# A scrape: each sample's value by its name and labels.
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from conftest import scrape
+from conftest import Samples, scrape
 from gpufeed.bench import process_tree_cpu_s
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -73,9 +73,17 @@ _WORKER_METRICS = {
 }
 
 
-def worker_metrics(port: int) -> dict[str, float]:
+# The worker's histograms whose slowest observation in a window says which of its
+# stages held a slow window's time: before its read, its compute, its commit.
+_STAGES = {
+    "queue wait": "gpufeed_queue_wait_seconds",
+    "compute": "gpufeed_compute_seconds",
+    "commit": "gpufeed_commit_seconds",
+}
+
+
+def worker_metrics(samples: Samples) -> dict[str, float]:
     """The worker's batches, messages, commit and compute time, from its endpoint."""
-    samples = scrape(port)
     got = dict.fromkeys(_WORKER_METRICS.values(), 0.0)
     seen = set()
     for (name, _labels), value in samples.items():
@@ -96,6 +104,7 @@ class Reading:
     machine: dict[str, float]
     waiting: float | None
     worker: dict[str, float]
+    samples: Samples
     written: int
     answered: int
 
@@ -108,9 +117,26 @@ def read(processes: dict[str, int], port: int, written: int, answered: int) -> R
     for name, pid in processes.items():
         tree = process_tree_cpu_s([pid])
         cpu[name] = tree.get(pid, 0.0) if name == "sampler" else sum(tree.values())
+    samples = scrape(port)
     return Reading(
-        time.monotonic(), cpu, machine_s(), waiting_s(), worker_metrics(port), written, answered
-    )
+        time.monotonic(), cpu, machine_s(), waiting_s(), worker_metrics(samples), samples,
+        written, answered,
+    )  # fmt: skip
+
+
+def _slowest_ms(before: Samples, after: Samples, histogram: str) -> float:
+    """An upper bound of the slowest observation between two scrapes: the first
+    bucket bound that holds all of them (inf past the last bound, 0 for none)."""
+    counts: dict[float, float] = {}
+    for key, value in after.items():
+        name, labels = key
+        if name == f"{histogram}_bucket":
+            bound = float(dict(labels)["le"])
+            counts[bound] = counts.get(bound, 0.0) + value - before.get(key, 0.0)
+    total = counts.get(float("inf"), 0.0)
+    if total == 0:
+        return 0.0
+    return 1e3 * min(bound for bound, count in counts.items() if count >= total)
 
 
 def account(before: Reading, after: Reading) -> dict[str, Any]:
@@ -118,8 +144,9 @@ def account(before: Reading, after: Reading) -> dict[str, Any]:
     per message (the producer's per message written, the others' per message
     answered, so that a worker falling behind does not make the producer look
     dearer); the machine's idle and stolen share of its CPU time; the share of
-    the window in which some task waited for a core; and the worker's mean
-    batch, commit call and compute time per batch."""
+    the window in which some task waited for a core; the worker's mean batch,
+    commit call and compute time per batch; and a bound of the slowest of
+    each of its stages (the histogram bucket that held it)."""
     answered = max(1, after.answered - before.answered)
     written = max(1, after.written - before.written)
     seconds = after.at - before.at
@@ -143,6 +170,10 @@ def account(before: Reading, after: Reading) -> dict[str, Any]:
         "batch": round(worker["messages"] / max(1.0, worker["batches"]), 1),
         "commit_ms": round(worker["commit_s"] / max(1.0, worker["commits"]) * 1e3, 3),
         "compute_ms": round(worker["compute_s"] / max(1.0, worker["computed"]) * 1e3, 3),
+        "slowest_ms": {
+            stage: _slowest_ms(before.samples, after.samples, histogram)
+            for stage, histogram in _STAGES.items()
+        },
     }
 
 
@@ -158,7 +189,8 @@ def slow_window(window: dict[str, Any], usual: dict[str, Any]) -> str:
         f"the yardstick took {machine:.1f}× its median CPU time, the worker {worker:.1f}× its "
         f"median CPU per message (mean batch {window['batch']:.0f}, backlog {window['backlog']}); "
         f"some task on the machine waited for a core {_share(window['waiting'])} of the time "
-        f"(median {_share(usual['waiting'])})"
+        f"(median {_share(usual['waiting'])}); the worker's slowest "
+        + ", ".join(f"{stage} ≤ {ms:g} ms" for stage, ms in window["slowest_ms"].items())
     )
 
 

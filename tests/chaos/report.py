@@ -136,7 +136,9 @@ NOTES = """
   yardstick, the CPU time of a fixed piece of work (a 2 MiB copy and a short
   loop) done by the sampler, which says how fast the machine ran code then.
   A slow window is named with the yardstick's and the worker's CPU against
-  their medians, and the share of it spent waiting for a core. A window over
+  their medians, the share of it spent waiting for a core, and a bound of the
+  worker's slowest queue wait (input written to read), compute and commit in
+  it (from its histograms), which says where its time went. A window over
   five times the median during which the worker stalled itself fails the
   soak. The report compares the first and last fifth's accounts, so that a
   drift shows whose cost grew.

@@ -18,9 +18,10 @@ more, and the slow log, which names the command). A slow window with none
 of these is the machine's: a process that waited for a core, or cores that
 ran slower. Each window has an account (``accounting``) to judge that by:
 every process's CPU time per message, the machine's idle and stolen time,
-how long tasks waited for a core, the worker's mean batch (the worker serves
-its metrics, as in production), and a yardstick's CPU time. A spike during
-which the worker stalled itself fails the soak.
+how long tasks waited for a core, the worker's mean batch and its slowest
+queue wait, compute and commit (the worker serves its metrics, as in
+production), and a yardstick's CPU time. A spike during which the worker
+stalled itself fails the soak.
 
 The 20-second run is a smaller check of the same machinery: its windows are
 one second, where a p99 is decided by one or two scheduler stalls on a shared

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from conftest import Samples, scrape
-from gpufeed.bench import process_tree_cpu_s
+from gpufeed.bench import median, process_tree_cpu_s
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 # The yardstick's work: a 2 MiB copy (memory) and a short Python loop (the core).
@@ -103,8 +103,7 @@ class Reading:
     cpu: dict[str, float]
     machine: dict[str, float]
     waiting: float | None
-    worker: dict[str, float]
-    samples: Samples
+    samples: Samples  # the worker's metrics endpoint
     written: int
     answered: int
 
@@ -117,11 +116,7 @@ def read(processes: dict[str, int], port: int, written: int, answered: int) -> R
     for name, pid in processes.items():
         tree = process_tree_cpu_s([pid])
         cpu[name] = tree.get(pid, 0.0) if name == "sampler" else sum(tree.values())
-    samples = scrape(port)
-    return Reading(
-        time.monotonic(), cpu, machine_s(), waiting_s(), worker_metrics(samples), samples,
-        written, answered,
-    )  # fmt: skip
+    return Reading(time.monotonic(), cpu, machine_s(), waiting_s(), scrape(port), written, answered)
 
 
 def _slowest_ms(before: Samples, after: Samples, histogram: str) -> float:
@@ -152,7 +147,8 @@ def account(before: Reading, after: Reading) -> dict[str, Any]:
     seconds = after.at - before.at
     machine = {k: after.machine[k] - before.machine[k] for k in after.machine}
     total = sum(machine.values()) or 1.0
-    worker = {k: after.worker[k] - before.worker[k] for k in after.worker}
+    first, last = worker_metrics(before.samples), worker_metrics(after.samples)
+    worker = {k: last[k] - first[k] for k in last}
     cpu = {
         name: round((after.cpu[name] - before.cpu[name]) * 1e6
                     / (written if name == "producer" else answered), 2)
@@ -197,7 +193,7 @@ def slow_window(window: dict[str, Any], usual: dict[str, Any]) -> str:
 def _median(windows: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> Any:
     """The median of a figure over windows; None where a window lacks it."""
     values = [value(w) for w in windows]
-    return None if None in values else float(np.median(values))
+    return None if None in values else median(values)
 
 
 def medians_of(windows: list[dict[str, Any]]) -> dict[str, Any]:
